@@ -1,0 +1,450 @@
+//! Commands: what a request asks the log writer to do. The writer checks a
+//! command's preconditions against the current state (`plan`) and, if they
+//! hold, logs the events `plan` returns. Because only the writer plans, and
+//! plans in sequence, two racing requests can never both succeed on stale
+//! state.
+//!
+//! `keys` names everything a command reads or writes; the writer never
+//! groups two commands with a common key into one commit, so each command
+//! is planned against a state that includes every command before it.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use bytes::Bytes;
+
+use crate::events::{CancelReason, Event, LinkSource, UploadId};
+use crate::oci::{Digest, RepoName, Tag};
+use crate::projection::State;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    PutManifest {
+        repo: RepoName,
+        digest: Digest,
+        media_type: String,
+        body: Bytes,
+        blobs: Vec<Digest>,
+        manifests: Vec<Digest>,
+        subject: Option<Digest>,
+        artifact_type: Option<String>,
+        tags: Vec<Tag>,
+    },
+    DeleteManifest {
+        repo: RepoName,
+        digest: Digest,
+    },
+    DeleteTag {
+        repo: RepoName,
+        tag: Tag,
+    },
+    /// Point a tag at a manifest the repository already has (restores).
+    SetTag {
+        repo: RepoName,
+        tag: Tag,
+        digest: Digest,
+    },
+    /// Link a blob whose bytes were just committed to the store by a single
+    /// `POST ?digest=` upload.
+    LinkUploadedBlob {
+        repo: RepoName,
+        digest: Digest,
+        size: u64,
+    },
+    /// Mount a blob from `from`, or from the store when `from` is `None`.
+    MountBlob {
+        repo: RepoName,
+        digest: Digest,
+        from: Option<RepoName>,
+    },
+    UnlinkBlob {
+        repo: RepoName,
+        digest: Digest,
+    },
+    StartUpload {
+        repo: RepoName,
+        upload: UploadId,
+    },
+    AppendChunk {
+        upload: UploadId,
+        offset: u64,
+        length: u64,
+        crc32: u32,
+    },
+    /// Finish an upload whose bytes (all `size` of them, the last chunk
+    /// included) are now the blob `digest` in the store.
+    CompleteUpload {
+        upload: UploadId,
+        digest: Digest,
+        size: u64,
+        last_chunk: Option<Chunk>,
+    },
+    CancelUpload {
+        upload: UploadId,
+        reason: CancelReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub offset: u64,
+    pub length: u64,
+    pub crc32: u32,
+}
+
+/// Why a command's preconditions do not hold. Nothing was logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("manifest references blobs this repository does not have: {blobs:?}; manifests: {manifests:?}")]
+    MissingReferences {
+        blobs: Vec<Digest>,
+        manifests: Vec<Digest>,
+    },
+    #[error("manifest unknown to this repository")]
+    ManifestUnknown,
+    #[error("tag unknown to this repository")]
+    TagUnknown,
+    #[error("blob unknown to this repository")]
+    BlobUnknown,
+    #[error("the blob to mount was not found")]
+    MountSourceMissing,
+    #[error("upload unknown")]
+    UploadUnknown,
+    #[error("upload belongs to another repository")]
+    UploadRepoMismatch,
+    #[error("chunk starts at {offset} but the upload has {size} bytes")]
+    UploadOffset { offset: u64, size: u64 },
+    #[error("upload id already in use")]
+    UploadExists,
+}
+
+/// An opaque hash of something a command reads or writes.
+pub type Key = u64;
+
+fn key(parts: impl Hash) -> Key {
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+fn repo_of_upload<'a>(state: &'a State, upload: &UploadId) -> Option<&'a RepoName> {
+    state.uploads.get(upload).map(|u| &u.repo)
+}
+
+impl Command {
+    /// Everything this command reads or writes, given the current state.
+    pub fn keys(&self, state: &State) -> Vec<Key> {
+        match self {
+            Command::PutManifest {
+                repo,
+                digest,
+                blobs,
+                manifests,
+                subject,
+                tags,
+                ..
+            } => {
+                let mut k = vec![key(("m", repo, digest))];
+                k.extend(tags.iter().map(|t| key(("t", repo, t))));
+                k.extend(blobs.iter().map(|b| key(("b", repo, b))));
+                k.extend(manifests.iter().map(|m| key(("m", repo, m))));
+                k.extend(subject.iter().map(|s| key(("m", repo, s))));
+                k
+            }
+            Command::DeleteManifest { repo, digest } => {
+                let mut k = vec![key(("m", repo, digest))];
+                if let Some(r) = state.repo(repo) {
+                    k.extend(
+                        r.tags
+                            .iter()
+                            .filter(|(_, d)| *d == digest)
+                            .map(|(t, _)| key(("t", repo, t))),
+                    );
+                }
+                k
+            }
+            Command::DeleteTag { repo, tag } => vec![key(("t", repo, tag))],
+            Command::SetTag { repo, tag, digest } => {
+                vec![key(("t", repo, tag)), key(("m", repo, digest))]
+            }
+            Command::LinkUploadedBlob { repo, digest, .. }
+            | Command::UnlinkBlob { repo, digest } => {
+                vec![key(("b", repo, digest)), key(("B", digest))]
+            }
+            Command::MountBlob { repo, digest, from } => {
+                let mut k = vec![key(("b", repo, digest)), key(("B", digest))];
+                k.extend(from.iter().map(|f| key(("b", f, digest))));
+                k
+            }
+            Command::StartUpload { upload, .. }
+            | Command::AppendChunk { upload, .. }
+            | Command::CancelUpload { upload, .. } => vec![key(("u", upload))],
+            Command::CompleteUpload { upload, digest, .. } => {
+                let mut k = vec![key(("u", upload)), key(("B", digest))];
+                if let Some(repo) = repo_of_upload(state, upload) {
+                    k.push(key(("b", repo, digest)));
+                }
+                k
+            }
+        }
+    }
+
+    /// Checks the preconditions against `state` and returns the events to
+    /// log. An empty list means the command changes nothing (a repeated
+    /// push): it succeeds without a record.
+    pub fn plan(&self, state: &State) -> Result<Vec<Event>, Rejection> {
+        match self {
+            Command::PutManifest {
+                repo,
+                digest,
+                media_type,
+                body,
+                blobs,
+                manifests,
+                subject,
+                artifact_type,
+                tags,
+            } => {
+                let r = state.repo(repo);
+                let has_blob = |d: &Digest| r.is_some_and(|r| r.blobs.contains_key(d));
+                let has_manifest = |d: &Digest| r.is_some_and(|r| r.manifests.contains_key(d));
+                let missing_blobs: Vec<Digest> =
+                    blobs.iter().filter(|d| !has_blob(d)).cloned().collect();
+                let missing_manifests: Vec<Digest> = manifests
+                    .iter()
+                    .filter(|d| !has_manifest(d))
+                    .cloned()
+                    .collect();
+                if !missing_blobs.is_empty() || !missing_manifests.is_empty() {
+                    return Err(Rejection::MissingReferences {
+                        blobs: missing_blobs,
+                        manifests: missing_manifests,
+                    });
+                }
+                let mut events = Vec::new();
+                let existing = r.and_then(|r| r.manifests.get(digest));
+                let unchanged = existing.is_some_and(|m| m.media_type == *media_type);
+                if !unchanged {
+                    events.push(Event::ManifestPut {
+                        repo: repo.clone(),
+                        digest: digest.clone(),
+                        media_type: media_type.clone(),
+                        body: body.clone(),
+                        blobs: blobs.clone(),
+                        manifests: manifests.clone(),
+                        subject: subject.clone(),
+                        artifact_type: artifact_type.clone(),
+                    });
+                }
+                for tag in tags {
+                    let previous = r.and_then(|r| r.tags.get(tag)).cloned();
+                    if previous.as_ref() != Some(digest) {
+                        events.push(Event::TagSet {
+                            repo: repo.clone(),
+                            tag: tag.clone(),
+                            digest: digest.clone(),
+                            previous,
+                        });
+                    }
+                }
+                if let Some(subject) = subject {
+                    let registered = r
+                        .and_then(|r| r.referrers.get(subject))
+                        .is_some_and(|s| s.contains(digest));
+                    if !registered {
+                        events.push(Event::ReferrerRegistered {
+                            repo: repo.clone(),
+                            subject: subject.clone(),
+                            referrer: digest.clone(),
+                        });
+                    }
+                }
+                Ok(events)
+            }
+            Command::DeleteManifest { repo, digest } => {
+                let r = state.repo(repo).ok_or(Rejection::ManifestUnknown)?;
+                if !r.manifests.contains_key(digest) {
+                    return Err(Rejection::ManifestUnknown);
+                }
+                let mut events: Vec<Event> = r
+                    .tags
+                    .iter()
+                    .filter(|(_, d)| *d == digest)
+                    .map(|(t, d)| Event::TagDeleted {
+                        repo: repo.clone(),
+                        tag: t.clone(),
+                        digest: d.clone(),
+                    })
+                    .collect();
+                events.push(Event::ManifestDeleted {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                });
+                Ok(events)
+            }
+            Command::DeleteTag { repo, tag } => {
+                let digest = state
+                    .repo(repo)
+                    .and_then(|r| r.tags.get(tag))
+                    .ok_or(Rejection::TagUnknown)?;
+                Ok(vec![Event::TagDeleted {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                }])
+            }
+            Command::SetTag { repo, tag, digest } => {
+                let r = state.repo(repo).ok_or(Rejection::ManifestUnknown)?;
+                if !r.manifests.contains_key(digest) {
+                    return Err(Rejection::ManifestUnknown);
+                }
+                let previous = r.tags.get(tag).cloned();
+                if previous.as_ref() == Some(digest) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![Event::TagSet {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                    previous,
+                }])
+            }
+            Command::LinkUploadedBlob { repo, digest, size } => {
+                if state
+                    .repo(repo)
+                    .is_some_and(|r| r.blobs.contains_key(digest))
+                {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![Event::BlobLinked {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    size: *size,
+                    source: LinkSource::Upload { upload: None },
+                }])
+            }
+            Command::MountBlob { repo, digest, from } => {
+                let size = match from {
+                    Some(f) => state.repo(f).and_then(|r| r.blobs.get(digest)),
+                    None => state.blobs.get(digest),
+                }
+                .copied()
+                .ok_or(Rejection::MountSourceMissing)?;
+                if state
+                    .repo(repo)
+                    .is_some_and(|r| r.blobs.contains_key(digest))
+                {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![Event::BlobLinked {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    size,
+                    source: LinkSource::Mount { from: from.clone() },
+                }])
+            }
+            Command::UnlinkBlob { repo, digest } => {
+                if !state
+                    .repo(repo)
+                    .is_some_and(|r| r.blobs.contains_key(digest))
+                {
+                    return Err(Rejection::BlobUnknown);
+                }
+                Ok(vec![Event::BlobUnlinked {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                }])
+            }
+            Command::StartUpload { repo, upload } => {
+                if state.uploads.contains_key(upload) {
+                    return Err(Rejection::UploadExists);
+                }
+                Ok(vec![Event::UploadStarted {
+                    repo: repo.clone(),
+                    upload: upload.clone(),
+                }])
+            }
+            Command::AppendChunk {
+                upload,
+                offset,
+                length,
+                crc32,
+            } => {
+                let u = state.uploads.get(upload).ok_or(Rejection::UploadUnknown)?;
+                if u.size != *offset {
+                    return Err(Rejection::UploadOffset {
+                        offset: *offset,
+                        size: u.size,
+                    });
+                }
+                Ok(vec![Event::UploadChunk {
+                    upload: upload.clone(),
+                    offset: *offset,
+                    length: *length,
+                    crc32: *crc32,
+                }])
+            }
+            Command::CompleteUpload {
+                upload,
+                digest,
+                size,
+                last_chunk,
+            } => {
+                let u = state.uploads.get(upload).ok_or(Rejection::UploadUnknown)?;
+                let mut events = Vec::new();
+                let mut acked = u.size;
+                if let Some(c) = last_chunk {
+                    if c.offset != acked {
+                        return Err(Rejection::UploadOffset {
+                            offset: c.offset,
+                            size: acked,
+                        });
+                    }
+                    if c.length > 0 {
+                        events.push(Event::UploadChunk {
+                            upload: upload.clone(),
+                            offset: c.offset,
+                            length: c.length,
+                            crc32: c.crc32,
+                        });
+                    }
+                    acked += c.length;
+                }
+                if acked != *size {
+                    return Err(Rejection::UploadOffset {
+                        offset: *size,
+                        size: acked,
+                    });
+                }
+                events.push(Event::UploadCompleted {
+                    upload: upload.clone(),
+                    digest: digest.clone(),
+                    size: *size,
+                });
+                if !state
+                    .repo(&u.repo)
+                    .is_some_and(|r| r.blobs.contains_key(digest))
+                {
+                    events.push(Event::BlobLinked {
+                        repo: u.repo.clone(),
+                        digest: digest.clone(),
+                        size: *size,
+                        source: LinkSource::Upload {
+                            upload: Some(upload.clone()),
+                        },
+                    });
+                }
+                Ok(events)
+            }
+            Command::CancelUpload { upload, reason } => {
+                if !state.uploads.contains_key(upload) {
+                    return Err(Rejection::UploadUnknown);
+                }
+                Ok(vec![Event::UploadCancelled {
+                    upload: upload.clone(),
+                    reason: *reason,
+                }])
+            }
+        }
+    }
+}

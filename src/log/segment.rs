@@ -1,0 +1,92 @@
+//! Segment files: their names, listing them in order, creating a new one.
+//!
+//! A segment is `log/<first seq, 20 digits>.log`. New segments are written
+//! as `<name>.tmp` with their header, fsynced, renamed, and the directory
+//! fsynced, so a `.log` file always starts with a whole header.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{SegmentHeader, FORMAT_VERSION};
+use crate::fsutil::fsync_dir;
+
+pub const SEGMENT_SUFFIX: &str = ".log";
+const SEQ_DIGITS: usize = 20;
+
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:0SEQ_DIGITS$}{SEGMENT_SUFFIX}")
+}
+
+/// Parses a segment file name back into its first sequence number.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEQ_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Segment files in `log_dir`, ordered by first sequence number. Leftover
+/// `.tmp` files of an interrupted segment creation are removed.
+pub fn list_segments(log_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(log_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = parse_segment_file_name(name) {
+            out.push((seq, entry.path()));
+        } else if name.ends_with(".log.tmp") {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Creates a new, durable segment holding only its header, and returns it
+/// opened for appending.
+pub fn create_segment(
+    log_dir: &Path,
+    first_seq: u64,
+    prev_crc: u32,
+) -> io::Result<(PathBuf, File)> {
+    let path = log_dir.join(segment_file_name(first_seq));
+    let tmp = log_dir.join(format!("{}.tmp", segment_file_name(first_seq)));
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        first_seq,
+        prev_crc,
+    };
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(&header.encode())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    fsync_dir(log_dir)?;
+    let file = OpenOptions::new().append(true).open(&path)?;
+    Ok((path, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(segment_file_name(1), "00000000000000000001.log");
+        assert_eq!(parse_segment_file_name("00000000000000000001.log"), Some(1));
+        assert_eq!(parse_segment_file_name("1.log"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000000x.log"), None);
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+    }
+}

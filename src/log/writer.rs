@@ -1,0 +1,453 @@
+//! The log writer: the single owner of the active segment.
+//!
+//! Handlers submit a [`Command`] and await the outcome. The writer thread
+//! takes every waiting command (group commit), plans each against the
+//! current state, appends the resulting entries in one write, makes them
+//! durable with one `fdatasync` (per [`Durability`]), applies them to the
+//! state in sequence order, and only then answers.
+//!
+//! Invariant: the state readers see holds only entries that are durable
+//! under the configured durability; nothing is acknowledged before that.
+//! Boundary: a failed write is cut back off the segment; a failed fsync
+//! poisons the writer (the kernel may have dropped the dirty pages, so no
+//! later fsync can vouch for them), and every later command fails.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::format::{encode_payload, encode_record};
+use super::segment::create_segment;
+use crate::commands::{Command, Key, Rejection};
+use crate::events::{Actor, Entry, Event};
+use crate::limits::{GROUP_COMMIT_COMMANDS_MAX, WRITER_QUEUE_COMMANDS_MAX};
+use crate::projection::State;
+
+/// When an appended entry counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Durability {
+    /// Acknowledge after `fdatasync` of the batch: nothing acknowledged is
+    /// lost on power failure. The default.
+    Always,
+    /// Acknowledge after `write`; `fdatasync` every `interval_ms`. Survives a
+    /// process crash; power loss may drop the last interval.
+    Interval { interval_ms: u64 },
+    /// Never fsync (tests and benchmarks only). Survives a process crash,
+    /// not power loss.
+    Never,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Always
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub durability: Durability,
+    pub segment_bytes_max: u64,
+}
+
+/// The outcome of a command that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The entry's sequence number; `None` when the command changed nothing.
+    pub seq: Option<u64>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("the log could not be written: {0}")]
+    Storage(String),
+    #[error("the log writer has stopped")]
+    Stopped,
+}
+
+/// Statistics the writer keeps for metrics and tests.
+#[derive(Debug, Clone, Default)]
+pub struct WriterStats {
+    pub batches: u64,
+    pub entries: u64,
+    pub fsyncs: u64,
+    pub fsync_total_us: u64,
+    pub largest_batch: u64,
+}
+
+enum Submission {
+    Command {
+        actor: Actor,
+        command: Command,
+        reply: oneshot::Sender<Result<Committed, SubmitError>>,
+    },
+    /// Make everything written so far durable (interval ticks, shutdown).
+    Sync {
+        reply: Option<oneshot::Sender<Result<(), SubmitError>>>,
+    },
+}
+
+/// The handle request handlers use. Cheap to clone.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<Submission>,
+    stats: Arc<Mutex<WriterStats>>,
+}
+
+/// Where the writer resumes: the tail of the recovered log.
+pub struct WriterStart {
+    pub log_dir: PathBuf,
+    /// The last segment, opened for append, with its length, if any.
+    pub active: Option<(PathBuf, File, u64)>,
+    pub last_seq: u64,
+    pub last_crc: u32,
+    pub last_time_unix_ns: u64,
+}
+
+impl LogWriter {
+    /// Starts the writer thread. `state` must be the state of the log up to
+    /// `start.last_seq`.
+    pub fn start(
+        start: WriterStart,
+        state: Arc<RwLock<State>>,
+        options: WriterOptions,
+    ) -> std::io::Result<(LogWriter, JoinHandle<()>)> {
+        assert_eq!(state.read().last_seq, start.last_seq, "state and log agree");
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_COMMANDS_MAX);
+        let stats = Arc::new(Mutex::new(WriterStats::default()));
+        let (path, file, len) = match start.active {
+            Some(a) => a,
+            None => {
+                let (p, f) = create_segment(&start.log_dir, start.last_seq + 1, start.last_crc)?;
+                let len = f.metadata()?.len();
+                (p, f, len)
+            }
+        };
+        let mut worker = Worker {
+            log_dir: start.log_dir,
+            segment_path: path,
+            segment: file,
+            segment_len: len,
+            next_seq: start.last_seq + 1,
+            last_crc: start.last_crc,
+            last_time_unix_ns: start.last_time_unix_ns,
+            dirty: false,
+            poisoned: None,
+            state,
+            options,
+            stats: stats.clone(),
+            buffer: Vec::with_capacity(1 << 16),
+        };
+        let handle = std::thread::Builder::new()
+            .name("ferro-log-writer".into())
+            .spawn(move || worker.run(rx))?;
+        Ok((LogWriter { tx, stats }, handle))
+    }
+
+    /// Submits a command and waits until it is durable and applied (or
+    /// rejected).
+    pub async fn submit(&self, actor: Actor, command: Command) -> Result<Committed, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Submission::Command {
+                actor,
+                command,
+                reply,
+            })
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.await.map_err(|_| SubmitError::Stopped)?
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn sync(&self) -> Result<(), SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Submission::Sync { reply: Some(reply) })
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.await.map_err(|_| SubmitError::Stopped)?
+    }
+
+    /// Asks for an fsync without waiting for it (interval durability).
+    pub fn request_sync(&self) {
+        let _ = self.tx.try_send(Submission::Sync { reply: None });
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.stats.lock().clone()
+    }
+}
+
+struct Planned {
+    entry: Entry,
+    reply: oneshot::Sender<Result<Committed, SubmitError>>,
+}
+
+struct Worker {
+    log_dir: PathBuf,
+    segment_path: PathBuf,
+    segment: File,
+    segment_len: u64,
+    next_seq: u64,
+    last_crc: u32,
+    last_time_unix_ns: u64,
+    /// Bytes written since the last fsync.
+    dirty: bool,
+    poisoned: Option<String>,
+    state: Arc<RwLock<State>>,
+    options: WriterOptions,
+    stats: Arc<Mutex<WriterStats>>,
+    buffer: Vec<u8>,
+}
+
+impl Worker {
+    fn run(&mut self, mut rx: mpsc::Receiver<Submission>) {
+        let mut batch = Vec::with_capacity(GROUP_COMMIT_COMMANDS_MAX);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < GROUP_COMMIT_COMMANDS_MAX {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch);
+        }
+        // Every handle is gone: make the tail durable before exiting.
+        if self.dirty && self.poisoned.is_none() {
+            let _ = self.fsync();
+        }
+    }
+
+    fn process(&mut self, batch: &mut Vec<Submission>) {
+        let mut planned: Vec<Planned> = Vec::new();
+        let mut keys: Vec<Key> = Vec::new();
+        let mut syncs = Vec::new();
+        for submission in batch.drain(..) {
+            match submission {
+                Submission::Sync { reply } => syncs.push(reply),
+                Submission::Command {
+                    actor,
+                    command,
+                    reply,
+                } => {
+                    if let Some(reason) = &self.poisoned {
+                        let _ = reply.send(Err(SubmitError::Storage(reason.clone())));
+                        continue;
+                    }
+                    let command_keys = command.keys(&self.state.read());
+                    if command_keys.iter().any(|k| keys.contains(k)) {
+                        // It depends on a command in this batch: commit
+                        // those first so it is planned against their effect.
+                        self.commit(&mut planned);
+                        keys.clear();
+                    }
+                    let plan = command.plan(&self.state.read());
+                    match plan {
+                        Err(rejection) => {
+                            let _ = reply.send(Err(SubmitError::Rejected(rejection)));
+                        }
+                        Ok(events) if events.is_empty() => {
+                            let _ = reply.send(Ok(Committed { seq: None, events }));
+                        }
+                        Ok(events) => {
+                            keys.extend(command_keys);
+                            planned.push(Planned {
+                                entry: Entry { actor, events },
+                                reply,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.commit(&mut planned);
+        if !syncs.is_empty() {
+            let result = if let Some(reason) = &self.poisoned {
+                Err(SubmitError::Storage(reason.clone()))
+            } else if self.dirty {
+                self.fsync().map_err(SubmitError::Storage)
+            } else {
+                Ok(())
+            };
+            for reply in syncs.into_iter().flatten() {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Appends, makes durable, applies and answers `planned`.
+    fn commit(&mut self, planned: &mut Vec<Planned>) {
+        if planned.is_empty() {
+            return;
+        }
+        if let Some(reason) = &self.poisoned {
+            let reason = reason.clone();
+            for p in planned.drain(..) {
+                let _ = p.reply.send(Err(SubmitError::Storage(reason.clone())));
+            }
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // Commit times never go backwards, so "as of time T" is well defined.
+        let time_unix_ns = now.max(self.last_time_unix_ns);
+        self.buffer.clear();
+        let mut crc = self.last_crc;
+        let mut encoded = Vec::with_capacity(planned.len());
+        for (i, p) in planned.iter().enumerate() {
+            match encode_payload(&p.entry) {
+                Ok(payload) => {
+                    crc = encode_record(
+                        &mut self.buffer,
+                        self.next_seq + i as u64,
+                        time_unix_ns,
+                        crc,
+                        &payload,
+                    );
+                    encoded.push(true);
+                }
+                Err(e) => {
+                    // Only an entry over the record limit can fail; handlers
+                    // bound bodies well below it, so this is a bug guard.
+                    tracing::error!(error = %e, "entry cannot be encoded");
+                    encoded.push(false);
+                }
+            }
+        }
+        if encoded.iter().any(|ok| !ok) {
+            // Re-encode without the failed ones so sequence numbers stay dense.
+            let mut kept = Vec::new();
+            for (p, ok) in planned.drain(..).zip(encoded) {
+                if ok {
+                    kept.push(p);
+                } else {
+                    let _ = p.reply.send(Err(SubmitError::Storage(
+                        "entry exceeds the record size limit".into(),
+                    )));
+                }
+            }
+            *planned = kept;
+            return self.commit(planned);
+        }
+        if let Err(e) = self.segment.write_all(&self.buffer) {
+            // Cut any partial write back off, so the segment ends on a record.
+            let reason = format!("write to {} failed: {e}", self.segment_path.display());
+            tracing::error!("{reason}");
+            if let Err(e2) = self.segment.set_len(self.segment_len) {
+                self.poison(format!("{reason}; truncating back also failed: {e2}"));
+            }
+            for p in planned.drain(..) {
+                let _ = p.reply.send(Err(SubmitError::Storage(reason.clone())));
+            }
+            return;
+        }
+        self.dirty = true;
+        if self.options.durability == Durability::Always {
+            if let Err(reason) = self.fsync() {
+                for p in planned.drain(..) {
+                    let _ = p.reply.send(Err(SubmitError::Storage(reason.clone())));
+                }
+                return;
+            }
+        }
+        self.segment_len += self.buffer.len() as u64;
+        self.last_crc = crc;
+        self.last_time_unix_ns = time_unix_ns;
+        let first_seq = self.next_seq;
+        self.next_seq += planned.len() as u64;
+        {
+            let mut state = self.state.write();
+            for (i, p) in planned.iter().enumerate() {
+                state.apply(first_seq + i as u64, time_unix_ns, &p.entry);
+            }
+        }
+        {
+            let mut s = self.stats.lock();
+            s.batches += 1;
+            s.entries += planned.len() as u64;
+            s.largest_batch = s.largest_batch.max(planned.len() as u64);
+        }
+        for (i, p) in planned.drain(..).enumerate() {
+            let _ = p.reply.send(Ok(Committed {
+                seq: Some(first_seq + i as u64),
+                events: p.entry.events,
+            }));
+        }
+        if self.segment_len >= self.options.segment_bytes_max {
+            self.roll();
+        }
+    }
+
+    fn fsync(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        match self.segment.sync_data() {
+            Ok(()) => {
+                self.dirty = false;
+                let mut s = self.stats.lock();
+                s.fsyncs += 1;
+                s.fsync_total_us += started.elapsed().as_micros() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("fdatasync of {} failed: {e}", self.segment_path.display());
+                self.poison(reason.clone());
+                Err(reason)
+            }
+        }
+    }
+
+    fn poison(&mut self, reason: String) {
+        tracing::error!(reason = %reason, "log writer poisoned: refusing all further writes");
+        self.poisoned = Some(reason);
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn roll(&mut self) {
+        if self.dirty {
+            if self.fsync().is_err() {
+                return;
+            }
+        }
+        match create_segment(&self.log_dir, self.next_seq, self.last_crc) {
+            Ok((path, file)) => {
+                tracing::info!(segment = %path.display(), "rolled to a new log segment");
+                self.segment_len = super::format::SEGMENT_HEADER_BYTES as u64;
+                self.segment_path = path;
+                self.segment = file;
+            }
+            Err(e) => {
+                // Keep appending to the current segment; try again next time.
+                tracing::warn!(error = %e, "could not create a new log segment");
+            }
+        }
+    }
+}
+
+/// Interval durability: ask the writer for an fsync every `interval`.
+pub fn spawn_interval_sync(writer: LogWriter, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if writer.tx.is_closed() {
+                break;
+            }
+            writer.request_sync();
+        }
+    });
+}

@@ -1,0 +1,192 @@
+//! Content digests (`algorithm:hex`). Only the algorithms the image spec
+//! registers with a fixed encoding are accepted: `sha256` (64 lower-case hex
+//! digits) and `sha512` (128). Anything else is rejected before it is used.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest is not of the form algorithm:encoded")]
+    Syntax,
+    #[error("digest algorithm {0:?} is not supported (sha256, sha512)")]
+    UnsupportedAlgorithm(String),
+    #[error("digest encoding must be {0} lower-case hex digits")]
+    Encoding(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DigestAlgorithm {
+    Sha256,
+    Sha512,
+}
+
+impl DigestAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Sha512 => "sha512",
+        }
+    }
+
+    pub fn hex_len(self) -> usize {
+        match self {
+            DigestAlgorithm::Sha256 => 64,
+            DigestAlgorithm::Sha512 => 128,
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            DigestAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+}
+
+/// A canonical digest string such as `sha256:e3b0…`.
+///
+/// # Invariants
+/// The algorithm is `sha256` or `sha512` and the encoding is exactly that
+/// algorithm's length in lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Digest, DigestError> {
+        let (alg, enc) = s.split_once(':').ok_or(DigestError::Syntax)?;
+        let algorithm = match alg {
+            "sha256" => DigestAlgorithm::Sha256,
+            "sha512" => DigestAlgorithm::Sha512,
+            other => {
+                // Still check the generic grammar so a bad string reads as
+                // bad syntax rather than an unknown algorithm.
+                let ok = !other.is_empty()
+                    && other.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'+' | b'.' | b'_' | b'-')
+                    });
+                return Err(if ok {
+                    DigestError::UnsupportedAlgorithm(other.chars().take(32).collect())
+                } else {
+                    DigestError::Syntax
+                });
+            }
+        };
+        let hex_ok = enc.len() == algorithm.hex_len()
+            && enc
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex_ok {
+            return Err(DigestError::Encoding(algorithm.hex_len()));
+        }
+        Ok(Digest(s.to_owned()))
+    }
+
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Digest {
+        let mut h = DigestAlgorithm::Sha256.hasher();
+        h.update(bytes);
+        h.finish()
+    }
+
+    /// The digest of `bytes` with this digest's algorithm.
+    pub fn recompute(&self, bytes: &[u8]) -> Digest {
+        let mut h = self.algorithm().hasher();
+        h.update(bytes);
+        h.finish()
+    }
+
+    pub fn algorithm(&self) -> DigestAlgorithm {
+        if self.0.starts_with("sha256:") {
+            DigestAlgorithm::Sha256
+        } else {
+            debug_assert!(self.0.starts_with("sha512:"));
+            DigestAlgorithm::Sha512
+        }
+    }
+
+    /// The lower-case hex encoding (after the colon).
+    pub fn hex(&self) -> &str {
+        &self.0[self.algorithm().name().len() + 1..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An incremental hasher for one of the supported algorithms. sha2 picks the
+/// CPU's SHA extensions at run time when they exist.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    pub fn algorithm(&self) -> DigestAlgorithm {
+        match self {
+            Hasher::Sha256(_) => DigestAlgorithm::Sha256,
+            Hasher::Sha512(_) => DigestAlgorithm::Sha512,
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        let s = match self {
+            Hasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
+            Hasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
+        };
+        Digest(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_canonical_form() {
+        let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(Digest::sha256_of(b"").as_str(), empty);
+        let d = Digest::parse(empty).unwrap();
+        assert_eq!(d.hex().len(), 64);
+        assert_eq!(d.algorithm(), DigestAlgorithm::Sha256);
+        // Upper-case hex is not canonical: it is rejected, never aliased.
+        assert!(Digest::parse(&empty.to_uppercase()).is_err());
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(Digest::parse("sha256:abc").is_err());
+        assert!(Digest::parse("sha256").is_err());
+        assert!(Digest::parse(":abc").is_err());
+        assert!(matches!(
+            Digest::parse("md5:abc"),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(Digest::parse(&format!("sha512:{}", "0".repeat(128))).is_ok());
+        assert!(Digest::parse(&format!("sha256:{}/../x", "0".repeat(64))).is_err());
+    }
+}
