@@ -1,11 +1,16 @@
 //! ferro: an OCI registry whose single source of truth is an append-only,
 //! checksummed event log. See ARCHITECTURE.md for the map.
 
+pub mod api;
+pub mod blobs;
 pub mod commands;
+pub mod config;
 pub mod datadir;
 pub mod events;
 pub mod fsutil;
 pub mod limits;
 pub mod log;
+pub mod manifest;
 pub mod oci;
 pub mod projection;
+pub mod server;

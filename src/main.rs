@@ -1,1 +1,159 @@
-fn main() {}
+//! The `ferro` binary: `ferro serve` runs the registry; `ferro config
+//! --print-defaults` prints every setting with its default.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferro::config::{Config, DurabilityMode};
+use ferro::log::RecoveryMode;
+
+#[derive(Parser)]
+#[command(
+    name = "ferro",
+    version,
+    about = "An OCI registry on an append-only event log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry (the default when no command is given).
+    Serve(ServeArgs),
+    /// Configuration helpers.
+    Config {
+        /// Print the default configuration as TOML.
+        #[arg(long)]
+        print_defaults: bool,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long, env = "FERRO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./ferro-data].
+    #[arg(long, env = "FERRO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:5000].
+    #[arg(long, env = "FERRO_LISTEN")]
+    listen: Option<String>,
+    /// When a write is acknowledged [default: always].
+    #[arg(long, value_enum, env = "FERRO_DURABILITY")]
+    durability: Option<DurabilityMode>,
+    /// Torn-tail policy at startup [default: tolerate-torn-tail].
+    #[arg(long, value_enum)]
+    recovery: Option<RecoveryArg>,
+    /// Largest manifest accepted, in bytes [default: 4194304].
+    #[arg(long)]
+    manifest_bytes_max: Option<u64>,
+    /// Largest single upload request body, in bytes.
+    #[arg(long)]
+    chunk_bytes_max: Option<u64>,
+    /// Largest blob, in bytes.
+    #[arg(long)]
+    blob_bytes_max: Option<u64>,
+    /// Most entries per tag list / catalog page.
+    #[arg(long)]
+    page_entries_max: Option<usize>,
+    /// Log segment size before rolling, in bytes.
+    #[arg(long)]
+    segment_bytes_max: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RecoveryArg {
+    TolerateTornTail,
+    Strict,
+}
+
+fn build_config(args: ServeArgs) -> Result<Config, String> {
+    let mut c = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.data_dir {
+        c.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = args.durability {
+        c.durability = v;
+    }
+    if let Some(v) = args.recovery {
+        c.recovery = match v {
+            RecoveryArg::TolerateTornTail => RecoveryMode::TolerateTornTail,
+            RecoveryArg::Strict => RecoveryMode::Strict,
+        };
+    }
+    if let Some(v) = args.manifest_bytes_max {
+        c.limits.manifest_bytes_max = v;
+    }
+    if let Some(v) = args.chunk_bytes_max {
+        c.limits.chunk_bytes_max = v;
+    }
+    if let Some(v) = args.blob_bytes_max {
+        c.limits.blob_bytes_max = v;
+    }
+    if let Some(v) = args.page_entries_max {
+        c.limits.page_entries_max = v;
+    }
+    if let Some(v) = args.segment_bytes_max {
+        c.limits.segment_bytes_max = v;
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = match cli.command {
+        Some(Command::Config { print_defaults }) => {
+            if print_defaults {
+                print!("{}", Config::default().to_toml());
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("nothing to do: try `ferro config --print-defaults`");
+            return ExitCode::from(2);
+        }
+        Some(Command::Serve(args)) => args,
+        None => ServeArgs::default(),
+    };
+    let config = match build_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferro: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferro: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ferro::server::run(config, ferro::server::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ferro: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -31,11 +31,12 @@ use crate::limits::{GROUP_COMMIT_COMMANDS_MAX, WRITER_QUEUE_COMMANDS_MAX};
 use crate::projection::State;
 
 /// When an appended entry counts as durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum Durability {
     /// Acknowledge after `fdatasync` of the batch: nothing acknowledged is
     /// lost on power failure. The default.
+    #[default]
     Always,
     /// Acknowledge after `write`; `fdatasync` every `interval_ms`. Survives a
     /// process crash; power loss may drop the last interval.
@@ -43,12 +44,6 @@ pub enum Durability {
     /// Never fsync (tests and benchmarks only). Survives a process crash,
     /// not power loss.
     Never,
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Always
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +83,7 @@ pub struct WriterStats {
 enum Submission {
     Command {
         actor: Actor,
-        command: Command,
+        command: Box<Command>,
         reply: oneshot::Sender<Result<Committed, SubmitError>>,
     },
     /// Make everything written so far durable (interval ticks, shutdown).
@@ -161,7 +156,7 @@ impl LogWriter {
         self.tx
             .send(Submission::Command {
                 actor,
-                command,
+                command: Box::new(command),
                 reply,
             })
             .await
@@ -417,10 +412,8 @@ impl Worker {
 
     /// Seals the active segment and starts the next one.
     fn roll(&mut self) {
-        if self.dirty {
-            if self.fsync().is_err() {
-                return;
-            }
+        if self.dirty && self.fsync().is_err() {
+            return;
         }
         match create_segment(&self.log_dir, self.next_seq, self.last_crc) {
             Ok((path, file)) => {

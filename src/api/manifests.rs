@@ -1,0 +1,190 @@
+//! `/v2/<name>/manifests/<reference>`: GET, HEAD, PUT, DELETE.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::body::read_limited;
+use super::error::{ApiError, ApiResult, ErrorCode};
+use super::router::{query_pairs, RequestContext};
+use super::App;
+use crate::commands::Command;
+use crate::manifest;
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+pub fn get(app: &App, repo: &RepoName, reference: &Reference, head: bool) -> ApiResult<Response> {
+    let (digest, media_type, body) = {
+        let state = app.state.read();
+        let r = state.repo(repo).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NameUnknown,
+                "repository name not known to registry",
+            )
+        })?;
+        let digest = match reference {
+            Reference::Digest(d) => d,
+            Reference::Tag(t) => r
+                .tags
+                .get(t)
+                .ok_or_else(|| ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"))?,
+        };
+        let m = r
+            .manifests
+            .get(digest)
+            .ok_or_else(|| ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"))?;
+        (digest.clone(), m.media_type.clone(), m.body.clone())
+    };
+    let mut response = if head {
+        Body::empty().into_response()
+    } else {
+        Body::from(body.clone()).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let Ok(v) = HeaderValue::from_str(&media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    digest_headers(h, &digest);
+    Ok(response)
+}
+
+pub fn digest_headers(h: &mut HeaderMap, digest: &Digest) {
+    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+        h.insert("Docker-Content-Digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// The media type of a `Content-Type` header, parameters removed.
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mt = v.split(';').next().unwrap_or("").trim();
+    (!mt.is_empty()).then(|| mt.to_owned())
+}
+
+pub async fn put(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    reference: Reference,
+    query: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let limit = app.limits.manifest_bytes_max;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(manifest_too_large(limit));
+        }
+    }
+    let body = read_limited(body, limit).await.map_err(|e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            manifest_too_large(limit)
+        } else {
+            e
+        }
+    })?;
+    let parsed = manifest::parse(&body, content_type(headers).as_deref())?;
+    let (digest, mut tags) = match reference {
+        Reference::Digest(d) => {
+            let computed = d.recompute(&body);
+            if computed != d {
+                return Err(ApiError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("manifest body has digest {computed}, not {d}"),
+                ));
+            }
+            (d, Vec::new())
+        }
+        Reference::Tag(t) => (Digest::sha256_of(&body), vec![t]),
+    };
+    for (k, v) in query_pairs(query) {
+        if k == "tag" {
+            tags.push(Tag::parse(&v)?);
+        }
+    }
+    tags.sort();
+    tags.dedup();
+    if tags.len() > app.limits.tags_per_put_max {
+        return Err(ApiError::new(
+            ErrorCode::ManifestInvalid,
+            format!(
+                "at most {} tags per manifest PUT",
+                app.limits.tags_per_put_max
+            ),
+        ));
+    }
+    let subject = parsed.subject.clone();
+    let command = Command::PutManifest {
+        repo: repo.clone(),
+        digest: digest.clone(),
+        media_type: parsed.media_type,
+        body,
+        blobs: parsed.blobs,
+        manifests: parsed.manifests,
+        subject: parsed.subject,
+        artifact_type: parsed.artifact_type,
+        tags: tags.clone(),
+    };
+    app.writer.submit(ctx.actor.clone(), command).await?;
+    let mut response = StatusCode::CREATED.into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v2/{repo}/manifests/{digest}")) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    digest_headers(h, &digest);
+    if let Some(s) = subject {
+        if let Ok(v) = HeaderValue::from_str(s.as_str()) {
+            h.insert("OCI-Subject", v);
+        }
+    }
+    for t in &tags {
+        if let Ok(v) = HeaderValue::from_str(t.as_str()) {
+            h.append("OCI-Tag", v);
+        }
+    }
+    Ok(response)
+}
+
+fn manifest_too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestInvalid,
+        format!("manifest exceeds the limit of {limit} bytes"),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+pub async fn delete(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    reference: Reference,
+) -> ApiResult<Response> {
+    if !app.delete_enabled {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled on this registry",
+        ));
+    }
+    if app.state.read().repo(&repo).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::NameUnknown,
+            "repository name not known to registry",
+        ));
+    }
+    let command = match reference {
+        Reference::Digest(digest) => Command::DeleteManifest { repo, digest },
+        Reference::Tag(tag) => Command::DeleteTag { repo, tag },
+    };
+    app.writer.submit(ctx.actor.clone(), command).await?;
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}

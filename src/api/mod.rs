@@ -1,0 +1,74 @@
+//! The HTTP surface: the OCI Distribution API on top of the log writer,
+//! the projection and the blob store.
+//!
+//! - `router`: the whole URL table and the dispatch from a parsed path;
+//! - `path`: the one parser of OCI paths; `ranges`: Range/Content-Range;
+//! - `error`: the one error type and its spec JSON form;
+//! - `body`: bounded reading and streaming of request bodies;
+//! - one file per resource: `manifests`, `blobs`, `uploads`, `listing`
+//!   (tags and catalog), `referrers`.
+//!
+//! Boundary: handlers never write the log themselves; they build a
+//! `Command` and submit it to the writer. Reads take the projection's read
+//! lock for a lookup and release it before any I/O.
+
+pub mod body;
+pub mod error;
+pub mod path;
+pub mod ranges;
+pub mod router;
+
+mod blobs;
+mod listing;
+mod manifests;
+mod referrers;
+mod uploads;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::blobs::BlobStore;
+use crate::limits::Limits;
+use crate::log::LogWriter;
+use crate::oci::Hasher;
+use crate::projection::State;
+
+pub use router::router;
+
+/// Everything a handler needs, shared by all requests.
+pub struct App {
+    pub writer: LogWriter,
+    pub state: Arc<RwLock<State>>,
+    pub store: BlobStore,
+    pub limits: Limits,
+    pub sessions: UploadSessions,
+    /// Whether DELETE of manifests, tags and blobs is allowed (405 if not).
+    pub delete_enabled: bool,
+}
+
+/// In-memory companions of upload sessions: a lock that serialises
+/// requests on one upload, and the running hash of its bytes. Not durable:
+/// after a restart the hash is recomputed from the staging file.
+#[derive(Default)]
+pub struct UploadSessions {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadSession>>>>,
+}
+
+#[derive(Default)]
+pub struct UploadSession {
+    /// Hash of the first `hashed_bytes` bytes of the upload, if known.
+    pub hasher: Option<Hasher>,
+    pub hashed_bytes: u64,
+}
+
+impl UploadSessions {
+    pub fn get(&self, id: &str) -> Arc<tokio::sync::Mutex<UploadSession>> {
+        self.map.lock().entry(id.to_owned()).or_default().clone()
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map.lock().remove(id);
+    }
+}

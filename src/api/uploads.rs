@@ -1,0 +1,481 @@
+//! `/v2/<name>/blobs/uploads/...`: starting (and mounting), chunked PATCH,
+//! status, the closing PUT, and cancel.
+//!
+//! Order of a chunk: bytes streamed to the staging file, fsynced, then the
+//! chunk event logged; only then is it acknowledged. After a crash the
+//! staging file is cut back to the last logged chunk (see `server`), so the
+//! offset a client is told is always one the log vouches for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::blobs::header_value;
+use super::body::{drain, stream_to_staging};
+use super::error::{ApiError, ApiResult, ErrorCode};
+use super::manifests::digest_headers;
+use super::ranges::parse_content_range;
+use super::router::{query_param, RequestContext};
+use super::App;
+use crate::blobs::{is_upload_id, new_upload_id, BlobStore, StagingWriter};
+use crate::commands::{Chunk, Command, Rejection};
+use crate::events::CancelReason;
+use crate::log::SubmitError;
+use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName};
+
+/// A POST that opens a session carries no data; more than this is refused.
+const EMPTY_BODY_BYTES_MAX: u64 = 64 * 1024;
+
+fn upload_unknown() -> ApiError {
+    ApiError::new(
+        ErrorCode::BlobUploadUnknown,
+        "blob upload unknown to registry",
+    )
+}
+
+fn upload_location(repo: &RepoName, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+/// `Range: 0-<last byte>`; `0-0` for an empty upload, as distribution does
+/// and clients expect.
+fn range_header(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn session_response(status: StatusCode, repo: &RepoName, id: &str, size: u64) -> Response {
+    let mut r = status.into_response();
+    let h = r.headers_mut();
+    h.insert(header::LOCATION, header_value(&upload_location(repo, id)));
+    h.insert(header::RANGE, header_value(&range_header(size)));
+    h.insert("Docker-Upload-UUID", header_value(id));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
+    let mut r = StatusCode::CREATED.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        header_value(&format!("/v2/{repo}/blobs/{digest}")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    digest_headers(h, digest);
+    r
+}
+
+/// `POST /v2/<name>/blobs/uploads/` with `?mount=&from=`, `?digest=` or
+/// nothing.
+pub async fn start(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    query: &str,
+    body: Body,
+) -> ApiResult<Response> {
+    if let Some(mount) = query_param(query, "mount") {
+        let digest = Digest::parse(&mount)?;
+        let from = query_param(query, "from")
+            .map(|f| RepoName::parse(&f))
+            .transpose()?;
+        let command = Command::MountBlob {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            from,
+        };
+        match app.writer.submit(ctx.actor.clone(), command).await {
+            Ok(_) => {
+                drain(body, EMPTY_BODY_BYTES_MAX).await?;
+                return Ok(blob_created(&repo, &digest));
+            }
+            // Cannot mount: open an ordinary session instead (the spec's 202).
+            Err(SubmitError::Rejected(Rejection::MountSourceMissing)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(d) = query_param(query, "digest") {
+        let digest = Digest::parse(&d)?;
+        return monolithic(app, ctx, repo, digest, body).await;
+    }
+    drain(body, EMPTY_BODY_BYTES_MAX).await?;
+    let id = new_upload_id();
+    app.writer
+        .submit(
+            ctx.actor.clone(),
+            Command::StartUpload {
+                repo: repo.clone(),
+                upload: id.clone(),
+            },
+        )
+        .await?;
+    Ok(session_response(StatusCode::ACCEPTED, &repo, &id, 0))
+}
+
+/// A whole blob in one `POST ?digest=`.
+async fn monolithic(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    digest: Digest,
+    body: Body,
+) -> ApiResult<Response> {
+    let staging = app.store.staging_path(&new_upload_id());
+    let limit = app.limits.chunk_bytes_max.min(app.limits.blob_bytes_max);
+    let result = receive_and_commit(
+        app,
+        &staging,
+        0,
+        digest.algorithm().hasher(),
+        &digest,
+        body,
+        limit,
+    )
+    .await;
+    let (size, _) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+    };
+    app.writer
+        .submit(
+            ctx.actor.clone(),
+            Command::LinkUploadedBlob {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                size,
+            },
+        )
+        .await?;
+    Ok(blob_created(&repo, &digest))
+}
+
+/// Streams `body` to `staging` after its first `offset` bytes (whose hash is
+/// `hasher`), checks the digest, fsyncs and commits the file to the store.
+/// Returns the blob's size and the last chunk (the bytes of this body).
+async fn receive_and_commit(
+    app: &Arc<App>,
+    staging: &std::path::Path,
+    offset: u64,
+    hasher: Hasher,
+    digest: &Digest,
+    body: Body,
+    limit: u64,
+) -> ApiResult<(u64, Chunk)> {
+    let path = staging.to_owned();
+    let writer = tokio::task::spawn_blocking(move || StagingWriter::open_at(&path, offset))
+        .await
+        .map_err(ApiError::internal)??;
+    let streamed = stream_to_staging(body, writer, hasher, limit).await?;
+    let computed = streamed.hasher.finish();
+    let length = streamed.writer.written;
+    if computed != *digest {
+        return Err(ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("uploaded content has digest {computed}, not {digest}"),
+        ));
+    }
+    let store = app.store.clone();
+    let path = staging.to_owned();
+    let d = digest.clone();
+    let crc32 = streamed.writer.crc.clone().finalize();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        streamed.writer.file.sync_all()?;
+        drop(streamed.writer);
+        store.commit(&path, &d)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok((
+        offset + length,
+        Chunk {
+            offset,
+            length,
+            crc32,
+        },
+    ))
+}
+
+/// Looks up an upload of `repo`, or answers BLOB_UPLOAD_UNKNOWN.
+fn upload_size(app: &App, repo: &RepoName, id: &str) -> ApiResult<u64> {
+    if !is_upload_id(id) {
+        return Err(upload_unknown());
+    }
+    let state = app.state.read();
+    match state.uploads.get(id) {
+        Some(u) if u.repo == *repo => Ok(u.size),
+        _ => Err(upload_unknown()),
+    }
+}
+
+pub fn status(app: &App, repo: &RepoName, id: &str) -> ApiResult<Response> {
+    let size = upload_size(app, repo, id)?;
+    Ok(session_response(StatusCode::NO_CONTENT, repo, id, size))
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::new(ErrorCode::SizeInvalid, "Content-Length is not a number")),
+    }
+}
+
+pub async fn patch(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    id: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    upload_size(app, &repo, &id)?;
+    let session = app.sessions.get(&id);
+    let mut session = session.lock().await;
+    // Re-read under the session lock: another request may have moved it.
+    let offset = upload_size(app, &repo, &id)?;
+    let declared = content_length(headers)?;
+    let mut expected_len = declared;
+    if let Some(v) = headers.get(header::CONTENT_RANGE) {
+        let (start, end) = v
+            .to_str()
+            .ok()
+            .and_then(parse_content_range)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    "Content-Range must be <start>-<end>",
+                )
+            })?;
+        if start != offset {
+            return Err(ApiError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("chunk starts at {start}, the upload has {offset} bytes"),
+            )
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .with_header(header::RANGE, &range_header(offset))
+            .with_header(header::LOCATION, &upload_location(&repo, &id))
+            .with_header("Docker-Upload-UUID".try_into().expect("valid"), &id));
+        }
+        let len = end - start + 1;
+        if declared.is_some_and(|d| d != len) {
+            return Err(ApiError::new(
+                ErrorCode::SizeInvalid,
+                "Content-Length does not match Content-Range",
+            ));
+        }
+        expected_len = Some(len);
+    }
+    let limit = app
+        .limits
+        .chunk_bytes_max
+        .min(app.limits.blob_bytes_max.saturating_sub(offset));
+    if expected_len.is_some_and(|l| l > limit) {
+        return Err(ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!("chunk exceeds the limit of {limit} bytes"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let staging = app.store.staging_path(&id);
+    let hasher = match session.hasher.take() {
+        Some(h) if session.hashed_bytes == offset => h,
+        _ => {
+            DigestAlgorithm::Sha256
+                .hasher_for_prefix(&staging, offset)
+                .await?
+        }
+    };
+    let path = staging.clone();
+    let writer = tokio::task::spawn_blocking(move || StagingWriter::open_at(&path, offset))
+        .await
+        .map_err(ApiError::internal)??;
+    let streamed = match stream_to_staging(body, writer, hasher, limit).await {
+        Ok(s) => s,
+        Err(e) => {
+            cut_back(&staging, offset).await;
+            return Err(e);
+        }
+    };
+    let length = streamed.writer.written;
+    if expected_len.is_some_and(|l| l != length) {
+        cut_back(&staging, offset).await;
+        return Err(ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!(
+                "received {length} bytes, the request announced {}",
+                expected_len.unwrap_or(0)
+            ),
+        ));
+    }
+    let crc32 = streamed.writer.crc.clone().finalize();
+    let file = streamed.writer.file;
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(ApiError::internal)??;
+    if length > 0 {
+        let command = Command::AppendChunk {
+            upload: id.clone(),
+            offset,
+            length,
+            crc32,
+        };
+        if let Err(e) = app.writer.submit(ctx.actor.clone(), command).await {
+            cut_back(&staging, offset).await;
+            return Err(e.into());
+        }
+    }
+    session.hasher = Some(streamed.hasher);
+    session.hashed_bytes = offset + length;
+    Ok(session_response(
+        StatusCode::ACCEPTED,
+        &repo,
+        &id,
+        offset + length,
+    ))
+}
+
+/// Cuts a staging file back to what the log acknowledged.
+async fn cut_back(staging: &std::path::Path, offset: u64) {
+    let path = staging.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(offset))
+    })
+    .await;
+}
+
+impl DigestAlgorithm {
+    /// The hash of the first `len` bytes of a staging file, computed off the
+    /// async threads.
+    async fn hasher_for_prefix(self, path: &std::path::Path, len: u64) -> ApiResult<Hasher> {
+        if len == 0 {
+            return Ok(self.hasher());
+        }
+        let path: PathBuf = path.to_owned();
+        tokio::task::spawn_blocking(move || BlobStore::hash_file_prefix(&path, len, self))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)
+    }
+}
+
+/// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last chunk (optional)
+/// and completion.
+pub async fn finish(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    id: String,
+    query: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    upload_size(app, &repo, &id)?;
+    let digest = query_param(query, "digest").ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            "the digest query parameter is required",
+        )
+    })?;
+    let digest = Digest::parse(&digest)?;
+    let session = app.sessions.get(&id);
+    let mut session = session.lock().await;
+    let offset = upload_size(app, &repo, &id)?;
+    let limit = app
+        .limits
+        .chunk_bytes_max
+        .min(app.limits.blob_bytes_max.saturating_sub(offset));
+    if content_length(headers)?.is_some_and(|l| l > limit) {
+        return Err(ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!("chunk exceeds the limit of {limit} bytes"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let staging = app.store.staging_path(&id);
+    let hasher = match session.hasher.take() {
+        Some(h) if session.hashed_bytes == offset && h.algorithm() == digest.algorithm() => h,
+        _ => {
+            digest
+                .algorithm()
+                .hasher_for_prefix(&staging, offset)
+                .await?
+        }
+    };
+    let (size, last_chunk) =
+        match receive_and_commit(app, &staging, offset, hasher, &digest, body, limit).await {
+            Ok(r) => r,
+            Err(e) if e.code == Some(ErrorCode::DigestInvalid) => {
+                // The bytes are not what the client meant: the session ends and
+                // nothing is stored (distribution does the same).
+                app.writer
+                    .submit(
+                        ctx.actor.clone(),
+                        Command::CancelUpload {
+                            upload: id.clone(),
+                            reason: CancelReason::DigestMismatch,
+                        },
+                    )
+                    .await?;
+                remove_staging(&staging).await;
+                app.sessions.remove(&id);
+                return Err(e);
+            }
+            Err(e) => {
+                cut_back(&staging, offset).await;
+                return Err(e);
+            }
+        };
+    let command = Command::CompleteUpload {
+        upload: id.clone(),
+        digest: digest.clone(),
+        size,
+        last_chunk: Some(last_chunk),
+    };
+    app.writer.submit(ctx.actor.clone(), command).await?;
+    drop(session);
+    app.sessions.remove(&id);
+    Ok(blob_created(&repo, &digest))
+}
+
+async fn remove_staging(staging: &std::path::Path) {
+    let path = staging.to_owned();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+}
+
+pub async fn cancel(
+    app: &Arc<App>,
+    ctx: &RequestContext,
+    repo: RepoName,
+    id: String,
+) -> ApiResult<Response> {
+    upload_size(app, &repo, &id)?;
+    let session = app.sessions.get(&id);
+    let _session = session.lock().await;
+    upload_size(app, &repo, &id)?;
+    app.writer
+        .submit(
+            ctx.actor.clone(),
+            Command::CancelUpload {
+                upload: id.clone(),
+                reason: CancelReason::ClientDeleted,
+            },
+        )
+        .await?;
+    remove_staging(&app.store.staging_path(&id)).await;
+    drop(_session);
+    app.sessions.remove(&id);
+    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
