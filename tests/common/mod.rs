@@ -1,0 +1,121 @@
+//! Shared harness for black-box tests: runs the real `ferro` binary on a
+//! loopback port over a temporary data directory and talks HTTP to it.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const FERRO: &str = env!("CARGO_BIN_EXE_ferro");
+
+/// A running `ferro serve`. Killed (SIGKILL) on drop.
+pub struct TestServer {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    /// Lines the server wrote to stderr after it started listening.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl TestServer {
+    /// Starts a server on `data_dir` (created if missing) on a free port.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        Self::start_owned(data_dir, extra)
+    }
+
+    fn start_owned(data_dir: &Path, extra_args: Vec<String>) -> TestServer {
+        let mut child = Command::new(FERRO)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferro");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(i) = line.find("listening on http://") {
+                        break line[i + "listening on http://".len()..].trim().to_owned();
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("ferro did not start; its output:\n{}", seen.join("\n"));
+                }
+            }
+        };
+        TestServer {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            extra_args,
+            log: rx,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        self.child.wait().expect("wait for ferro")
+    }
+
+    /// Kills the server and starts it again on the same data directory.
+    pub fn restart(mut self) -> TestServer {
+        self.kill();
+        let dir = self.data_dir.clone();
+        let args = std::mem::take(&mut self.extra_args);
+        Self::start_owned(&dir, args)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    ferro::oci::Digest::sha256_of(bytes).to_string()
+}
