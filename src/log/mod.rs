@@ -19,8 +19,12 @@ use parking_lot::RwLock;
 
 use crate::fsutil::create_dir_all_durable;
 use crate::projection::State;
-pub use recovery::{RecoveryError, RecoveryMode, RecoveryReport, ReplayFrom};
-pub use writer::{Committed, Durability, LogWriter, SubmitError, WriterOptions, WriterStart};
+pub use recovery::{
+    ReadOptions, RecordView, RecoveryError, RecoveryMode, RecoveryReport, ReplayFrom,
+};
+pub use writer::{
+    Committed, Durability, LogTip, LogWriter, SubmitError, WriterOptions, WriterStart,
+};
 
 /// A log opened for writing, with the state recovered from it.
 pub struct OpenedLog {
@@ -38,11 +42,22 @@ pub enum OpenError {
     Io(#[from] std::io::Error),
     #[error("the log ends at sequence {log_last_seq}, before the snapshot's {state_seq}: records are missing")]
     LogBehindState { log_last_seq: u64, state_seq: u64 },
+    #[error("the state at sequence {state_seq} carries checksum {state_crc:#010x} but the log's record {state_seq} has {log_crc:#010x}: they are not the same history")]
+    StateNotOfThisLog {
+        state_seq: u64,
+        state_crc: u32,
+        log_crc: u32,
+    },
 }
 
 /// Recovers the log in `log_dir` onto `base` (the default state, or a
 /// snapshot's state whose last record had checksum `base_crc`), cuts a torn
 /// tail if the mode allows, and starts the writer.
+///
+/// With a snapshot as `base`, sealed segments it already covers are not
+/// read (their checksums were verified when the snapshot's state was
+/// built; `ferroctl verify` checks them again). Nothing on disk changes
+/// unless every check passed, so a caller may retry with another base.
 pub fn open(
     log_dir: &Path,
     mut base: State,
@@ -52,14 +67,42 @@ pub fn open(
 ) -> Result<OpenedLog, OpenError> {
     create_dir_all_durable(log_dir)?;
     let state_seq = base.last_seq;
-    let mut report = recovery::recover(
-        log_dir,
-        ReplayFrom {
-            replay_after: state_seq,
-        },
+    let read = ReadOptions {
         mode,
-        &mut |seq, time, entry| base.apply(seq, time, &entry),
+        replay_after: state_seq,
+        skip_covered_segments: state_seq > 0,
+    };
+    let mut report = recovery::read_log(
+        log_dir,
+        &read,
+        &mut recovery::decode_into(&mut |seq, time, entry| base.apply(seq, time, &entry)),
     )?;
+    recovery::check_covers(&report, state_seq)?;
+    if report.segments.is_empty() {
+        report.last_seq = state_seq;
+        report.last_crc = base_crc;
+        report.crc_at_replay_after = Some(base_crc);
+    }
+    if report.last_seq < state_seq {
+        return Err(OpenError::LogBehindState {
+            log_last_seq: report.last_seq,
+            state_seq,
+        });
+    }
+    match report.crc_at_replay_after {
+        Some(log_crc) if log_crc != base_crc => {
+            return Err(OpenError::StateNotOfThisLog {
+                state_seq,
+                state_crc: base_crc,
+                log_crc,
+            })
+        }
+        _ => {}
+    }
+    debug_assert_eq!(base.last_seq, report.last_seq);
+    for leftover in segment::remove_leftover_temp_files(log_dir)? {
+        tracing::info!(file = %leftover.display(), "removed an unfinished segment file");
+    }
     if let Some(torn) = &report.torn_tail {
         let aside = recovery::cut_torn_tail(torn)?;
         tracing::warn!(
@@ -70,18 +113,10 @@ pub fn open(
             saved_to = %aside.display(),
             "cut a torn tail off the log"
         );
+        if let Some(last) = report.segments.last_mut() {
+            last.file_bytes = torn.offset;
+        }
     }
-    if report.segments.is_empty() {
-        report.last_seq = state_seq;
-        report.last_crc = base_crc;
-    }
-    if report.last_seq < state_seq {
-        return Err(OpenError::LogBehindState {
-            log_last_seq: report.last_seq,
-            state_seq,
-        });
-    }
-    debug_assert_eq!(base.last_seq, report.last_seq);
     let active = match report.segments.last() {
         Some(last) => {
             let file = OpenOptions::new().append(true).open(&last.path)?;

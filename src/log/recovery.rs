@@ -8,16 +8,22 @@
 //!   record anywhere after it, is a torn tail: everything before it is kept;
 //! - anything else that does not verify is corruption: recovery stops and
 //!   names the file, the offset and the reason. No record is ever skipped.
+//!
+//! [`read_log`] is the one reader: startup, snapshots, replay and the
+//! operator tools all go through it, each with a visitor that decides what
+//! to do with every verified record.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use super::format::{
-    decode_payload, read_record, SegmentHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    decode_payload, read_record, PayloadError, SegmentHeader, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use super::segment::list_segments;
 use crate::events::Entry;
@@ -68,6 +74,18 @@ pub struct RecoveryReport {
     pub records_verified: u64,
     pub entries_replayed: u64,
     pub torn_tail: Option<TornTail>,
+    /// First sequence number of the log's first segment (from its name);
+    /// `None` for an empty log. Above 1 after compaction.
+    pub first_seq: Option<u64>,
+    pub first_segment: Option<PathBuf>,
+    /// Sealed segments not opened (see [`ReadOptions::skip_covered_segments`]).
+    pub segments_skipped: u64,
+    /// The checksum of record `replay_after` (or the chain value a segment
+    /// header gives for it), when the read reached it; 0 for `replay_after`
+    /// 0.
+    pub crc_at_replay_after: Option<u32>,
+    /// The visitor stopped the read before the end of the log.
+    pub stopped_early: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,13 +120,108 @@ pub struct ReplayFrom {
     pub replay_after: u64,
 }
 
+/// How [`read_log`] reads: what to verify, what to hand over, what to skip.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    pub mode: RecoveryMode,
+    /// Records up to and including this sequence number are verified but not
+    /// handed to the visitor (the caller's state already holds them).
+    pub replay_after: u64,
+    /// Do not open sealed segments whose records are all at or before
+    /// `replay_after` (startup from a snapshot). Their checksums are then
+    /// not verified: `ferroctl verify` reads everything.
+    pub skip_covered_segments: bool,
+}
+
+/// One record whose checksum, sequence number and chain verified, as
+/// [`read_log`] hands it to its visitor. The payload is not decoded: the
+/// visitor decides whether it needs the entry.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub segment: &'a Path,
+    /// Index of the segment among those read.
+    pub segment_index: usize,
+    /// Offset of the record in its segment.
+    pub offset: u64,
+    pub seq: u64,
+    pub time_unix_ns: u64,
+    pub crc: u32,
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    pub fn decode(&self) -> Result<Entry, PayloadError> {
+        decode_payload(self.payload)
+    }
+
+    /// Bytes the record takes in its segment.
+    pub fn len_bytes(&self) -> u64 {
+        (RECORD_HEADER_BYTES + self.payload.len()) as u64
+    }
+}
+
+/// What a visitor tells [`read_log`] after each record. An `Err` is a
+/// record that verified but that the visitor cannot use (its payload does
+/// not decode): reading stops with [`RecoveryError::Corrupt`] at its offset.
+pub type VisitResult = Result<ControlFlow<()>, String>;
+
 /// Reads the log in `log_dir`. Calls `apply(seq, time_unix_ns, entry)` for
-/// every entry after `from.replay_after`, in order.
+/// every entry after `from.replay_after`, in order. The log must hold every
+/// record after `from.replay_after`.
 pub fn recover(
     log_dir: &Path,
     from: ReplayFrom,
     mode: RecoveryMode,
     apply: &mut dyn FnMut(u64, u64, Entry),
+) -> Result<RecoveryReport, RecoveryError> {
+    let options = ReadOptions {
+        mode,
+        replay_after: from.replay_after,
+        skip_covered_segments: false,
+    };
+    let report = read_log(log_dir, &options, &mut decode_into(apply))?;
+    check_covers(&report, from.replay_after)?;
+    Ok(report)
+}
+
+/// A visitor that decodes every record it is given and applies it.
+pub fn decode_into(
+    apply: &mut dyn FnMut(u64, u64, Entry),
+) -> impl FnMut(&RecordView<'_>) -> VisitResult + '_ {
+    move |record| {
+        let entry = record
+            .decode()
+            .map_err(|e| format!("record {} checksum is valid but {e}", record.seq))?;
+        apply(record.seq, record.time_unix_ns, entry);
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// Fails when the log starts after `replay_after + 1`: the records between
+/// the caller's state and the log are missing.
+pub fn check_covers(report: &RecoveryReport, replay_after: u64) -> Result<(), RecoveryError> {
+    match report.first_seq {
+        Some(first) if first > replay_after + 1 => Err(RecoveryError::Corrupt {
+            path: report.first_segment.clone().unwrap_or_default(),
+            offset: 0,
+            reason: format!(
+                "log starts at sequence {first} but the state to replay onto ends at {replay_after}: records {}..{} are missing",
+                replay_after + 1,
+                first - 1
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the log in `log_dir`: verifies every record it reads (checksum,
+/// sequence continuity, checksum chain) and hands each one after
+/// `options.replay_after` to `visit`, in order, until `visit` breaks.
+/// Never writes: a torn tail is reported, not cut.
+pub fn read_log(
+    log_dir: &Path,
+    options: &ReadOptions,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> VisitResult,
 ) -> Result<RecoveryReport, RecoveryError> {
     let segments = list_segments(log_dir).map_err(io_err(log_dir))?;
     let mut report = RecoveryReport {
@@ -118,51 +231,58 @@ pub fn recover(
         records_verified: 0,
         entries_replayed: 0,
         torn_tail: None,
+        first_seq: segments.first().map(|(seq, _)| *seq),
+        first_segment: segments.first().map(|(_, path)| path.clone()),
+        segments_skipped: 0,
+        crc_at_replay_after: (options.replay_after == 0).then_some(0),
+        stopped_early: false,
     };
     let count = segments.len();
-    for (index, (name_seq, path)) in segments.into_iter().enumerate() {
+    let mut first_read = true;
+    for (index, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == count;
-        let summary = recover_segment(
-            &path,
-            name_seq,
-            index == 0,
+        if options.skip_covered_segments && !is_last {
+            // A sealed segment ends where the next one starts.
+            let next_first_seq = segments[index + 1].0;
+            if next_first_seq <= options.replay_after + 1 {
+                report.segments_skipped += 1;
+                continue;
+            }
+        }
+        let segment = SegmentRead {
+            path,
+            index: report.segments.len(),
+            name_seq: *name_seq,
+            is_first: first_read,
             is_last,
-            from,
-            mode,
-            &mut report,
-            apply,
-        )?;
+        };
+        first_read = false;
+        let (summary, flow) = read_segment(&segment, options, &mut report, visit)?;
         report.segments.push(summary);
-    }
-    if let Some(first) = report.segments.first() {
-        if first.first_seq > from.replay_after + 1 {
-            return Err(RecoveryError::Corrupt {
-                path: first.path.clone(),
-                offset: 0,
-                reason: format!(
-                    "log starts at sequence {} but the state to replay onto ends at {}: records {}..{} are missing",
-                    first.first_seq,
-                    from.replay_after,
-                    from.replay_after + 1,
-                    first.first_seq - 1
-                ),
-            });
+        if flow.is_break() {
+            report.stopped_early = true;
+            break;
         }
     }
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-fn recover_segment(
-    path: &Path,
+struct SegmentRead<'a> {
+    path: &'a Path,
+    index: usize,
     name_seq: u64,
+    /// The first segment read (not necessarily the log's first).
     is_first: bool,
     is_last: bool,
-    from: ReplayFrom,
-    mode: RecoveryMode,
+}
+
+fn read_segment(
+    segment: &SegmentRead<'_>,
+    options: &ReadOptions,
     report: &mut RecoveryReport,
-    apply: &mut dyn FnMut(u64, u64, Entry),
-) -> Result<SegmentSummary, RecoveryError> {
+    visit: &mut dyn FnMut(&RecordView<'_>) -> VisitResult,
+) -> Result<(SegmentSummary, ControlFlow<()>), RecoveryError> {
+    let path = segment.path;
     let file = File::open(path).map_err(io_err(path))?;
     let file_bytes = file.metadata().map_err(io_err(path))?.len();
     let corrupt = |offset: u64, reason: String| RecoveryError::Corrupt {
@@ -176,22 +296,24 @@ fn recover_segment(
             format!("segment is {file_bytes} bytes, shorter than its header"),
         ));
     }
-    // SAFETY: segment files are only appended to by the single writer of a
-    // locked data directory; recovery runs before that writer exists.
+    // SAFETY: segment files are only ever appended to, by the single writer
+    // of a locked data directory; the map covers the length read above, and
+    // only a failed append is cut back (to a length no reader has seen as a
+    // whole record).
     let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
     let bytes: &[u8] = &map;
     let header =
         SegmentHeader::decode(bytes).map_err(|e| corrupt(0, format!("bad segment header: {e}")))?;
-    if header.first_seq != name_seq {
+    if header.first_seq != segment.name_seq {
         return Err(corrupt(
             16,
             format!(
-                "header says first sequence {} but the file is named for {name_seq}",
-                header.first_seq
+                "header says first sequence {} but the file is named for {}",
+                header.first_seq, segment.name_seq
             ),
         ));
     }
-    if is_first {
+    if segment.is_first {
         if header.first_seq == 1 && header.prev_crc != 0 {
             return Err(corrupt(
                 24,
@@ -200,6 +322,7 @@ fn recover_segment(
         }
         report.last_seq = header.first_seq - 1;
         report.last_crc = header.prev_crc;
+        note_replay_point(report, options);
     } else {
         if header.first_seq != report.last_seq + 1 {
             return Err(corrupt(
@@ -223,12 +346,13 @@ fn recover_segment(
 
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut records = 0u64;
+    let mut flow = ControlFlow::Continue(());
     while offset < bytes.len() {
         let record = match read_record(&bytes[offset..]) {
             Ok(r) => r,
             Err(e) => {
                 let reason = e.to_string();
-                if !is_last {
+                if !segment.is_last {
                     return Err(corrupt(
                         offset as u64,
                         format!("bad record in a sealed segment: {reason}"),
@@ -248,7 +372,7 @@ fn recover_segment(
                     file_bytes,
                     reason,
                 };
-                if mode == RecoveryMode::Strict {
+                if options.mode == RecoveryMode::Strict {
                     return Err(RecoveryError::TornTailStrict {
                         path: torn.path,
                         offset: torn.offset,
@@ -279,35 +403,51 @@ fn recover_segment(
                 ),
             ));
         }
-        if h.seq > from.replay_after {
-            let entry = decode_payload(record.payload).map_err(|e| {
-                corrupt(
-                    offset as u64,
-                    format!("record {} checksum is valid but {e}", h.seq),
-                )
-            })?;
-            apply(h.seq, h.time_unix_ns, entry);
+        if h.seq > options.replay_after {
+            let view = RecordView {
+                segment: path,
+                segment_index: segment.index,
+                offset: offset as u64,
+                seq: h.seq,
+                time_unix_ns: h.time_unix_ns,
+                crc: h.crc,
+                payload: record.payload,
+            };
+            flow = visit(&view).map_err(|reason| corrupt(offset as u64, reason))?;
             report.entries_replayed += 1;
         }
         report.last_seq = h.seq;
         report.last_crc = h.crc;
         report.records_verified += 1;
+        note_replay_point(report, options);
         records += 1;
         offset += record.len_bytes();
+        if flow.is_break() {
+            break;
+        }
     }
-    let valid_bytes = report
-        .torn_tail
-        .as_ref()
-        .map(|t| t.offset)
-        .unwrap_or(bytes.len() as u64);
-    Ok(SegmentSummary {
+    let valid_bytes = match &report.torn_tail {
+        Some(t) if t.path == path => t.offset,
+        _ if flow.is_break() => offset as u64,
+        _ => bytes.len() as u64,
+    };
+    let summary = SegmentSummary {
         path: path.to_owned(),
         first_seq: header.first_seq,
         last_seq: report.last_seq,
         records,
         valid_bytes,
         file_bytes,
-    })
+    };
+    Ok((summary, flow))
+}
+
+/// Remembers the checksum of record `replay_after` when the read reaches it,
+/// so the caller can check that its state (a snapshot) belongs to this log.
+fn note_replay_point(report: &mut RecoveryReport, options: &ReadOptions) {
+    if report.last_seq == options.replay_after {
+        report.crc_at_replay_after = Some(report.last_crc);
+    }
 }
 
 /// Looks for any record after `bad_offset` that verifies on its own and

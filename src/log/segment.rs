@@ -27,8 +27,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Segment files in `log_dir`, ordered by first sequence number. Leftover
-/// `.tmp` files of an interrupted segment creation are removed.
+/// Segment files in `log_dir`, ordered by first sequence number. Only
+/// reads the directory: read-only tools list segments while a server runs.
 pub fn list_segments(log_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(log_dir)? {
@@ -37,12 +37,30 @@ pub fn list_segments(log_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         let Some(name) = name.to_str() else { continue };
         if let Some(seq) = parse_segment_file_name(name) {
             out.push((seq, entry.path()));
-        } else if name.ends_with(".log.tmp") {
-            fs::remove_file(entry.path())?;
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// Removes `.log.tmp` leftovers of an interrupted segment creation. Only
+/// the owner of the locked data directory calls this (the writer's open
+/// path), never a reader. Returns the files removed.
+pub fn remove_leftover_temp_files(log_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(log_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".log.tmp") {
+            fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    if !removed.is_empty() {
+        fsync_dir(log_dir)?;
+    }
+    Ok(removed)
 }
 
 /// Creates a new, durable segment holding only its header, and returns it
@@ -77,6 +95,23 @@ pub fn create_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listing_never_removes_and_cleanup_does() {
+        let dir = tempfile::tempdir().unwrap();
+        create_segment(dir.path(), 1, 0).unwrap();
+        let tmp = dir.path().join(format!("{}.tmp", segment_file_name(9)));
+        fs::write(&tmp, b"half").unwrap();
+        let listed = list_segments(dir.path()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(tmp.exists(), "listing must not touch the directory");
+        assert_eq!(
+            remove_leftover_temp_files(dir.path()).unwrap(),
+            vec![tmp.clone()]
+        );
+        assert!(!tmp.exists());
+        assert_eq!(list_segments(dir.path()).unwrap(), listed);
+    }
 
     #[test]
     fn names_round_trip() {

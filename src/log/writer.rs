@@ -15,13 +15,14 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::format::{encode_payload, encode_record};
 use super::segment::create_segment;
@@ -97,6 +98,57 @@ enum Submission {
 pub struct LogWriter {
     tx: mpsc::Sender<Submission>,
     stats: Arc<Mutex<WriterStats>>,
+    tip: Arc<LogTip>,
+}
+
+/// The last record applied to the state: its sequence number and checksum.
+///
+/// # Invariants
+/// The writer updates the tip only while it holds the state's write lock,
+/// in the same section that applies the records. So whoever holds the
+/// state's read lock sees the tip of exactly that state: `seq()` equals
+/// `State::last_seq`, and `crc()` is the checksum of that record, which a
+/// snapshot of the state must carry for the log to continue after it.
+#[derive(Debug, Default)]
+pub struct LogTip {
+    seq: AtomicU64,
+    crc: AtomicU32,
+    /// Record bytes appended since the writer started.
+    appended_bytes: AtomicU64,
+    changed: Notify,
+}
+
+impl LogTip {
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    pub fn crc(&self) -> u32 {
+        self.crc.load(Ordering::Acquire)
+    }
+
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the next commit (or at once if one happened since the
+    /// last call): a single waiter, such as the snapshot scheduler.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Wakes the waiter of [`LogTip::changed`] without a commit.
+    pub fn wake(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Called with the state's write lock held (see the invariant).
+    fn publish(&self, seq: u64, crc: u32, appended_bytes: u64) {
+        self.seq.store(seq, Ordering::Release);
+        self.crc.store(crc, Ordering::Release);
+        self.appended_bytes
+            .fetch_add(appended_bytes, Ordering::AcqRel);
+    }
 }
 
 /// Where the writer resumes: the tail of the recovered log.
@@ -120,6 +172,11 @@ impl LogWriter {
         assert_eq!(state.read().last_seq, start.last_seq, "state and log agree");
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_COMMANDS_MAX);
         let stats = Arc::new(Mutex::new(WriterStats::default()));
+        let tip = Arc::new(LogTip::default());
+        {
+            let _state = state.read();
+            tip.publish(start.last_seq, start.last_crc, 0);
+        }
         let (path, file, len) = match start.active {
             Some(a) => a,
             None => {
@@ -141,12 +198,13 @@ impl LogWriter {
             state,
             options,
             stats: stats.clone(),
+            tip: tip.clone(),
             buffer: Vec::with_capacity(1 << 16),
         };
         let handle = std::thread::Builder::new()
             .name("ferro-log-writer".into())
             .spawn(move || worker.run(rx))?;
-        Ok((LogWriter { tx, stats }, handle))
+        Ok((LogWriter { tx, stats, tip }, handle))
     }
 
     /// Submits a command and waits until it is durable and applied (or
@@ -182,6 +240,11 @@ impl LogWriter {
     pub fn stats(&self) -> WriterStats {
         self.stats.lock().clone()
     }
+
+    /// The last record applied to the state (see [`LogTip`]).
+    pub fn tip(&self) -> &Arc<LogTip> {
+        &self.tip
+    }
 }
 
 struct Planned {
@@ -203,6 +266,7 @@ struct Worker {
     state: Arc<RwLock<State>>,
     options: WriterOptions,
     stats: Arc<Mutex<WriterStats>>,
+    tip: Arc<LogTip>,
     buffer: Vec<u8>,
 }
 
@@ -369,7 +433,10 @@ impl Worker {
             for (i, p) in planned.iter().enumerate() {
                 state.apply(first_seq + i as u64, time_unix_ns, &p.entry);
             }
+            self.tip
+                .publish(state.last_seq, crc, self.buffer.len() as u64);
         }
+        self.tip.wake();
         {
             let mut s = self.stats.lock();
             s.batches += 1;
