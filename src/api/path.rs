@@ -6,7 +6,7 @@
 //! grammar needs encoding, so a `%` anywhere makes the name or reference
 //! invalid: `%2e%2e` can never become `..`.
 
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, Reference, ReferenceError, RepoName};
 
 use super::error::{ApiError, ErrorCode};
 
@@ -118,12 +118,18 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
         let repo = || name(&segments[..n - 2]);
         match segments[n - 2] {
             "manifests" => {
-                let reference = Reference::parse(last)
-                    .map_err(|e| PathError::Invalid(ApiErrorKind::Reference(e.to_string())))?;
-                return Ok(Route::Manifest {
-                    repo: repo()?,
-                    reference,
-                });
+                // The name is judged first, as on every other route.
+                let repo = repo()?;
+                // A reference with a colon is a digest and is judged as one.
+                let reference = Reference::parse(last).map_err(|e| match e {
+                    ReferenceError::Digest(d) => {
+                        PathError::Invalid(ApiErrorKind::Digest(d.to_string()))
+                    }
+                    ReferenceError::Name(n) => {
+                        PathError::Invalid(ApiErrorKind::Reference(n.to_string()))
+                    }
+                })?;
+                return Ok(Route::Manifest { repo, reference });
             }
             "blobs" => {
                 return Ok(Route::Blob {
@@ -209,7 +215,11 @@ mod tests {
         ));
         assert!(matches!(
             parse("/v2/a/manifests/sha256:zz"),
-            Err(PathError::Invalid(_))
+            Err(PathError::Invalid(ApiErrorKind::Digest(_)))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/-tag"),
+            Err(PathError::Invalid(ApiErrorKind::Reference(_)))
         ));
         assert!(matches!(
             parse("/v2/a/blobs/latest"),
