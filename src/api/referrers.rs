@@ -13,7 +13,8 @@ use crate::manifest::{annotations, OCI_INDEX};
 use crate::oci::{Digest, RepoName};
 
 pub fn get(app: &App, repo: &RepoName, subject: &Digest, query: &str) -> ApiResult<Response> {
-    let filter = query_param(query, "artifactType");
+    // An empty value filters nothing (and so is not reported as applied).
+    let filter = query_param(query, "artifactType").filter(|t| !t.is_empty());
     let mut descriptors: Vec<Value> = Vec::new();
     {
         let state = app.state.read();
