@@ -118,7 +118,7 @@ async fn route_request(
             blobs::delete(app, ctx, repo, digest).await
         }
         (Route::UploadStart { repo }, Method::POST) => {
-            uploads::start(app, ctx, repo, query, body).await
+            uploads::start(app, ctx, repo, query, headers, body).await
         }
         (Route::Upload { repo, id }, Method::GET) => uploads::status(app, &repo, &id),
         (Route::Upload { repo, id }, Method::PATCH) => {

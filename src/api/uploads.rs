@@ -75,6 +75,7 @@ pub async fn start(
     ctx: &RequestContext,
     repo: RepoName,
     query: &str,
+    headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     if let Some(mount) = query_param(query, "mount") {
@@ -99,7 +100,7 @@ pub async fn start(
     }
     if let Some(d) = query_param(query, "digest") {
         let digest = Digest::parse(&d)?;
-        return monolithic(app, ctx, repo, digest, body).await;
+        return monolithic(app, ctx, repo, digest, headers, body).await;
     }
     drain(body, EMPTY_BODY_BYTES_MAX).await?;
     let id = new_upload_id();
@@ -121,10 +122,15 @@ async fn monolithic(
     ctx: &RequestContext,
     repo: RepoName,
     digest: Digest,
+    headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let bounds = ChunkBounds {
+        limit: chunk_limit(app, 0),
+        expected: content_length(headers)?,
+    };
+    bounds.check_announced()?;
     let staging = app.store.staging_path(&new_upload_id());
-    let limit = app.limits.chunk_bytes_max.min(app.limits.blob_bytes_max);
     let result = receive_and_commit(
         app,
         &staging,
@@ -132,7 +138,7 @@ async fn monolithic(
         digest.algorithm().hasher(),
         &digest,
         body,
-        limit,
+        bounds,
     )
     .await;
     let (size, _) = match result {
@@ -155,9 +161,44 @@ async fn monolithic(
     Ok(blob_created(&repo, &digest))
 }
 
+/// How long a request body may be, and how long it said it is.
+#[derive(Debug, Clone, Copy)]
+struct ChunkBounds {
+    limit: u64,
+    expected: Option<u64>,
+}
+
+impl ChunkBounds {
+    /// Refuses a body whose announced length is over the limit, before a
+    /// byte of it is read.
+    fn check_announced(self) -> ApiResult<()> {
+        match self.expected {
+            Some(l) if l > self.limit => Err(ApiError::new(
+                ErrorCode::SizeInvalid,
+                format!("chunk exceeds the limit of {} bytes", self.limit),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a body that was not as long as announced (possible when it
+    /// came without `Content-Length` but with a `Content-Range`).
+    fn check_received(self, length: u64) -> ApiResult<()> {
+        match self.expected {
+            Some(l) if l != length => Err(ApiError::new(
+                ErrorCode::SizeInvalid,
+                format!("received {length} bytes, the request announced {l}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Streams `body` to `staging` after its first `offset` bytes (whose hash is
-/// `hasher`), checks the digest, fsyncs and commits the file to the store.
-/// Returns the blob's size and the last chunk (the bytes of this body).
+/// `hasher`), checks length and digest, fsyncs and commits the file to the
+/// store. Returns the blob's size and the last chunk (the bytes of this
+/// body).
 async fn receive_and_commit(
     app: &Arc<App>,
     staging: &std::path::Path,
@@ -165,15 +206,16 @@ async fn receive_and_commit(
     hasher: Hasher,
     digest: &Digest,
     body: Body,
-    limit: u64,
+    bounds: ChunkBounds,
 ) -> ApiResult<(u64, Chunk)> {
     let path = staging.to_owned();
     let writer = tokio::task::spawn_blocking(move || StagingWriter::open_at(&path, offset))
         .await
         .map_err(ApiError::internal)??;
-    let streamed = stream_to_staging(body, writer, hasher, limit).await?;
-    let computed = streamed.hasher.finish();
+    let streamed = stream_to_staging(body, writer, hasher, bounds.limit).await?;
     let length = streamed.writer.written;
+    bounds.check_received(length)?;
+    let computed = streamed.hasher.finish();
     if computed != *digest {
         return Err(ApiError::new(
             ErrorCode::DigestInvalid,
@@ -230,6 +272,56 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// The most bytes one request may add to an upload that has `offset`.
+fn chunk_limit(app: &App, offset: u64) -> u64 {
+    app.limits
+        .chunk_bytes_max
+        .min(app.limits.blob_bytes_max.saturating_sub(offset))
+}
+
+/// The length a chunk request announces (`Content-Length`, and
+/// `Content-Range` when present, which must agree with it and must start
+/// where the upload ends: otherwise 416 with the upload's current state).
+fn chunk_length(
+    headers: &HeaderMap,
+    repo: &RepoName,
+    id: &str,
+    offset: u64,
+) -> ApiResult<Option<u64>> {
+    let declared = content_length(headers)?;
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(declared);
+    };
+    let (start, end) = v
+        .to_str()
+        .ok()
+        .and_then(parse_content_range)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BlobUploadInvalid,
+                "Content-Range must be <start>-<end>",
+            )
+        })?;
+    if start != offset {
+        return Err(ApiError::new(
+            ErrorCode::BlobUploadInvalid,
+            format!("chunk starts at {start}, the upload has {offset} bytes"),
+        )
+        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        .with_header(header::RANGE, &range_header(offset))
+        .with_header(header::LOCATION, &upload_location(repo, id))
+        .with_header("Docker-Upload-UUID".try_into().expect("valid"), id));
+    }
+    let len = end - start + 1;
+    if declared.is_some_and(|d| d != len) {
+        return Err(ApiError::new(
+            ErrorCode::SizeInvalid,
+            "Content-Length does not match Content-Range",
+        ));
+    }
+    Ok(Some(len))
+}
+
 pub async fn patch(
     app: &Arc<App>,
     ctx: &RequestContext,
@@ -243,49 +335,11 @@ pub async fn patch(
     let mut session = session.lock().await;
     // Re-read under the session lock: another request may have moved it.
     let offset = upload_size(app, &repo, &id)?;
-    let declared = content_length(headers)?;
-    let mut expected_len = declared;
-    if let Some(v) = headers.get(header::CONTENT_RANGE) {
-        let (start, end) = v
-            .to_str()
-            .ok()
-            .and_then(parse_content_range)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BlobUploadInvalid,
-                    "Content-Range must be <start>-<end>",
-                )
-            })?;
-        if start != offset {
-            return Err(ApiError::new(
-                ErrorCode::BlobUploadInvalid,
-                format!("chunk starts at {start}, the upload has {offset} bytes"),
-            )
-            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-            .with_header(header::RANGE, &range_header(offset))
-            .with_header(header::LOCATION, &upload_location(&repo, &id))
-            .with_header("Docker-Upload-UUID".try_into().expect("valid"), &id));
-        }
-        let len = end - start + 1;
-        if declared.is_some_and(|d| d != len) {
-            return Err(ApiError::new(
-                ErrorCode::SizeInvalid,
-                "Content-Length does not match Content-Range",
-            ));
-        }
-        expected_len = Some(len);
-    }
-    let limit = app
-        .limits
-        .chunk_bytes_max
-        .min(app.limits.blob_bytes_max.saturating_sub(offset));
-    if expected_len.is_some_and(|l| l > limit) {
-        return Err(ApiError::new(
-            ErrorCode::SizeInvalid,
-            format!("chunk exceeds the limit of {limit} bytes"),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
-    }
+    let bounds = ChunkBounds {
+        limit: chunk_limit(app, offset),
+        expected: chunk_length(headers, &repo, &id, offset)?,
+    };
+    bounds.check_announced()?;
     let staging = app.store.staging_path(&id);
     let hasher = match session.hasher.take() {
         Some(h) if session.hashed_bytes == offset => h,
@@ -299,7 +353,7 @@ pub async fn patch(
     let writer = tokio::task::spawn_blocking(move || StagingWriter::open_at(&path, offset))
         .await
         .map_err(ApiError::internal)??;
-    let streamed = match stream_to_staging(body, writer, hasher, limit).await {
+    let streamed = match stream_to_staging(body, writer, hasher, bounds.limit).await {
         Ok(s) => s,
         Err(e) => {
             cut_back(&staging, offset).await;
@@ -307,15 +361,9 @@ pub async fn patch(
         }
     };
     let length = streamed.writer.written;
-    if expected_len.is_some_and(|l| l != length) {
+    if let Err(e) = bounds.check_received(length) {
         cut_back(&staging, offset).await;
-        return Err(ApiError::new(
-            ErrorCode::SizeInvalid,
-            format!(
-                "received {length} bytes, the request announced {}",
-                expected_len.unwrap_or(0)
-            ),
-        ));
+        return Err(e);
     }
     let crc32 = streamed.writer.crc.clone().finalize();
     let file = streamed.writer.file;
@@ -393,17 +441,11 @@ pub async fn finish(
     let session = app.sessions.get(&id);
     let mut session = session.lock().await;
     let offset = upload_size(app, &repo, &id)?;
-    let limit = app
-        .limits
-        .chunk_bytes_max
-        .min(app.limits.blob_bytes_max.saturating_sub(offset));
-    if content_length(headers)?.is_some_and(|l| l > limit) {
-        return Err(ApiError::new(
-            ErrorCode::SizeInvalid,
-            format!("chunk exceeds the limit of {limit} bytes"),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
-    }
+    let bounds = ChunkBounds {
+        limit: chunk_limit(app, offset),
+        expected: chunk_length(headers, &repo, &id, offset)?,
+    };
+    bounds.check_announced()?;
     let staging = app.store.staging_path(&id);
     let hasher = match session.hasher.take() {
         Some(h) if session.hashed_bytes == offset && h.algorithm() == digest.algorithm() => h,
@@ -415,7 +457,7 @@ pub async fn finish(
         }
     };
     let (size, last_chunk) =
-        match receive_and_commit(app, &staging, offset, hasher, &digest, body, limit).await {
+        match receive_and_commit(app, &staging, offset, hasher, &digest, body, bounds).await {
             Ok(r) => r,
             Err(e) if e.code == Some(ErrorCode::DigestInvalid) => {
                 // The bytes are not what the client meant: the session ends and
