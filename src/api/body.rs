@@ -2,10 +2,15 @@
 //! file in large blocks, hashing as they go, never holding more than two
 //! blocks in memory.
 
-use axum::body::Body;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, BodyDataStream, HttpBody as _};
 use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 
 use super::error::{ApiError, ErrorCode};
 use crate::blobs::{StagingWriter, IO_BUFFER_BYTES};
@@ -122,4 +127,99 @@ pub async fn stream_to_staging(
         None => state.take().expect("writer is either pending or here"),
     };
     Ok(Streamed { writer, hasher })
+}
+
+/// How much of a request body the server reads and discards after the
+/// handler is done with it, so the connection can serve the next request
+/// (Go's net/http does the same with 256 KiB). A longer tail closes the
+/// connection, with `Connection: close` said out loud.
+pub const DRAIN_AFTER_RESPONSE_BYTES_MAX: u64 = 256 * 1024;
+
+/// A request body that stays reachable after the handler drops it, so
+/// the router can drain what the handler left unread.
+pub struct TrackedBody {
+    slot: Arc<Mutex<Slot>>,
+}
+
+struct Slot {
+    /// `None` once the body ended (or failed): nothing left to drain.
+    body: Option<BodyDataStream>,
+    /// Whether anyone asked for data (a client sending `Expect:
+    /// 100-continue` only sends the body after that).
+    polled: bool,
+}
+
+/// The router's handle on a [`TrackedBody`].
+pub struct BodyTail {
+    slot: Arc<Mutex<Slot>>,
+}
+
+/// What [`BodyTail::finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The body was read to its end: the connection can be reused.
+    Consumed,
+    /// Too much was left, or it could not be read: close the connection.
+    Abandoned,
+}
+
+impl TrackedBody {
+    /// Wraps `body`; the handler gets the first half as a [`Body`].
+    pub fn wrap(body: Body) -> (Body, BodyTail) {
+        let slot = Arc::new(Mutex::new(Slot {
+            body: Some(body.into_data_stream()),
+            polled: false,
+        }));
+        let tracked = TrackedBody { slot: slot.clone() };
+        (Body::from_stream(tracked), BodyTail { slot })
+    }
+}
+
+impl futures_util::Stream for TrackedBody {
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut slot = self.slot.lock();
+        slot.polled = true;
+        let Some(body) = slot.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = body.poll_next_unpin(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            slot.body = None;
+        }
+        polled
+    }
+}
+
+impl BodyTail {
+    /// Reads and discards what the handler left of the body, up to
+    /// `limit` bytes. A body nobody asked for while the client waits for
+    /// `100 Continue` is not solicited now: it is abandoned.
+    pub async fn finish(self, expects_continue: bool, limit: u64) -> Tail {
+        let mut body = {
+            let mut slot = self.slot.lock();
+            if expects_continue && !slot.polled && slot.body.is_some() {
+                return Tail::Abandoned;
+            }
+            match slot.body.take() {
+                None => return Tail::Consumed,
+                Some(b) => b,
+            }
+        };
+        if body.is_end_stream() {
+            return Tail::Consumed;
+        }
+        let mut seen = 0u64;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => seen += c.len() as u64,
+                Err(_) => return Tail::Abandoned,
+            }
+            if seen > limit {
+                return Tail::Abandoned;
+            }
+        }
+        Tail::Consumed
+    }
 }

@@ -5,13 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
 use super::path::{self, Route};
 use super::{blobs, listing, manifests, referrers, uploads, App};
@@ -30,22 +31,27 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// | method | path                               | handler              |
-/// |--------|------------------------------------|----------------------|
-/// | GET    | /v2/                               | base                 |
-/// | GET    | /v2/_catalog                       | listing::catalog     |
-/// | GET    | /v2/<name>/tags/list               | listing::tags        |
-/// | GET/HEAD | /v2/<name>/manifests/<ref>       | manifests::get       |
-/// | PUT    | /v2/<name>/manifests/<ref>         | manifests::put       |
-/// | DELETE | /v2/<name>/manifests/<ref>         | manifests::delete    |
-/// | GET/HEAD | /v2/<name>/blobs/<digest>        | blobs::get           |
-/// | DELETE | /v2/<name>/blobs/<digest>          | blobs::delete        |
-/// | POST   | /v2/<name>/blobs/uploads/          | uploads::start       |
-/// | GET    | /v2/<name>/blobs/uploads/<id>      | uploads::status      |
-/// | PATCH  | /v2/<name>/blobs/uploads/<id>      | uploads::patch       |
-/// | PUT    | /v2/<name>/blobs/uploads/<id>      | uploads::finish      |
-/// | DELETE | /v2/<name>/blobs/uploads/<id>      | uploads::cancel      |
-/// | GET    | /v2/<name>/referrers/<digest>      | referrers::get       |
+/// | method   | path                               | handler              |
+/// |----------|------------------------------------|----------------------|
+/// | GET/HEAD | /v2/                               | base                 |
+/// | GET/HEAD | /v2/_catalog                       | listing::catalog     |
+/// | GET/HEAD | /v2/<name>/tags/list               | listing::tags        |
+/// | GET/HEAD | /v2/<name>/manifests/<ref>         | manifests::get       |
+/// | PUT      | /v2/<name>/manifests/<ref>         | manifests::put       |
+/// | DELETE   | /v2/<name>/manifests/<ref>         | manifests::delete    |
+/// | GET/HEAD | /v2/<name>/blobs/<digest>          | blobs::get           |
+/// | DELETE   | /v2/<name>/blobs/<digest>          | blobs::delete        |
+/// | POST     | /v2/<name>/blobs/uploads/          | uploads::start       |
+/// | GET/HEAD | /v2/<name>/blobs/uploads/<id>      | uploads::status      |
+/// | PATCH    | /v2/<name>/blobs/uploads/<id>      | uploads::patch       |
+/// | PUT      | /v2/<name>/blobs/uploads/<id>      | uploads::finish      |
+/// | DELETE   | /v2/<name>/blobs/uploads/<id>      | uploads::cancel      |
+/// | GET/HEAD | /v2/<name>/referrers/<digest>      | referrers::get       |
+///
+/// Any other method on a known route is 405 UNSUPPORTED with `Allow`. A
+/// HEAD is answered as the GET would be, without the body. What a handler
+/// leaves unread of a request body is drained (bounded) before answering,
+/// or the answer says `Connection: close`.
 async fn dispatch(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -58,30 +64,83 @@ async fn dispatch(
         actor: Actor::anonymous(Some(peer.to_string())),
     };
     let query = uri.query().unwrap_or("");
-    let result = match path::parse(uri.path()) {
-        Err(path::PathError::NotFound) if !uri.path().starts_with("/v2") => {
-            return (axum::http::StatusCode::NOT_FOUND, "not found").into_response()
-        }
-        Err(e) => Err(ApiError::from(e)),
-        Ok(route) => route_request(&app, &ctx, route, &method, query, &headers, body).await,
+    // Only a body that has bytes to come needs watching (GET and HEAD
+    // requests skip this).
+    let (body, tail) = if body.is_end_stream() {
+        (body, None)
+    } else {
+        let (body, tail) = TrackedBody::wrap(body);
+        (body, Some(tail))
     };
-    let mut response = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let mut r = e.into_response();
-            if method == Method::HEAD {
-                // HEAD answers carry no body; say so honestly.
-                *r.body_mut() = Body::empty();
-                r.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+    let mut response = match path::parse(uri.path()) {
+        Err(path::PathError::NotFound) if !uri.path().starts_with("/v2") => {
+            (StatusCode::NOT_FOUND, "not found").into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+        Ok(route) => {
+            let allow = allowed_methods(&route, app.delete_enabled);
+            let mut r = route_request(&app, &ctx, route, &method, query, &headers, body)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             r
         }
     };
-    response.headers_mut().insert(
+    if method == Method::HEAD {
+        strip_body(&mut response);
+    }
+    let h = response.headers_mut();
+    h.insert(
         "Docker-Distribution-API-Version",
         HeaderValue::from_static("registry/2.0"),
     );
+    if let Some(tail) = tail {
+        let expects_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if tail
+            .finish(expects_continue, DRAIN_AFTER_RESPONSE_BYTES_MAX)
+            .await
+            == Tail::Abandoned
+        {
+            // The rest of the body is still on the wire: this connection
+            // cannot carry another request, and the client must know.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
     response
+}
+
+/// The methods a route answers, for the `Allow` header of a 405.
+fn allowed_methods(route: &Route, delete_enabled: bool) -> &'static str {
+    match (route, delete_enabled) {
+        (Route::Base | Route::Catalog | Route::Tags { .. } | Route::Referrers { .. }, _) => {
+            "GET, HEAD"
+        }
+        (Route::Manifest { .. }, true) => "GET, HEAD, PUT, DELETE",
+        (Route::Manifest { .. }, false) => "GET, HEAD, PUT",
+        (Route::Blob { .. }, true) => "GET, HEAD, DELETE",
+        (Route::Blob { .. }, false) => "GET, HEAD",
+        (Route::UploadStart { .. }, _) => "POST",
+        (Route::Upload { .. }, _) => "GET, HEAD, PATCH, PUT, DELETE",
+        (Route::Extension { .. }, _) => "GET, HEAD",
+    }
+}
+
+/// A HEAD answer is the GET answer without its body: same status, same
+/// headers, `Content-Length` included (RFC 9110, 9.3.2).
+fn strip_body(response: &mut Response) {
+    use axum::http::header::CONTENT_LENGTH;
+    let exact = response.body().size_hint().exact();
+    if let (false, Some(len)) = (response.headers().contains_key(CONTENT_LENGTH), exact) {
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    *response.body_mut() = Body::empty();
 }
 
 async fn route_request(
@@ -97,11 +156,11 @@ async fn route_request(
     match (route, method.clone()) {
         (Route::Base, Method::GET | Method::HEAD) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            if head { "" } else { "{}" },
+            "{}",
         )
             .into_response()),
-        (Route::Catalog, Method::GET) => listing::catalog(app, query),
-        (Route::Tags { repo }, Method::GET) => listing::tags(app, &repo, query),
+        (Route::Catalog, Method::GET | Method::HEAD) => listing::catalog(app, query),
+        (Route::Tags { repo }, Method::GET | Method::HEAD) => listing::tags(app, &repo, query),
         (Route::Manifest { repo, reference }, Method::GET | Method::HEAD) => {
             manifests::get(app, &repo, &reference, head)
         }
@@ -120,7 +179,9 @@ async fn route_request(
         (Route::UploadStart { repo }, Method::POST) => {
             uploads::start(app, ctx, repo, query, headers, body).await
         }
-        (Route::Upload { repo, id }, Method::GET) => uploads::status(app, &repo, &id),
+        (Route::Upload { repo, id }, Method::GET | Method::HEAD) => {
+            uploads::status(app, &repo, &id)
+        }
         (Route::Upload { repo, id }, Method::PATCH) => {
             uploads::patch(app, ctx, repo, id, headers, body).await
         }
@@ -128,7 +189,7 @@ async fn route_request(
             uploads::finish(app, ctx, repo, id, query, headers, body).await
         }
         (Route::Upload { repo, id }, Method::DELETE) => uploads::cancel(app, ctx, repo, id).await,
-        (Route::Referrers { repo, digest }, Method::GET) => {
+        (Route::Referrers { repo, digest }, Method::GET | Method::HEAD) => {
             referrers::get(app, &repo, &digest, query)
         }
         (Route::Extension { .. }, _) => {
