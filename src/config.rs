@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::compaction::{CompactedSegments, Retention};
 use crate::limits::{Limits, RECORD_PAYLOAD_BYTES_MAX};
 use crate::log::recovery::RecoveryMode;
 use crate::log::Durability;
@@ -36,6 +37,50 @@ pub struct Config {
     /// Whether clients may DELETE manifests, tags and blobs.
     pub delete_enabled: bool,
     pub limits: Limits,
+    pub snapshots: SnapshotConfig,
+    pub history: HistoryConfig,
+}
+
+/// When the server snapshots its state (see `snapshot::scheduler`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Take a snapshot once this many log records (one per command, each
+    /// holding that command's events) were written since the last one.
+    /// 0: never by count.
+    pub every_records: u64,
+    /// Take a snapshot once this many bytes were appended to the log since
+    /// the last one. 0: never by size.
+    pub every_bytes: u64,
+    /// Snapshots kept, newest first (the base snapshot that the log starts
+    /// after, once compacted, is kept besides).
+    pub keep: usize,
+    /// Take a snapshot on clean shutdown, once the writer has drained.
+    pub on_shutdown: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            every_records: 100_000,
+            every_bytes: 256 * 1024 * 1024,
+            keep: 2,
+            on_shutdown: true,
+        }
+    }
+}
+
+/// How long the log keeps history (see `compaction`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// `"forever"` (the default), or a duration such as `"30d"`: segments
+    /// whose records are all older than that, and covered by a snapshot,
+    /// leave the live log after each snapshot.
+    pub retention: Retention,
+    /// Where they go: `"archive"` (`<data>/archive/log/`, the default) or
+    /// `"delete"`.
+    pub compacted_segments: CompactedSegments,
 }
 
 impl Default for Config {
@@ -48,6 +93,8 @@ impl Default for Config {
             recovery: RecoveryMode::TolerateTornTail,
             delete_enabled: true,
             limits: Limits::default(),
+            snapshots: SnapshotConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -100,6 +147,11 @@ impl Config {
                 "limits.segment_bytes_max must be at least 4096".into(),
             ));
         }
+        if self.snapshots.keep == 0 {
+            return Err(ConfigError::Invalid(
+                "snapshots.keep must be at least 1".into(),
+            ));
+        }
         if self.durability == DurabilityMode::Interval && self.fsync_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "fsync_interval_ms must be at least 1".into(),
@@ -149,6 +201,28 @@ mod tests {
         assert!(toml::from_str::<Config>("nope = 1").is_err());
         let mut bad = Config::default();
         bad.limits.manifest_bytes_max = u64::MAX;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn snapshot_and_history_settings() {
+        let c: Config = toml::from_str(
+            "[snapshots]\nevery_records = 10\n[history]\nretention = \"30d\"\ncompacted_segments = \"delete\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.snapshots.every_records, 10);
+        assert_eq!(c.snapshots.keep, SnapshotConfig::default().keep);
+        assert_eq!(
+            c.history.retention,
+            Retention::For(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.history.compacted_segments, CompactedSegments::Delete);
+        assert!(Config::default()
+            .to_toml()
+            .contains("retention = \"forever\""));
+        assert!(toml::from_str::<Config>("[history]\nretention = \"soon\"").is_err());
+        let mut bad = Config::default();
+        bad.snapshots.keep = 0;
         assert!(bad.validate().is_err());
     }
 }

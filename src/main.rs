@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Configuration helpers.
     Config {
         /// Print the default configuration as TOML.
@@ -63,6 +63,21 @@ struct ServeArgs {
     /// Log segment size before rolling, in bytes.
     #[arg(long)]
     segment_bytes_max: Option<u64>,
+    /// Snapshot after this many log records since the last one (0: never
+    /// by count) [default: 100000].
+    #[arg(long)]
+    snapshot_every_records: Option<u64>,
+    /// Snapshot after this many bytes of log since the last one (0: never
+    /// by size) [default: 268435456].
+    #[arg(long)]
+    snapshot_every_bytes: Option<u64>,
+    /// Snapshots kept [default: 2].
+    #[arg(long)]
+    snapshots_keep: Option<usize>,
+    /// How long the log keeps history: "forever" or a duration such as
+    /// 30d or 12h [default: forever].
+    #[arg(long)]
+    history_retention: Option<ferro::compaction::Retention>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -106,6 +121,18 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.segment_bytes_max {
         c.limits.segment_bytes_max = v;
     }
+    if let Some(v) = args.snapshot_every_records {
+        c.snapshots.every_records = v;
+    }
+    if let Some(v) = args.snapshot_every_bytes {
+        c.snapshots.every_bytes = v;
+    }
+    if let Some(v) = args.snapshots_keep {
+        c.snapshots.keep = v;
+    }
+    if let Some(v) = args.history_retention {
+        c.history.retention = v;
+    }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -128,7 +155,7 @@ fn main() -> ExitCode {
             eprintln!("nothing to do: try `ferro config --print-defaults`");
             return ExitCode::from(2);
         }
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         None => ServeArgs::default(),
     };
     let config = match build_config(args) {

@@ -1,6 +1,7 @@
-//! Starting and stopping the registry: lock the data directory, recover the
-//! log into the projection, reconcile upload staging files with the log,
-//! serve HTTP, and on shutdown drain requests and flush the writer.
+//! Starting and stopping the registry: lock the data directory, load the
+//! newest valid snapshot and replay the log after it, reconcile upload
+//! staging files with the log, snapshot in the background, serve HTTP, and
+//! on shutdown drain requests, flush the writer and take a last snapshot.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use crate::datadir::DataDir;
 use crate::events::{Actor, CancelReason};
 use crate::log::{self, Durability, WriterOptions};
 use crate::projection::State;
+use crate::snapshot::{self, scheduler::Scheduler};
+use crate::startup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -26,6 +29,8 @@ pub enum ServerError {
     DataDir(#[from] crate::datadir::DataDirError),
     #[error(transparent)]
     Log(#[from] log::OpenError),
+    #[error(transparent)]
+    Startup(#[from] startup::StartupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -49,10 +54,17 @@ pub async fn run(
     let data = DataDir::open(&config.data_dir)?;
     let layout = data.layout();
     let started = Instant::now();
-    let opened = log::open(
-        &layout.log_dir(),
-        State::default(),
-        0,
+    for leftover in snapshot::remove_leftover_temp_files(&layout.snapshots_dir())? {
+        tracing::info!(file = %leftover.display(), "removed an unfinished snapshot file");
+    }
+    let startup::Started {
+        log: opened,
+        snapshot: loaded_snapshot,
+        rejected,
+        snapshot_load_ms,
+        replay_ms,
+    } = startup::open(
+        &layout,
         config.recovery,
         WriterOptions {
             durability: config.log_durability(),
@@ -62,10 +74,16 @@ pub async fn run(
     let summary = opened.state.read().summary();
     tracing::info!(
         data_dir = %config.data_dir.display(),
+        snapshot = %loaded_snapshot.as_ref().map(|(p, _)| p.display().to_string()).unwrap_or_else(|| "none".into()),
+        snapshot_seq = loaded_snapshot.as_ref().map(|(_, seq)| *seq).unwrap_or(0),
+        snapshots_rejected = rejected.len(),
         events_replayed = opened.report.entries_replayed,
         last_seq = opened.report.last_seq,
         segments = opened.report.segments.len(),
-        replay_ms = started.elapsed().as_millis() as u64,
+        segments_skipped = opened.report.segments_skipped,
+        snapshot_load_ms,
+        replay_ms,
+        startup_ms = started.elapsed().as_millis() as u64,
         repositories = summary.repositories,
         manifests = summary.manifests,
         tags = summary.tags,
@@ -77,6 +95,15 @@ pub async fn run(
         log::writer::spawn_interval_sync(writer.clone(), Duration::from_millis(interval_ms));
     }
     reconcile_uploads(&opened.state, &store, &writer).await?;
+    let snapshots = Scheduler::new(
+        layout.clone(),
+        opened.state.clone(),
+        writer.clone(),
+        config.snapshots.clone(),
+        config.history.clone(),
+        loaded_snapshot.map(|(_, seq)| seq).unwrap_or(0),
+    );
+    let snapshot_loop = snapshots.spawn();
 
     let app = Arc::new(App {
         writer: writer.clone(),
@@ -108,6 +135,18 @@ pub async fn run(
     .await?;
     tracing::info!("draining the log writer");
     writer.sync().await?;
+    snapshots.stop();
+    if let Err(e) = snapshot_loop.await {
+        tracing::warn!(error = %e, "the snapshot loop ended abnormally");
+    }
+    if config.snapshots.on_shutdown {
+        match snapshots.take("shutdown").await {
+            Ok(_) => {}
+            // The log is complete and durable; the next start replays more.
+            Err(e) => tracing::warn!(error = %e, "shutdown snapshot failed"),
+        }
+    }
+    drop(snapshots);
     drop(writer);
     Ok(())
 }

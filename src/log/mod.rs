@@ -42,6 +42,8 @@ pub enum OpenError {
     Io(#[from] std::io::Error),
     #[error("the log ends at sequence {log_last_seq}, before the snapshot's {state_seq}: records are missing")]
     LogBehindState { log_last_seq: u64, state_seq: u64 },
+    #[error("the log starts at sequence {log_first_seq} but the state to replay onto ends at {state_seq}: records {}..{} are missing", state_seq + 1, log_first_seq - 1)]
+    LogStartsAfterState { log_first_seq: u64, state_seq: u64 },
     #[error("the state at sequence {state_seq} carries checksum {state_crc:#010x} but the log's record {state_seq} has {log_crc:#010x}: they are not the same history")]
     StateNotOfThisLog {
         state_seq: u64,
@@ -77,7 +79,12 @@ pub fn open(
         &read,
         &mut recovery::decode_into(&mut |seq, time, entry| base.apply(seq, time, &entry)),
     )?;
-    recovery::check_covers(&report, state_seq)?;
+    if let Some(log_first_seq) = report.first_seq.filter(|&f| f > state_seq + 1) {
+        return Err(OpenError::LogStartsAfterState {
+            log_first_seq,
+            state_seq,
+        });
+    }
     if report.segments.is_empty() {
         report.last_seq = state_seq;
         report.last_crc = base_crc;
