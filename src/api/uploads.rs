@@ -78,6 +78,16 @@ pub async fn start(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let monolithic_digest = query_param(query, "digest");
+    // Without ?digest= the POST carries no data: read (bounded) and drop the
+    // body before anything changes, so a refusal cannot follow a success.
+    let body = match monolithic_digest {
+        Some(_) => body,
+        None => {
+            drain(body, EMPTY_BODY_BYTES_MAX).await?;
+            Body::empty()
+        }
+    };
     if let Some(mount) = query_param(query, "mount") {
         let digest = Digest::parse(&mount)?;
         let from = query_param(query, "from")
@@ -89,20 +99,16 @@ pub async fn start(
             from,
         };
         match app.writer.submit(ctx.actor.clone(), command).await {
-            Ok(_) => {
-                drain(body, EMPTY_BODY_BYTES_MAX).await?;
-                return Ok(blob_created(&repo, &digest));
-            }
+            Ok(_) => return Ok(blob_created(&repo, &digest)),
             // Cannot mount: open an ordinary session instead (the spec's 202).
             Err(SubmitError::Rejected(Rejection::MountSourceMissing)) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    if let Some(d) = query_param(query, "digest") {
+    if let Some(d) = monolithic_digest {
         let digest = Digest::parse(&d)?;
         return monolithic(app, ctx, repo, digest, headers, body).await;
     }
-    drain(body, EMPTY_BODY_BYTES_MAX).await?;
     let id = new_upload_id();
     app.writer
         .submit(
