@@ -147,9 +147,12 @@ pub async fn put(
             h.insert("OCI-Subject", v);
         }
     }
-    for t in &tags {
-        if let Ok(v) = HeaderValue::from_str(t.as_str()) {
-            h.append("OCI-Tag", v);
+    // One header for all tags: a header per tag would put a 100-tag push
+    // over the header count clients accept (hyper's is 100).
+    if !tags.is_empty() {
+        let joined = tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            h.insert("OCI-Tag", v);
         }
     }
     Ok(response)
