@@ -328,6 +328,36 @@ async fn referrers_list_and_filter() {
     want.sort();
     assert_eq!(digests, want);
 
+    // A `+` in the filter, percent-encoded or not, is a `+`.
+    let json_type = "application/vnd.example.sbom.v1+json";
+    let (e, _) = push_referrer(
+        &reg,
+        "r",
+        &img.digest,
+        Some(json_type),
+        "application/vnd.oci.empty.v1+json",
+        "e",
+    )
+    .await;
+    for filter in [
+        "application/vnd.example.sbom.v1+json",
+        "application/vnd.example.sbom.v1%2Bjson",
+    ] {
+        let r = reg
+            .get(&format!(
+                "/v2/r/referrers/{}?artifactType={filter}",
+                img.digest
+            ))
+            .await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["manifests"].as_array().unwrap().len(), 1, "{filter}");
+        assert_eq!(v["manifests"][0]["digest"], e.as_str(), "{filter}");
+    }
+    assert_eq!(
+        reg.delete(&format!("/v2/r/manifests/{e}")).await.status(),
+        202
+    );
+
     // Deleting a referrer takes it off the list.
     assert_eq!(
         reg.delete(&format!("/v2/r/manifests/{b}")).await.status(),

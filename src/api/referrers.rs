@@ -14,7 +14,12 @@ use crate::oci::{Digest, RepoName};
 
 pub fn get(app: &App, repo: &RepoName, subject: &Digest, query: &str) -> ApiResult<Response> {
     // An empty value filters nothing (and so is not reported as applied).
-    let filter = query_param(query, "artifactType").filter(|t| !t.is_empty());
+    // A media type has no spaces, so a space can only be a `+` the client
+    // did not percent-encode (`+json`, `+gzip`) that form decoding turned
+    // into a space: give it back.
+    let filter = query_param(query, "artifactType")
+        .filter(|t| !t.is_empty())
+        .map(|t| t.replace(' ', "+"));
     let mut descriptors: Vec<Value> = Vec::new();
     {
         let state = app.state.read();
