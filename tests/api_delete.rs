@@ -163,3 +163,24 @@ async fn uppercase_digest_never_reaches_the_blob() {
         .join(hex);
     assert!(file.exists(), "the blob file is still there");
 }
+
+#[tokio::test]
+async fn deletes_can_be_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferro.toml");
+    std::fs::write(&config, "delete_enabled = false\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let reg = Registry::start(&["--config", &config]);
+    let img = reg.push_image("r", "v1", "a").await;
+    for (path, allow) in [
+        (format!("/v2/r/manifests/{}", img.digest), "GET, HEAD, PUT"),
+        ("/v2/r/manifests/v1".to_owned(), "GET, HEAD, PUT"),
+        (format!("/v2/r/blobs/{}", img.layer_digest), "GET, HEAD"),
+    ] {
+        let r = reg.delete(&path).await;
+        assert_eq!(header(&r, "allow"), Some(allow), "{path}");
+        expect_error(r, 405, "UNSUPPORTED").await;
+        let r = reg.get(&path).await;
+        assert_eq!(r.status(), 200, "{path} is still there");
+    }
+}
