@@ -418,3 +418,24 @@ async fn moving_a_tag_keeps_the_old_manifest() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), first.manifest);
 }
+
+#[tokio::test]
+async fn a_manifest_body_cut_short_is_manifest_invalid() {
+    let reg = Registry::start(&[]);
+    let img = reg.push_image("r", "v1", "a").await;
+    let mut c = RawConnection::open(reg.addr());
+    let declared = format!("Content-Length: {}", img.manifest.len() + 100);
+    c.send(&raw_request(
+        reg.addr(),
+        "PUT",
+        "/v2/r/manifests/short",
+        &[&declared, &format!("Content-Type: {OCI_MANIFEST}")],
+        &img.manifest,
+    ));
+    c.shutdown_write();
+    let r = c.read_response(false).expect("an answer to the cut body");
+    assert_eq!(r.status, 400, "{}", r.text());
+    check_error_body(&r.text(), "MANIFEST_INVALID");
+    let r = reg.get("/v2/r/manifests/short").await;
+    assert_eq!(r.status(), 404);
+}

@@ -89,7 +89,8 @@ pub async fn put(
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             manifest_too_large(limit)
         } else {
-            e
+            // A body that could not be read is a manifest that was not sent.
+            ApiError::new(ErrorCode::ManifestInvalid, e.message)
         }
     })?;
     let parsed = manifest::parse(&body, content_type(headers).as_deref())?;
