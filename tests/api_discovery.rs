@@ -182,6 +182,10 @@ async fn catalog_is_sorted_and_paginated() {
     let pages = follow(&reg, "/v2/_catalog?n=4", "repositories").await;
     assert_eq!(pages.len(), 2);
     assert_eq!(pages.concat(), expected);
+    // A page that ends on a name with a slash: `last` is encoded in the Link.
+    let pages = follow(&reg, "/v2/_catalog?n=3", "repositories").await;
+    assert_eq!(pages[0].last().map(String::as_str), Some("alpha/one"));
+    assert_eq!(pages.concat(), expected);
     let r = reg.get("/v2/_catalog?n=0").await;
     assert!(next_link(&r).is_none());
     let v: Value = r.json().await.unwrap();
