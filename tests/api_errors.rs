@@ -556,3 +556,45 @@ fn check_any_error_body(text: &str, what: &str) {
         .unwrap_or_else(|| panic!("{what}: no code: {text}"));
     check_error_body(text, code);
 }
+
+#[tokio::test]
+async fn expect_100_continue() {
+    let reg = Registry::start(&["--manifest-bytes-max", "1024"]);
+    let addr = reg.addr().to_owned();
+    // Refused on its headers: the final answer comes without a 100, and the
+    // connection is closed since the body was never asked for.
+    let mut c = RawConnection::open(&addr);
+    c.send(
+        format!(
+            "PUT /v2/r/manifests/big HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {OCI_MANIFEST}\r\n\
+             Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false).expect("an answer");
+    expect_raw_error(&reg, &r, 413, "MANIFEST_INVALID", "expect-continue 413");
+    assert_eq!(r.header("connection"), Some("close"));
+
+    // Accepted: 100 Continue, then the body, then 202, and the connection
+    // carries on.
+    let loc = reg.start_upload("r").await;
+    let mut c = RawConnection::open(&addr);
+    c.send(
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let interim = c.read_response(false).expect("100 Continue");
+    assert_eq!(interim.status, 100);
+    c.send(b"hello");
+    let r = c.read_response(false).expect("the final answer");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.header("range"), Some("0-4"));
+    c.send(&raw_request(&addr, "GET", &loc, &[], b""));
+    let r = c
+        .read_response(false)
+        .expect("the connection is still open");
+    assert_eq!(r.status, 204);
+}
