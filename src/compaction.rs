@@ -113,8 +113,9 @@ pub struct LeavingSegment {
     pub path: PathBuf,
     pub first_seq: u64,
     pub last_seq: u64,
-    /// An upper bound of its last record's commit time: the commit time of
-    /// the next segment's first record.
+    /// An upper bound of its last record's commit time: that of the next
+    /// segment's first record or of a snapshot after it, whichever is
+    /// earlier.
     pub last_time_unix_ns_max: u64,
 }
 
@@ -178,6 +179,17 @@ pub fn plan(layout: &Layout, options: &CompactOptions) -> Result<CompactionPlan,
         plan.limited_by = "there is no valid snapshot".into();
         return Ok(plan);
     };
+    // Commit times never go backwards, so a record's time is at most that
+    // of any later record: of the next segment's first record, or of a
+    // snapshot at or after it (its header holds its record's time).
+    let snapshot_times: Vec<(u64, u64)> = files
+        .iter()
+        .filter_map(|f| {
+            snapshot::read_header(f)
+                .ok()
+                .map(|h| (h.seq, h.time_unix_ns))
+        })
+        .collect();
     let log_dir = layout.log_dir();
     let segments = list_segments(&log_dir).map_err(io_err(&log_dir))?;
     for pair in segments.windows(2) {
@@ -187,19 +199,28 @@ pub fn plan(layout: &Layout, options: &CompactOptions) -> Result<CompactionPlan,
             plan.limited_by = format!("the newest snapshot is at sequence {}", newest.seq);
             break;
         }
-        let Some(next_time) = first_record_time(next_path)? else {
-            plan.limited_by = format!("{} holds no record yet", next_path.display());
+        let by_snapshot = snapshot_times
+            .iter()
+            .filter(|(seq, _)| *seq >= last_seq)
+            .map(|(_, time)| *time)
+            .min();
+        let by_next_record = first_record_time(next_path)?;
+        let Some(last_time_max) = by_snapshot.into_iter().chain(by_next_record).min() else {
+            plan.limited_by = format!("the commit time of sequence {last_seq} is not known yet");
             break;
         };
-        if next_time >= cutoff_unix_ns {
-            plan.limited_by = format!("records after sequence {last_seq} are within the retention");
+        if last_time_max >= cutoff_unix_ns {
+            plan.limited_by = format!(
+                "{} (from sequence {first_seq}) may hold records within the retention",
+                path.display()
+            );
             break;
         }
         plan.segments.push(LeavingSegment {
             path: path.clone(),
             first_seq: *first_seq,
             last_seq,
-            last_time_unix_ns_max: next_time,
+            last_time_unix_ns_max: last_time_max,
         });
         plan.horizon_seq = last_seq;
     }
