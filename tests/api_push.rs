@@ -441,3 +441,55 @@ async fn concurrent_uploads_of_the_same_content() {
     futures_util::future::join_all((0..12).map(upload)).await;
     assert!(staging_files(reg.dir.path()).is_empty());
 }
+
+/// Peak resident memory of a process, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn big_blobs_stream_through_bounded_memory() {
+    let reg = Registry::start(&[]);
+    let pid = reg.server.child.id();
+    let Some(before) = peak_rss_kib(pid) else {
+        eprintln!("skipping: no /proc/<pid>/status here");
+        return;
+    };
+    let size = 48 * 1024 * 1024;
+    let blob = pseudo_random_bytes(size, 41);
+    // One single POST and one chunked upload (two big PATCHes), then a GET.
+    let digest = reg.push_blob("r", &blob).await;
+    let loc = reg.start_upload("s").await;
+    for part in blob.chunks(size / 2) {
+        let r = reg
+            .request(Method::PATCH, &loc)
+            .body(part.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let r = reg
+        .request(Method::PUT, &with_query(&loc, &format!("digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = reg.get(&format!("/v2/s/blobs/{digest}")).await;
+    let got = r.bytes().await.unwrap();
+    assert!(got.len() == size && got == blob);
+    let grown_kib = peak_rss_kib(pid).unwrap() - before;
+    eprintln!("peak memory grew by {grown_kib} KiB");
+    // Holding a body (or a blob) whole would grow by at least its size.
+    assert!(
+        grown_kib < (size as u64 / 1024) / 2,
+        "the server's peak memory grew by {grown_kib} KiB for a {size}-byte blob"
+    );
+}
