@@ -158,6 +158,9 @@ fn check_log_and_snapshots(
             Ok(_) => {
                 valid.insert(file.seq, file.clone());
             }
+            // Pruned by a running server since the listing: not a problem.
+            Err(snapshot::SnapshotError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 report.problems.push(Problem {
                     kind: "snapshot_bad",
