@@ -213,6 +213,13 @@ fn replay_onto(
     on_record: &mut dyn FnMut(&RecordView<'_>),
 ) -> Result<Replayed, ReplayError> {
     let base_seq = state.last_seq;
+    let log_dir = layout.log_dir();
+    if let Some((log_first_seq, _)) = recovery::first_segment_after(&log_dir, base_seq)? {
+        return Err(ReplayError::BaseNotInLog {
+            base_seq,
+            log_first_seq,
+        });
+    }
     let options = ReadOptions {
         mode: RecoveryMode::TolerateTornTail,
         replay_after: base_seq,
@@ -220,7 +227,7 @@ fn replay_onto(
     };
     let mut crc = base_crc;
     let mut replayed = 0u64;
-    let report = recovery::read_log(&layout.log_dir(), &options, &mut |record| {
+    let report = recovery::read_log(&log_dir, &options, &mut |record| {
         on_record(record);
         if !at.includes(record.seq, record.time_unix_ns) {
             return Ok(ControlFlow::Break(()));
@@ -236,12 +243,6 @@ fn replay_onto(
         }
         Ok(ControlFlow::Continue(()))
     })?;
-    if let Some(log_first_seq) = report.first_seq.filter(|&f| f > base_seq + 1) {
-        return Err(ReplayError::BaseNotInLog {
-            base_seq,
-            log_first_seq,
-        });
-    }
     match report.crc_at_replay_after {
         Some(log_crc) if log_crc != base_crc => {
             return Err(ReplayError::BaseNotOfThisLog {

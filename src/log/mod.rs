@@ -69,6 +69,13 @@ pub fn open(
 ) -> Result<OpenedLog, OpenError> {
     create_dir_all_durable(log_dir)?;
     let state_seq = base.last_seq;
+    // Before anything is read: the log must continue the base state.
+    if let Some((log_first_seq, _)) = recovery::first_segment_after(log_dir, state_seq)? {
+        return Err(OpenError::LogStartsAfterState {
+            log_first_seq,
+            state_seq,
+        });
+    }
     let read = ReadOptions {
         mode,
         replay_after: state_seq,
@@ -79,12 +86,6 @@ pub fn open(
         &read,
         &mut recovery::decode_into(&mut |seq, time, entry| base.apply(seq, time, &entry)),
     )?;
-    if let Some(log_first_seq) = report.first_seq.filter(|&f| f > state_seq + 1) {
-        return Err(OpenError::LogStartsAfterState {
-            log_first_seq,
-            state_seq,
-        });
-    }
     if report.segments.is_empty() {
         report.last_seq = state_seq;
         report.last_crc = base_crc;

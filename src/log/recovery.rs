@@ -179,9 +179,14 @@ pub fn recover(
         replay_after: from.replay_after,
         skip_covered_segments: false,
     };
-    let report = read_log(log_dir, &options, &mut decode_into(apply))?;
-    check_covers(&report, from.replay_after)?;
-    Ok(report)
+    if let Some((first_seq, path)) = first_segment_after(log_dir, from.replay_after)? {
+        return Err(RecoveryError::Corrupt {
+            path,
+            offset: 0,
+            reason: missing_records(first_seq, from.replay_after),
+        });
+    }
+    read_log(log_dir, &options, &mut decode_into(apply))
 }
 
 /// A visitor that decodes every record it is given and applies it.
@@ -197,21 +202,28 @@ pub fn decode_into(
     }
 }
 
-/// Fails when the log starts after `replay_after + 1`: the records between
-/// the caller's state and the log are missing.
-pub fn check_covers(report: &RecoveryReport, replay_after: u64) -> Result<(), RecoveryError> {
-    match report.first_seq {
-        Some(first) if first > replay_after + 1 => Err(RecoveryError::Corrupt {
-            path: report.first_segment.clone().unwrap_or_default(),
-            offset: 0,
-            reason: format!(
-                "log starts at sequence {first} but the state to replay onto ends at {replay_after}: records {}..{} are missing",
-                replay_after + 1,
-                first - 1
-            ),
-        }),
-        _ => Ok(()),
-    }
+/// The log's first segment, when it starts after `replay_after + 1`: the
+/// records between the caller's state and the log are missing. Checked
+/// from the file names, before anything is read or handed over.
+pub fn first_segment_after(
+    log_dir: &Path,
+    replay_after: u64,
+) -> Result<Option<(u64, PathBuf)>, RecoveryError> {
+    let segments = list_segments(log_dir).map_err(io_err(log_dir))?;
+    Ok(segments
+        .into_iter()
+        .next()
+        .filter(|(first_seq, _)| *first_seq > replay_after.saturating_add(1)))
+}
+
+/// Why a log that starts at `first_seq` cannot continue a state at
+/// `replay_after`.
+pub fn missing_records(first_seq: u64, replay_after: u64) -> String {
+    format!(
+        "log starts at sequence {first_seq} but the state to replay onto ends at {replay_after}: records {}..{} are missing",
+        replay_after + 1,
+        first_seq - 1
+    )
 }
 
 /// Reads the log in `log_dir`: verifies every record it reads (checksum,
@@ -311,6 +323,12 @@ fn read_segment(
                 "header says first sequence {} but the file is named for {}",
                 header.first_seq, segment.name_seq
             ),
+        ));
+    }
+    if header.first_seq == 0 {
+        return Err(corrupt(
+            16,
+            "segment starts at sequence 0; sequence numbers start at 1".into(),
         ));
     }
     if segment.is_first {
