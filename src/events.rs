@@ -116,7 +116,9 @@ pub enum Event {
         repo: RepoName,
         digest: Digest,
     },
-    /// A blob's bytes deleted from the store (garbage collection).
+    /// A blob's bytes deleted from the store (garbage collection). Logged
+    /// only once no repository links the blob: the collector's entry
+    /// unlinks it everywhere first.
     BlobDeleted {
         digest: Digest,
         size: u64,

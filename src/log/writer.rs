@@ -116,6 +116,8 @@ pub struct LogTip {
     /// Record bytes appended since the writer started.
     appended_bytes: AtomicU64,
     changed: Notify,
+    /// Wakes every task waiting for a commit (event feed long-polls).
+    committed: Notify,
 }
 
 impl LogTip {
@@ -137,6 +139,13 @@ impl LogTip {
         self.changed.notified().await
     }
 
+    /// Resolves after the next commit. To not miss a commit between
+    /// reading `seq()` and waiting, call `enable()` on the returned future
+    /// (pinned) before reading `seq()`.
+    pub fn next_commit(&self) -> tokio::sync::futures::Notified<'_> {
+        self.committed.notified()
+    }
+
     /// Wakes the waiter of [`LogTip::changed`] without a commit.
     pub fn wake(&self) {
         self.changed.notify_one();
@@ -148,6 +157,7 @@ impl LogTip {
         self.crc.store(crc, Ordering::Release);
         self.appended_bytes
             .fetch_add(appended_bytes, Ordering::AcqRel);
+        self.committed.notify_waiters();
     }
 }
 
@@ -205,6 +215,20 @@ impl LogWriter {
             .name("ferro-log-writer".into())
             .spawn(move || worker.run(rx))?;
         Ok((LogWriter { tx, stats, tip }, handle))
+    }
+
+    /// A handle with no writer behind it, for a server that only reads:
+    /// every submission fails with [`SubmitError::Stopped`]. Its tip is
+    /// fixed at `seq`.
+    pub fn detached(seq: u64, crc: u32) -> LogWriter {
+        let (tx, _) = mpsc::channel(1);
+        let tip = Arc::new(LogTip::default());
+        tip.publish(seq, crc, 0);
+        LogWriter {
+            tx,
+            stats: Arc::new(Mutex::new(WriterStats::default())),
+            tip,
+        }
     }
 
     /// Submits a command and waits until it is durable and applied (or
@@ -305,12 +329,15 @@ impl Worker {
                         let _ = reply.send(Err(SubmitError::Storage(reason.clone())));
                         continue;
                     }
-                    let command_keys = command.keys(&self.state.read());
+                    let mut command_keys = command.keys(&self.state.read());
                     if command_keys.iter().any(|k| keys.contains(k)) {
                         // It depends on a command in this batch: commit
                         // those first so it is planned against their effect.
                         self.commit(&mut planned);
                         keys.clear();
+                        // Its keys can depend on that effect too (the tags
+                        // of a manifest, the repository of an upload).
+                        command_keys = command.keys(&self.state.read());
                     }
                     let plan = command.plan(&self.state.read());
                     match plan {

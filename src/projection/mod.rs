@@ -141,18 +141,13 @@ impl State {
                 });
             }
             Event::BlobDeleted { digest, .. } => {
+                // The writer logs this only once no repository links the
+                // blob (their `BlobUnlinked` events come first).
+                debug_assert!(
+                    self.repos.values().all(|r| !r.blobs.contains_key(digest)),
+                    "a deleted blob is linked nowhere"
+                );
                 self.blobs.remove(digest);
-                let linked: Vec<RepoName> = self
-                    .repos
-                    .iter()
-                    .filter(|(_, r)| r.blobs.contains_key(digest))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for name in linked {
-                    self.edit_repo(&name, |r| {
-                        r.blobs.remove(digest);
-                    });
-                }
             }
             Event::UploadStarted { repo, upload } => {
                 self.uploads.insert(
@@ -195,7 +190,11 @@ impl State {
     }
 
     fn repo_mut(&mut self, name: &RepoName) -> &mut Repo {
-        self.repos.entry(name.clone()).or_default()
+        // Look up first: `entry` would clone the name on every event.
+        if !self.repos.contains_key(name) {
+            self.repos.insert(name.clone(), Repo::default());
+        }
+        self.repos.get_mut(name).expect("inserted above")
     }
 
     /// Edits a repository that may not exist, and removes it if the edit
