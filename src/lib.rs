@@ -19,3 +19,4 @@ pub mod replay;
 pub mod server;
 pub mod snapshot;
 pub mod startup;
+pub mod timefmt;

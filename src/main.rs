@@ -33,6 +33,15 @@ enum Command {
 
 #[derive(clap::Args, Default)]
 struct ServeArgs {
+    /// Serve the registry read-only, as it was at `--at` (default: now),
+    /// without taking the data directory's lock: a second server, on
+    /// another port, for clients to pull the past.
+    #[arg(long)]
+    read_only: bool,
+    /// With --read-only: the point to serve, a sequence number or an
+    /// RFC 3339 time.
+    #[arg(long, value_name = "SEQ|RFC3339", requires = "read_only", value_parser = ferro::timefmt::parse_as_of)]
+    at: Option<ferro::replay::AsOf>,
     /// TOML config file; flags override its values.
     #[arg(long, env = "FERRO_CONFIG")]
     config: Option<PathBuf>,
@@ -158,6 +167,9 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => *args,
         None => ServeArgs::default(),
     };
+    let read_only = args
+        .read_only
+        .then(|| args.at.unwrap_or(ferro::replay::AsOf::End));
     let config = match build_config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -175,7 +187,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ferro::server::run(config, ferro::server::shutdown_signal())) {
+    let shutdown = ferro::server::shutdown_signal();
+    let served = match read_only {
+        Some(at) => runtime.block_on(ferro::server::run_read_only(config, at, shutdown)),
+        None => runtime.block_on(ferro::server::run(config, shutdown)),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
 
-use crate::api::{self, App, UploadSessions};
+use crate::api::{self, App, PastStates, UploadSessions};
 use crate::blobs::{is_upload_id, BlobStore};
 use crate::commands::Command;
 use crate::config::Config;
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, Layout};
 use crate::events::{Actor, CancelReason};
 use crate::log::{self, Durability, WriterOptions};
 use crate::projection::State;
+use crate::replay::{self, AsOf};
 use crate::snapshot::{self, scheduler::Scheduler};
 use crate::startup;
 
@@ -40,6 +41,10 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("log writer: {0}")]
     Writer(#[from] log::SubmitError),
+    #[error("{0} is not a ferro data directory (it has no log/ directory)")]
+    NotADataDir(std::path::PathBuf),
+    #[error(transparent)]
+    Replay(#[from] replay::ReplayError),
 }
 
 /// Runs the registry until `shutdown` resolves.
@@ -106,33 +111,17 @@ pub async fn run(
     let snapshot_loop = snapshots.spawn();
 
     let app = Arc::new(App {
+        layout: layout.clone(),
         writer: writer.clone(),
         state: opened.state.clone(),
         store,
         limits: config.limits.clone(),
         sessions: UploadSessions::default(),
         delete_enabled: config.delete_enabled,
+        past: PastStates::default(),
+        read_only: false,
     });
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen.clone(),
-            source,
-        })?;
-    let local = listener.local_addr()?;
-    // Small responses must not wait for the peer's delayed ACK (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    tracing::info!("listening on http://{local}");
-    axum::serve(
-        listener,
-        api::router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    serve(app, &config.listen, shutdown).await?;
     tracing::info!("draining the log writer");
     writer.sync().await?;
     snapshots.stop();
@@ -149,6 +138,76 @@ pub async fn run(
     drop(snapshots);
     drop(writer);
     Ok(())
+}
+
+/// Serves `app` on `listen` until `shutdown` resolves.
+async fn serve(
+    app: Arc<App>,
+    listen: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: listen.to_owned(),
+            source,
+        })?;
+    let local = listener.local_addr()?;
+    // Small responses must not wait for the peer's delayed ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    tracing::info!("listening on http://{local}");
+    axum::serve(
+        listener,
+        api::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    Ok(())
+}
+
+/// Serves the registry as it was at `at`, read-only, for unmodified
+/// clients to pull the past. It reads the data directory without taking
+/// its lock (a live server may be appending): the state is rebuilt once at
+/// startup from snapshots and the log; blobs are read from the store as
+/// long as they exist. Every write answers 405.
+pub async fn run_read_only(
+    config: Config,
+    at: AsOf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let layout = Layout::new(&config.data_dir);
+    if !layout.log_dir().is_dir() {
+        return Err(ServerError::NotADataDir(config.data_dir.clone()));
+    }
+    let started = Instant::now();
+    let replayed = replay::state_as_of(&layout, at, &mut |_| {})?;
+    let state = replayed.state;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        at = ?at,
+        seq = state.last_seq,
+        time = %crate::timefmt::rfc3339(state.last_time_unix_ns),
+        records_replayed = replayed.records_replayed,
+        replay_ms = started.elapsed().as_millis() as u64,
+        "serving the registry as it was, read-only"
+    );
+    let app = Arc::new(App {
+        layout: layout.clone(),
+        writer: log::LogWriter::detached(state.last_seq, replayed.crc),
+        state: Arc::new(parking_lot::RwLock::new(state)),
+        store: BlobStore::new(&layout),
+        limits: config.limits.clone(),
+        sessions: UploadSessions::default(),
+        delete_enabled: false,
+        past: PastStates::default(),
+        read_only: true,
+    });
+    serve(app, &config.listen, shutdown).await
 }
 
 /// Makes staging files agree with the log after a restart: bytes past the

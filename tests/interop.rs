@@ -22,7 +22,10 @@ fn required() -> bool {
 }
 
 fn skip_or_fail(what: &str) {
-    assert!(!required(), "{what} is not installed but FERRO_REQUIRE_INTEROP=1");
+    assert!(
+        !required(),
+        "{what} is not installed but FERRO_REQUIRE_INTEROP=1"
+    );
     eprintln!("skipping: {what} is not installed");
 }
 

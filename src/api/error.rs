@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// From the extensions document, not the main table.
+    ExtensionUnknown,
 }
 
 impl ErrorCode {
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::ExtensionUnknown => "EXTENSION_UNKNOWN",
         }
     }
 
@@ -58,7 +61,8 @@ impl ErrorCode {
             ErrorCode::BlobUnknown
             | ErrorCode::BlobUploadUnknown
             | ErrorCode::ManifestUnknown
-            | ErrorCode::NameUnknown => StatusCode::NOT_FOUND,
+            | ErrorCode::NameUnknown
+            | ErrorCode::ExtensionUnknown => StatusCode::NOT_FOUND,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Denied => StatusCode::FORBIDDEN,
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,

@@ -9,6 +9,7 @@ use super::error::{ApiError, ApiResult, ErrorCode};
 use super::router::query_param;
 use super::App;
 use crate::oci::RepoName;
+use crate::projection::State;
 
 /// The page size asked for, bounded by the configured maximum. Without `n`
 /// a page is the maximum.
@@ -50,7 +51,8 @@ fn with_link(
 ) -> Response {
     if let (true, Some(last)) = (more, last) {
         let encoded: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
-        let link = format!("<{path}?n={n}&last={encoded}>; rel=\"next\"");
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let link = format!("<{path}{sep}n={n}&last={encoded}>; rel=\"next\"");
         if let Ok(v) = HeaderValue::from_str(&link) {
             response.headers_mut().insert(header::LINK, v);
         }
@@ -58,11 +60,18 @@ fn with_link(
     response
 }
 
-pub fn tags(app: &App, repo: &RepoName, query: &str) -> ApiResult<Response> {
+/// Answers a tag list from `state` (the live state, or a past one);
+/// `link_path` is where the next page is (path and fixed query).
+pub fn tags(
+    app: &App,
+    state: &State,
+    repo: &RepoName,
+    query: &str,
+    link_path: &str,
+) -> ApiResult<Response> {
     let n = page_size(app, query)?;
     let last = query_param(query, "last");
     let (tags, more) = {
-        let state = app.state.read();
         let r = state.repo(repo).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NameUnknown,
@@ -72,13 +81,7 @@ pub fn tags(app: &App, repo: &RepoName, query: &str) -> ApiResult<Response> {
         page(r.tags.keys().map(|t| t.as_str()), last.as_deref(), n)
     };
     let response = axum::Json(json!({ "name": repo.as_str(), "tags": tags })).into_response();
-    Ok(with_link(
-        response,
-        &format!("/v2/{repo}/tags/list"),
-        n,
-        tags.last(),
-        more,
-    ))
+    Ok(with_link(response, link_path, n, tags.last(), more))
 }
 
 pub fn catalog(app: &App, query: &str) -> ApiResult<Response> {

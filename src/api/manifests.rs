@@ -13,10 +13,16 @@ use super::App;
 use crate::commands::Command;
 use crate::manifest;
 use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::projection::State;
 
-pub fn get(app: &App, repo: &RepoName, reference: &Reference, head: bool) -> ApiResult<Response> {
+/// Answers a manifest GET/HEAD from `state` (the live state, or a past one).
+pub fn get(
+    state: &State,
+    repo: &RepoName,
+    reference: &Reference,
+    head: bool,
+) -> ApiResult<Response> {
     let (digest, media_type, body) = {
-        let state = app.state.read();
         let r = state.repo(repo).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NameUnknown,

@@ -19,6 +19,7 @@ pub mod ranges;
 pub mod router;
 
 mod blobs;
+mod ext;
 mod listing;
 mod manifests;
 mod referrers;
@@ -30,15 +31,19 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::blobs::BlobStore;
+use crate::datadir::Layout;
 use crate::limits::Limits;
 use crate::log::LogWriter;
 use crate::oci::Hasher;
 use crate::projection::State;
 
+pub use ext::PastStates;
 pub use router::router;
 
 /// Everything a handler needs, shared by all requests.
 pub struct App {
+    /// The data directory's paths: history and time travel read the log.
+    pub layout: Layout,
     pub writer: LogWriter,
     pub state: Arc<RwLock<State>>,
     pub store: BlobStore,
@@ -46,6 +51,10 @@ pub struct App {
     pub sessions: UploadSessions,
     /// Whether DELETE of manifests, tags and blobs is allowed (405 if not).
     pub delete_enabled: bool,
+    /// Past states rebuilt for reads "as of" a point, kept for reuse.
+    pub past: PastStates,
+    /// Serving a past state: every write answers 405.
+    pub read_only: bool,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

@@ -32,8 +32,15 @@ pub enum Route {
     Upload { repo: RepoName, id: String },
     /// `/v2/<name>/referrers/<digest>`
     Referrers { repo: RepoName, digest: Digest },
-    /// `/v2/_oci/ext/...` and `/v2/_ferro/...`: extensions, routed elsewhere.
-    Extension { path: String },
+    /// An extension endpoint (`_<extension>/<component>/<module>`), at the
+    /// registry level (`/v2/_oci/ext/discover`) or under a repository
+    /// (`/v2/<name>/_ferro/history/tag`).
+    Extension {
+        repo: Option<RepoName>,
+        extension: String,
+        component: String,
+        module: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +81,35 @@ fn digest(s: &str) -> Result<Digest, PathError> {
     Digest::parse(s).map_err(|e| PathError::Invalid(ApiErrorKind::Digest(e.to_string())))
 }
 
+/// `_<extension>/<component>/<module>`, each `[a-z0-9]+([._-][a-z0-9]+)*`
+/// (the extension spec's grammar), under an optional repository name.
+fn extension(name_segments: &[&str], ext: &[&str]) -> Result<Route, PathError> {
+    let repo = if name_segments.is_empty() {
+        None
+    } else {
+        Some(name(name_segments)?)
+    };
+    let word = |s: &str| {
+        let b = s.as_bytes();
+        let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !b.is_empty()
+            && alnum(b[0])
+            && alnum(b[b.len() - 1])
+            && b.iter()
+                .all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
+            && !b.windows(2).any(|w| !alnum(w[0]) && !alnum(w[1]))
+    };
+    match ext {
+        [e, c, m] if word(&e[1..]) && word(c) && word(m) => Ok(Route::Extension {
+            repo,
+            extension: e[1..].to_owned(),
+            component: (*c).to_owned(),
+            module: (*m).to_owned(),
+        }),
+        _ => Err(PathError::NotFound),
+    }
+}
+
 /// Parses a request path (without the query string).
 pub fn parse(path: &str) -> Result<Route, PathError> {
     let rest = path.strip_prefix("/v2").ok_or(PathError::NotFound)?;
@@ -83,11 +119,6 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     let rest = rest.strip_prefix('/').ok_or(PathError::NotFound)?;
     if rest == "_catalog" {
         return Ok(Route::Catalog);
-    }
-    if rest.starts_with("_oci/") || rest.starts_with("_ferro/") {
-        return Ok(Route::Extension {
-            path: rest.to_owned(),
-        });
     }
     let segments: Vec<&str> = rest.split('/').collect();
     let n = segments.len();
@@ -146,6 +177,13 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
             _ => {}
         }
     }
+    // No component of a repository name starts with `_`, so a path that
+    // is none of the above and whose third segment from the end does is an
+    // extension's. (Checked last: `/v2/_a/manifests/x` is a manifest route
+    // with an invalid name, not an extension.)
+    if n >= 3 && segments[n - 3].starts_with('_') {
+        return extension(&segments[..n - 3], &segments[n - 3..]);
+    }
     Err(PathError::NotFound)
 }
 
@@ -196,6 +234,30 @@ mod tests {
         assert!(matches!(
             parse("/v2/tags/list/tags/list"),
             Ok(Route::Tags { repo }) if repo.as_str() == "tags/list"
+        ));
+    }
+
+    #[test]
+    fn extensions() {
+        assert!(matches!(
+            parse("/v2/_oci/ext/discover"),
+            Ok(Route::Extension { repo: None, extension, component, module })
+                if extension == "oci" && component == "ext" && module == "discover"
+        ));
+        assert!(matches!(
+            parse("/v2/a/b/_ferro/history/tag"),
+            Ok(Route::Extension { repo: Some(r), extension, .. }) if r.as_str() == "a/b" && extension == "ferro"
+        ));
+        // A tag may start with `_`: still a manifest route.
+        assert!(matches!(
+            parse("/v2/a/manifests/_x"),
+            Ok(Route::Manifest { .. })
+        ));
+        assert_eq!(parse("/v2/_ferro/Events/feed"), Err(PathError::NotFound));
+        assert_eq!(parse("/v2/_ferro/events"), Err(PathError::NotFound));
+        assert!(matches!(
+            parse("/v2/A/_ferro/history/tag"),
+            Err(PathError::Invalid(_))
         ));
     }
 

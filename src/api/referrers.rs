@@ -8,11 +8,13 @@ use serde_json::{json, Value};
 
 use super::error::ApiResult;
 use super::router::query_param;
-use super::App;
+
 use crate::manifest::{annotations, OCI_INDEX};
 use crate::oci::{Digest, RepoName};
+use crate::projection::State;
 
-pub fn get(app: &App, repo: &RepoName, subject: &Digest, query: &str) -> ApiResult<Response> {
+/// Answers a referrers query from `state` (the live state, or a past one).
+pub fn get(state: &State, repo: &RepoName, subject: &Digest, query: &str) -> ApiResult<Response> {
     // An empty value filters nothing (and so is not reported as applied).
     // A media type has no spaces, so a space can only be a `+` the client
     // did not percent-encode (`+json`, `+gzip`) that form decoding turned
@@ -22,7 +24,6 @@ pub fn get(app: &App, repo: &RepoName, subject: &Digest, query: &str) -> ApiResu
         .map(|t| t.replace(' ', "+"));
     let mut descriptors: Vec<Value> = Vec::new();
     {
-        let state = app.state.read();
         if let Some(r) = state.repo(repo) {
             for digest in r.referrers.get(subject).into_iter().flatten() {
                 let Some(m) = r.manifests.get(digest) else {

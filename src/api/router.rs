@@ -15,7 +15,7 @@ use axum::Router;
 use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
 use super::path::{self, Route};
-use super::{blobs, listing, manifests, referrers, uploads, App};
+use super::{blobs, ext, listing, manifests, referrers, uploads, App};
 use crate::events::Actor;
 
 /// Who is asking: recorded as the actor of the events a request causes.
@@ -77,6 +77,16 @@ async fn dispatch(
             (StatusCode::NOT_FOUND, "not found").into_response()
         }
         Err(e) => ApiError::from(e).into_response(),
+        Ok(_) if app.read_only && !matches!(method, Method::GET | Method::HEAD) => {
+            let mut r = ApiError::new(
+                ErrorCode::Unsupported,
+                "this registry serves a past state and is read-only",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
         Ok(route) => {
             let allow = allowed_methods(&route, app.delete_enabled);
             let mut r = route_request(&app, &ctx, route, &method, query, &headers, body)
@@ -126,7 +136,14 @@ fn allowed_methods(route: &Route, delete_enabled: bool) -> &'static str {
         (Route::Blob { .. }, false) => "GET, HEAD",
         (Route::UploadStart { .. }, _) => "POST",
         (Route::Upload { .. }, _) => "GET, HEAD, PATCH, PUT, DELETE",
-        (Route::Extension { .. }, _) => "GET, HEAD",
+        (
+            Route::Extension {
+                extension,
+                component,
+                ..
+            },
+            _,
+        ) => ext::allowed_methods(extension, component),
     }
 }
 
@@ -160,9 +177,15 @@ async fn route_request(
         )
             .into_response()),
         (Route::Catalog, Method::GET | Method::HEAD) => listing::catalog(app, query),
-        (Route::Tags { repo }, Method::GET | Method::HEAD) => listing::tags(app, &repo, query),
+        (Route::Tags { repo }, Method::GET | Method::HEAD) => listing::tags(
+            app,
+            &app.state.read(),
+            &repo,
+            query,
+            &format!("/v2/{repo}/tags/list"),
+        ),
         (Route::Manifest { repo, reference }, Method::GET | Method::HEAD) => {
-            manifests::get(app, &repo, &reference, head)
+            manifests::get(&app.state.read(), &repo, &reference, head)
         }
         (Route::Manifest { repo, reference }, Method::PUT) => {
             manifests::put(app, ctx, repo, reference, query, headers, body).await
@@ -190,10 +213,21 @@ async fn route_request(
         }
         (Route::Upload { repo, id }, Method::DELETE) => uploads::cancel(app, ctx, repo, id).await,
         (Route::Referrers { repo, digest }, Method::GET | Method::HEAD) => {
-            referrers::get(app, &repo, &digest, query)
+            referrers::get(&app.state.read(), &repo, &digest, query)
         }
-        (Route::Extension { .. }, _) => {
-            Err(ApiError::new(ErrorCode::NameUnknown, "no such extension"))
+        (
+            Route::Extension {
+                repo,
+                extension,
+                component,
+                module,
+            },
+            _,
+        ) => {
+            ext::route(
+                app, ctx, repo, &extension, &component, &module, method, query,
+            )
+            .await
         }
         _ => Err(ApiError::new(
             ErrorCode::Unsupported,

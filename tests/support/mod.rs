@@ -39,6 +39,8 @@ pub const SPEC_CODES: &[&str] = &[
     "DENIED",
     "UNSUPPORTED",
     "TOOMANYREQUESTS",
+    // From the extensions document.
+    "EXTENSION_UNKNOWN",
 ];
 
 /// A registry on its own temporary data directory.
