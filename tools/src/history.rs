@@ -7,7 +7,7 @@ use ferro::history::{self, Change, HistoryQuery};
 use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
-use crate::output::{read_only_layout, rfc3339, short, LogProgress, Out};
+use crate::output::{read_only_layout, rfc3339, say, short, LogProgress, Out};
 
 #[derive(clap::Args)]
 pub struct HistoryArgs {
@@ -78,9 +78,9 @@ pub fn run(data_dir: &Path, args: &HistoryArgs, out: &Out) -> CtlResult<Exit> {
         out.json(&output)?;
         return Ok(Exit::Ok);
     }
-    println!("history of {name}");
+    say!("history of {name}");
     if let Some(first) = found.log_first_seq.filter(|&f| f > 1) {
-        println!("(the log starts at sequence {first}: older history was compacted)");
+        say!("(the log starts at sequence {first}: older history was compacted)");
     }
     for item in &found.items {
         let actor = match (&item.actor.user, &item.actor.peer) {
@@ -90,7 +90,7 @@ pub fn run(data_dir: &Path, args: &HistoryArgs, out: &Out) -> CtlResult<Exit> {
             (None, None) => "anonymous".into(),
         };
         for change in &item.changes {
-            println!(
+            say!(
                 "{}  seq {:>8}  {:<28}  {}",
                 rfc3339(item.time_unix_ns),
                 item.seq,

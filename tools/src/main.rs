@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::error::{Exit, EXIT_CODES_HELP};
-use crate::output::Out;
+use crate::output::{say, Out};
 
 #[derive(Parser)]
 #[command(
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Err(e) => {
             if out.json {
                 let body = serde_json::json!({ "error": e.message, "exit_code": e.exit as u8 });
-                println!("{body}");
+                say!("{body}");
             }
             eprintln!("ferroctl: {}", e.message);
             e.exit.into()

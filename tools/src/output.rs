@@ -14,6 +14,28 @@ use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
 
+/// `println!` for results: a reader that closed the pipe (`| head`) ends
+/// the program quietly instead of a panic; any other write error is a
+/// failure (exit code 7).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::say_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+pub fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(Exit::Ok as i32);
+        }
+        eprintln!("ferroctl: cannot write the output: {e}");
+        std::process::exit(Exit::Failure as i32);
+    }
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy)]
 pub struct Out {
@@ -24,7 +46,7 @@ impl Out {
     /// Prints `value` as one JSON document (with `--json`).
     pub fn json<T: Serialize>(&self, value: &T) -> CtlResult<()> {
         let text = serde_json::to_string_pretty(value).map_err(CtlError::failure)?;
-        println!("{text}");
+        say!("{text}");
         Ok(())
     }
 

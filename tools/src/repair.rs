@@ -27,7 +27,7 @@ use ferro::snapshot;
 use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
-use crate::output::{locked_data_dir, LogProgress, Out};
+use crate::output::{locked_data_dir, say, LogProgress, Out};
 
 #[derive(clap::Args)]
 pub struct RepairArgs {
@@ -232,7 +232,7 @@ fn print(out: &Out, report: &RepairReport) -> CtlResult<()> {
     }
     let Some(cut) = &report.cut else {
         if report.kept_aside.is_empty() {
-            println!(
+            say!(
                 "the log verifies to its end (sequence {}): nothing to repair",
                 report.last_good_seq
             );
@@ -241,14 +241,14 @@ fn print(out: &Out, report: &RepairReport) -> CtlResult<()> {
     };
     let verb = if report.dry_run { "would cut" } else { "cut" };
     if cut.offset == 0 {
-        println!(
+        say!(
             "{verb} all of {} ({} bytes): {}",
             cut.segment.display(),
             cut.bytes,
             cut.reason
         );
     } else {
-        println!(
+        say!(
             "{verb} {} at offset {} ({} bytes): {}",
             cut.segment.display(),
             cut.offset,
@@ -258,9 +258,9 @@ fn print(out: &Out, report: &RepairReport) -> CtlResult<()> {
     }
     let verb = if report.dry_run { "would keep" } else { "kept" };
     for m in &report.kept_aside {
-        println!("{verb} {} as {}", m.from.display(), m.to.display());
+        say!("{verb} {} as {}", m.from.display(), m.to.display());
     }
-    println!(
+    say!(
         "the log {} at sequence {}",
         if report.dry_run {
             "would end"
@@ -271,7 +271,7 @@ fn print(out: &Out, report: &RepairReport) -> CtlResult<()> {
     );
     if let Some(dir) = &report.repair_dir {
         if !report.dry_run {
-            println!("report and copies: {}", dir.display());
+            say!("report and copies: {}", dir.display());
         }
     }
     Ok(())

@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
 use crate::export;
-use crate::output::{locked_data_dir, parse_time, read_only_layout, rfc3339, LogProgress, Out};
+use crate::output::{
+    locked_data_dir, parse_time, read_only_layout, rfc3339, say, LogProgress, Out,
+};
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -137,7 +139,7 @@ pub fn run(data_dir: &Path, args: &ReplayArgs, out: &Out) -> CtlResult<Exit> {
 }
 
 fn print_human(o: &Output) {
-    println!(
+    say!(
         "state as of sequence {}{}",
         o.seq,
         o.time
@@ -146,32 +148,36 @@ fn print_human(o: &Output) {
             .unwrap_or_default()
     );
     match &o.rebuilt_from {
-        Base::Empty => println!(
+        Base::Empty => say!(
             "rebuilt from the start of the log: {} records",
             o.records_replayed
         ),
-        Base::Snapshot { path, seq } => println!(
+        Base::Snapshot { path, seq } => say!(
             "rebuilt from snapshot {} (sequence {seq}) and {} records",
             path.display(),
             o.records_replayed
         ),
     }
     for s in &o.skipped_snapshots {
-        println!("skipped snapshot {}: {}", s.path.display(), s.reason);
+        say!("skipped snapshot {}: {}", s.path.display(), s.reason);
     }
     let s = &o.summary;
-    println!(
+    say!(
         "{} repositories, {} tags, {} manifests, {} blobs, {} uploads in progress",
-        s.repositories, s.tags, s.manifests, s.blobs, s.uploads
+        s.repositories,
+        s.tags,
+        s.manifests,
+        s.blobs,
+        s.uploads
     );
     for (name, r) in &o.repositories {
-        println!("{name}  ({} manifests, {} blobs)", r.manifests, r.blobs);
+        say!("{name}  ({} manifests, {} blobs)", r.manifests, r.blobs);
         for (tag, digest) in &r.tags {
-            println!("  {tag:<24} {digest}");
+            say!("  {tag:<24} {digest}");
         }
     }
     if let Some(e) = &o.export {
-        println!(
+        say!(
             "exported {} as it was then to {}: {} files, {} bytes",
             e.reference,
             e.dir.display(),
@@ -179,7 +185,7 @@ fn print_human(o: &Output) {
             e.bytes
         );
         for m in &e.missing {
-            println!("  missing {}: {}", m.digest, m.reason);
+            say!("  missing {}: {}", m.digest, m.reason);
         }
     }
 }

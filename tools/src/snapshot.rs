@@ -12,7 +12,7 @@ use ferro::snapshot::{self, format::encode_state};
 use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
-use crate::output::{locked_data_dir, rfc3339, LogProgress, Out};
+use crate::output::{locked_data_dir, rfc3339, say, LogProgress, Out};
 
 #[derive(clap::Args)]
 pub struct SnapshotArgs {
@@ -59,7 +59,7 @@ pub fn run_snapshot(data_dir: &Path, args: &SnapshotArgs, out: &Out) -> CtlResul
     let replayed = current_state(&layout, out)?;
     if replayed.state.last_seq == 0 {
         if !out.json {
-            println!("the log is empty: nothing to snapshot");
+            say!("the log is empty: nothing to snapshot");
         }
         return Ok(Exit::Ok);
     }
@@ -80,7 +80,7 @@ pub fn run_snapshot(data_dir: &Path, args: &SnapshotArgs, out: &Out) -> CtlResul
     if out.json {
         out.json(&output)?;
     } else {
-        println!(
+        say!(
             "wrote {} (sequence {}, {}, {} bytes)",
             output.path.display(),
             output.seq,
@@ -88,7 +88,7 @@ pub fn run_snapshot(data_dir: &Path, args: &SnapshotArgs, out: &Out) -> CtlResul
             output.bytes
         );
         for p in &output.snapshots_removed {
-            println!("removed {}", p.display());
+            say!("removed {}", p.display());
         }
     }
     Ok(Exit::Ok)
@@ -170,21 +170,21 @@ pub fn run_compact(data_dir: &Path, args: &CompactArgs, out: &Out) -> CtlResult<
 }
 
 fn print_compaction(o: &CompactOutput) {
-    println!("history retention: {}", o.retention);
+    say!("history retention: {}", o.retention);
     if let Some(p) = &o.snapshot_written {
-        println!("wrote snapshot {}", p.display());
+        say!("wrote snapshot {}", p.display());
     }
     let plan = &o.report.plan;
     if plan.segments.is_empty() {
-        println!("nothing left the log: {}", plan.limited_by);
+        say!("nothing left the log: {}", plan.limited_by);
     } else {
         for (from, to) in &o.report.moved {
             match to {
-                Some(to) => println!("archived {} -> {}", from.display(), to.display()),
-                None => println!("deleted  {}", from.display()),
+                Some(to) => say!("archived {} -> {}", from.display(), to.display()),
+                None => say!("deleted  {}", from.display()),
             }
         }
-        println!(
+        say!(
             "the log now starts after sequence {} (base snapshot {}); stopped because {}",
             plan.horizon_seq,
             o.report
@@ -196,9 +196,9 @@ fn print_compaction(o: &CompactOutput) {
         );
     }
     for f in &o.report.snapshots_removed {
-        println!("removed snapshot {}", f.path.display());
+        say!("removed snapshot {}", f.path.display());
     }
-    println!(
+    say!(
         "state at sequence {}: {}",
         o.last_seq,
         if o.state_identical {

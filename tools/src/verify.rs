@@ -21,7 +21,7 @@ use ferro::snapshot::{self, SnapshotFile};
 use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
-use crate::output::{read_only_layout, LogProgress, Out};
+use crate::output::{read_only_layout, say, LogProgress, Out};
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -591,10 +591,10 @@ fn read_dir_or_empty(dir: &Path) -> std::io::Result<Vec<fs::DirEntry>> {
 }
 
 fn print_human(r: &VerifyReport) {
-    println!("data directory  {}", r.data_dir.display());
+    say!("data directory  {}", r.data_dir.display());
     match &r.log.corrupt {
-        Some(reason) => println!("log             CORRUPT: {reason}"),
-        None => println!(
+        Some(reason) => say!("log             CORRUPT: {reason}"),
+        None => say!(
             "log             {} segment(s), {} record(s){}, {} bytes: checksums, sequence numbers and chain verify",
             r.log.segments,
             r.log.records,
@@ -606,10 +606,10 @@ fn print_human(r: &VerifyReport) {
         ),
     }
     if r.snapshots.is_empty() {
-        println!("snapshots       none");
+        say!("snapshots       none");
     }
     for (i, s) in r.snapshots.iter().enumerate() {
-        println!(
+        say!(
             "{}{}  seq {}  {}{}",
             if i == 0 {
                 "snapshots       "
@@ -629,11 +629,11 @@ fn print_human(r: &VerifyReport) {
         );
     }
     if let Some(s) = &r.state {
-        println!(
+        say!(
             "state           {} repositories, {} tags, {} manifests, {} blobs, {} uploads in progress",
             s.repositories, s.tags, s.manifests, s.blobs, s.uploads
         );
-        println!(
+        say!(
             "blobs           {} referenced, {} present with the right size{}",
             r.blobs.referenced,
             r.blobs.present,
@@ -644,27 +644,42 @@ fn print_human(r: &VerifyReport) {
             }
         );
     }
-    println!(
+    say!(
         "orphans         {} blob file(s), {} upload file(s), {} leftover(s)",
         r.orphans.blobs.len(),
         r.orphans.uploads.len(),
         r.orphans.leftovers.len()
     );
-    for p in r
+    let orphans: Vec<&PathBuf> = r
         .orphans
         .blobs
         .iter()
         .chain(&r.orphans.uploads)
         .chain(&r.orphans.leftovers)
-    {
-        println!("                  {}", p.display());
+        .collect();
+    for p in orphans.iter().take(HUMAN_LIST_MAX) {
+        say!("                  {}", p.display());
     }
+    more(orphans.len());
     if r.problems.is_empty() {
-        println!("problems        none");
+        say!("problems        none");
     } else {
-        println!("problems        {}", r.problems.len());
-        for p in &r.problems {
-            println!("  [{}] {}", p.kind, p.message);
+        say!("problems        {}", r.problems.len());
+        for p in r.problems.iter().take(HUMAN_LIST_MAX) {
+            say!("  [{}] {}", p.kind, p.message);
         }
+        more(r.problems.len());
+    }
+}
+
+/// Longest list the text output prints; `--json` has them all.
+const HUMAN_LIST_MAX: usize = 50;
+
+fn more(len: usize) {
+    if len > HUMAN_LIST_MAX {
+        say!(
+            "  … and {} more (--json lists them all)",
+            len - HUMAN_LIST_MAX
+        );
     }
 }
