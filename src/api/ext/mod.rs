@@ -33,8 +33,10 @@ use crate::oci::RepoName;
 
 pub use asof::PastStates;
 
-/// Where the extension is documented (the discover list's `url`).
-const DOCS_URL: &str = "https://github.com/ferro-registry/ferro/blob/main/README.md#history-time-travel-and-the-event-feed";
+/// Where the extension is documented (the discover list's `url`): served
+/// by the registry itself, from `docs/ferro-extension.md`.
+const DOCS_PATH: &str = "/v2/_ferro/docs/extension";
+const DOCS: &str = include_str!("../../../docs/ferro-extension.md");
 
 /// The methods an extension route answers, for `Allow`.
 pub fn allowed_methods(extension: &str, component: &str) -> &'static str {
@@ -64,6 +66,9 @@ pub async fn route(
     };
     match (extension, component, module, repo) {
         ("oci", "ext", "discover", repo) if read => Ok(discover(repo.is_some())),
+        ("ferro", "docs", "extension", None) if read => {
+            Ok(([(axum::http::header::CONTENT_TYPE, "text/markdown; charset=utf-8")], DOCS).into_response())
+        }
         ("ferro", "events", "feed", None) if read => feed::get(app, query).await,
         ("ferro", "history", "repository", Some(repo)) if read => {
             history::get(app, repo, None).await
@@ -86,6 +91,7 @@ pub async fn route(
         }
         ("oci", "ext", "discover", _)
         | ("ferro", "events", "feed", None)
+        | ("ferro", "docs", "extension", None)
         | ("ferro", "history" | "asof" | "restore", _, Some(_)) => Err(unsupported()),
         _ => Err(ApiError::new(
             ErrorCode::ExtensionUnknown,
@@ -107,7 +113,7 @@ fn discover(repository_level: bool) -> Response {
             "_ferro/restore/manifest",
         ]);
     } else {
-        endpoints.push("_ferro/events/feed");
+        endpoints.extend(["_ferro/events/feed", "_ferro/docs/extension"]);
     }
     axum::Json(json!({
         "extensions": [
@@ -120,7 +126,7 @@ fn discover(repository_level: bool) -> Response {
             {
                 "name": "_ferro",
                 "description": "ferro's history: the event feed, tag and repository history, reads as of a past sequence number or time, and restores",
-                "url": DOCS_URL,
+                "url": DOCS_PATH,
                 "endpoints": endpoints,
             }
         ]
