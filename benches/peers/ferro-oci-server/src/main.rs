@@ -28,9 +28,7 @@ fn parse_args() -> Result<Args, String> {
     let mut listen = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--data-dir" => data_dir = Some(PathBuf::from(value)),
             "--listen" => {
@@ -51,9 +49,8 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args().map_err(|e| {
-        format!("{e}\nusage: ferro-oci-server-peer --data-dir DIR --listen ADDR")
-    })?;
+    let args = parse_args()
+        .map_err(|e| format!("{e}\nusage: ferro-oci-server-peer --data-dir DIR --listen ADDR"))?;
     // As the crate's own binary does: `RUST_LOG`, default `info`.
     ferro_oci_server::init_tracing();
     std::fs::create_dir_all(&args.data_dir)?;

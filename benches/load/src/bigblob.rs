@@ -1,0 +1,326 @@
+//! One large blob up and down: a monolithic upload (POST, then one PUT
+//! whose body is streamed), a chunked upload (PATCH after PATCH), and a
+//! download hashed while it is read. The server's peak RSS is taken around
+//! each transfer: VmHWM after resetting it, and VmRSS sampled meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+use crate::content::BigBlob;
+use crate::http::{with_query, Body, BoxError, Client, Reply};
+use crate::ops;
+use crate::servers::{proc_stats, reset_peak_rss};
+use crate::stats::{Spent, Window};
+use crate::workloads::Outcome;
+
+/// Longest one transfer may take before the run fails.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+const RSS_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
+const REPO: &str = "bench/big";
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transfer {
+    pub bytes: u64,
+    /// Decimal megabytes (10^6 bytes) per second.
+    pub mb_per_second: f64,
+    pub peak_rss_bytes: u64,
+    pub spent: Spent,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlobResults {
+    pub chunk_bytes: u64,
+    pub upload_monolithic: Outcome<Transfer>,
+    pub upload_chunked: Outcome<Transfer>,
+    pub download: Outcome<Transfer>,
+}
+
+/// Uploads `mono` in one PUT and `chunked` in `chunk_bytes` PATCHes, then
+/// downloads whichever was accepted (the monolithic one first).
+pub async fn run(
+    client: &mut Client,
+    pid: u32,
+    mono: &BigBlob,
+    chunked: &BigBlob,
+    chunk_bytes: u64,
+) -> Result<BlobResults, BoxError> {
+    let upload_monolithic = measured(pid, mono.len, upload_monolithic(client, mono)).await?;
+    let upload_chunked = measured(
+        pid,
+        chunked.len,
+        upload_chunked(client, chunked, chunk_bytes),
+    )
+    .await?;
+    let source = match (&upload_monolithic, &upload_chunked) {
+        (Outcome::Done(_), _) => Some(mono),
+        (_, Outcome::Done(_)) => Some(chunked),
+        _ => None,
+    };
+    let download = match source {
+        Some(blob) => measured(pid, blob.len, download(client, blob)).await?,
+        None => Outcome::Unable("nothing uploaded to download".into()),
+    };
+    Ok(BlobResults {
+        chunk_bytes,
+        upload_monolithic,
+        upload_chunked,
+        download,
+    })
+}
+
+/// Runs `transfer` with the server's peak RSS and CPU time measured.
+async fn measured(
+    pid: u32,
+    bytes: u64,
+    transfer: impl std::future::Future<Output = Result<Outcome<()>, BoxError>>,
+) -> Result<Outcome<Transfer>, BoxError> {
+    let hwm_reset = reset_peak_rss(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            // Bounded by the transfer's own timeout: `stop` is always set.
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(s) = proc_stats(pid) {
+                    peak = peak.max(s.rss_bytes);
+                }
+                std::thread::sleep(RSS_SAMPLE_PERIOD);
+            }
+            peak
+        })
+    };
+    let window = Window::open(pid);
+    let outcome = tokio::time::timeout(TRANSFER_TIMEOUT, transfer).await;
+    let spent = window.close();
+    stop.store(true, Ordering::Relaxed);
+    let sampled_peak = sampler.join().unwrap_or(0);
+    let outcome = outcome
+        .map_err(|_| format!("a {bytes}-byte transfer took over {TRANSFER_TIMEOUT:?}"))??;
+    let hwm = if hwm_reset {
+        proc_stats(pid).map_or(0, |s| s.hwm_bytes)
+    } else {
+        0
+    };
+    Ok(match outcome {
+        Outcome::Done(()) => Outcome::Done(Transfer {
+            bytes,
+            mb_per_second: bytes as f64 / spent.seconds / 1e6,
+            peak_rss_bytes: hwm.max(sampled_peak),
+            spent,
+        }),
+        Outcome::Unable(why) => Outcome::Unable(why),
+    })
+}
+
+fn streamed(pieces: Vec<Bytes>) -> Body {
+    StreamBody::new(stream::iter(
+        pieces
+            .into_iter()
+            .map(|b| Ok::<_, BoxError>(Frame::data(b))),
+    ))
+    .boxed_unsync()
+}
+
+/// Sends a request with a streamed body; a server that answers with an
+/// error status or drops the connection has refused it.
+async fn send_streamed(
+    client: &mut Client,
+    method: Method,
+    path: &str,
+    headers: &[(hyper::header::HeaderName, String)],
+    pieces: Vec<Bytes>,
+) -> Result<Result<Reply, String>, BoxError> {
+    let mut builder = Request::builder().method(method.clone()).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    let request = builder.body(streamed(pieces))?;
+    let response = match client.send(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            client.reset();
+            return Ok(Err(format!("refused (connection dropped: {e})")));
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            client.reset();
+            return Ok(Err(format!("refused (connection dropped: {e})")));
+        }
+    };
+    Ok(Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }))
+}
+
+fn refused(reply: &Reply) -> String {
+    // The server may not have read the rest of our body: start afresh.
+    format!("refused ({})", reply.status)
+}
+
+async fn upload_monolithic(client: &mut Client, blob: &BigBlob) -> Result<Outcome<()>, BoxError> {
+    let location = ops::start_upload(client, REPO).await?;
+    let path = with_query(&location, "digest", &blob.digest);
+    let headers = [
+        (CONTENT_LENGTH, blob.len.to_string()),
+        (CONTENT_TYPE, "application/octet-stream".to_owned()),
+    ];
+    let reply = match send_streamed(
+        client,
+        Method::PUT,
+        &path,
+        &headers,
+        blob.pieces(0, blob.len),
+    )
+    .await?
+    {
+        Ok(r) => r,
+        Err(why) => return Ok(Outcome::Unable(why)),
+    };
+    if reply.status != StatusCode::CREATED
+        && (reply.status.is_client_error() || reply.status.is_server_error())
+    {
+        client.reset();
+        return Ok(Outcome::Unable(refused(&reply)));
+    }
+    let what = format!("PUT {}-byte blob (monolithic)", blob.len);
+    ops::expect_status(&reply, StatusCode::CREATED, &what)?;
+    ops::expect_digest_header(&reply, &blob.digest, &what)?;
+    Ok(Outcome::Done(()))
+}
+
+async fn upload_chunked(
+    client: &mut Client,
+    blob: &BigBlob,
+    chunk_bytes: u64,
+) -> Result<Outcome<()>, BoxError> {
+    let mut location = ops::start_upload(client, REPO).await?;
+    let mut start = 0u64;
+    while start < blob.len {
+        let end = (start + chunk_bytes).min(blob.len);
+        let headers = [
+            (CONTENT_LENGTH, (end - start).to_string()),
+            (CONTENT_RANGE, format!("{start}-{}", end - 1)),
+            (CONTENT_TYPE, "application/octet-stream".to_owned()),
+        ];
+        let reply = match send_streamed(
+            client,
+            Method::PATCH,
+            &location,
+            &headers,
+            blob.pieces(start, end),
+        )
+        .await?
+        {
+            Ok(r) => r,
+            Err(why) => return Ok(Outcome::Unable(why)),
+        };
+        if reply.status.is_client_error() || reply.status.is_server_error() {
+            client.reset();
+            return Ok(Outcome::Unable(format!(
+                "{} at offset {start}",
+                refused(&reply)
+            )));
+        }
+        let what = format!(
+            "PATCH bytes {start}-{} of a {}-byte blob",
+            end - 1,
+            blob.len
+        );
+        ops::expect_status(&reply, StatusCode::ACCEPTED, &what)?;
+        let range = reply.header("range").unwrap_or("");
+        if range != format!("0-{}", end - 1) {
+            return Err(format!("{what}: Range {range:?}, expected \"0-{}\"", end - 1).into());
+        }
+        location = ops::location(&reply, &what)?;
+        start = end;
+    }
+    let path = with_query(&location, "digest", &blob.digest);
+    let reply = client
+        .call(Method::PUT, &path, &[], Some(Bytes::new()))
+        .await?;
+    let what = format!("PUT closing the chunked upload of {}", blob.digest);
+    if reply.status.is_client_error() || reply.status.is_server_error() {
+        return Ok(Outcome::Unable(refused(&reply)));
+    }
+    ops::expect_status(&reply, StatusCode::CREATED, &what)?;
+    ops::expect_digest_header(&reply, &blob.digest, &what)?;
+    // The blob is there, whole: its HEAD says so.
+    let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
+    let reply = client.call(Method::HEAD, &path, &[], None).await?;
+    let what = format!("HEAD {path}");
+    ops::expect_status(&reply, StatusCode::OK, &what)?;
+    ops::expect_digest_header(&reply, &blob.digest, &what)?;
+    if reply.header("content-length") != Some(blob.len.to_string().as_str()) {
+        return Err(format!(
+            "{what}: Content-Length {:?}, expected {}",
+            reply.header("content-length"),
+            blob.len
+        )
+        .into());
+    }
+    Ok(Outcome::Done(()))
+}
+
+async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<()>, BoxError> {
+    let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
+    let what = format!("GET {path}");
+    let request = Request::get(&path).body(crate::http::empty())?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let status = response.status();
+    let digest_header = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if status != StatusCode::OK {
+        return Err(format!("{what}: expected 200, got {status}").into());
+    }
+    if digest_header.as_deref() != Some(blob.digest.as_str()) {
+        return Err(format!(
+            "{what}: Docker-Content-Digest {digest_header:?}, expected {}",
+            blob.digest
+        )
+        .into());
+    }
+    let mut body = response.into_body();
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let started = Instant::now();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("{what}: body cut after {received} bytes: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+            hasher.update(&data);
+        }
+        if started.elapsed() > TRANSFER_TIMEOUT {
+            return Err(format!("{what}: slower than {TRANSFER_TIMEOUT:?}").into());
+        }
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if received != blob.len || actual != blob.digest {
+        return Err(format!(
+            "{what}: got {received} bytes hashing to {actual}, expected {} bytes, {}",
+            blob.len, blob.digest
+        )
+        .into());
+    }
+    Ok(Outcome::Done(()))
+}

@@ -1,0 +1,252 @@
+//! The machine's ceilings, measured in the same run as the registries:
+//! sha256 on one core, loopback TCP bandwidth, and the request rate of a
+//! trivial HTTP server (nginx serving a small file) — once as wrk sees it,
+//! once as this benchmark's own client sees it, which shows whether the
+//! client can drive a server harder than the registries are driven.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+use crate::http::{BoxError, Client};
+use crate::servers::{free_port, log_tail, spawn_tied, stop_child};
+use crate::stats::{run_workers, Latencies, Ticket};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ceilings {
+    /// sha2 over a 64 MiB buffer on one core, decimal MB/s.
+    pub sha256_mb_per_second: f64,
+    /// One sender thread to one receiver thread over 127.0.0.1, MB/s.
+    pub loopback_mb_per_second: f64,
+    /// nginx serving a 512-byte file, measured with wrk (GET).
+    pub nginx_wrk_requests_per_second: Option<f64>,
+    pub nginx_wrk_command: Option<String>,
+    /// The same nginx, HEAD of the same file, measured with this client.
+    pub nginx_client_head_requests_per_second: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+pub fn sha256_mb_per_second(budget: Duration) -> f64 {
+    const BUFFER_BYTES: usize = 64 * 1024 * 1024;
+    const ROUNDS_MAX: usize = 32;
+    let buffer: Vec<u8> = (0..BUFFER_BYTES)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
+        .collect();
+    std::hint::black_box(Sha256::digest(&buffer)); // warm up
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < ROUNDS_MAX && (rounds == 0 || started.elapsed() < budget) {
+        std::hint::black_box(Sha256::digest(std::hint::black_box(&buffer)));
+        rounds += 1;
+    }
+    (rounds * BUFFER_BYTES) as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
+pub fn loopback_mb_per_second(budget: Duration) -> std::io::Result<f64> {
+    const BUFFER_BYTES: usize = 1024 * 1024;
+    const TOTAL_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
+        let (mut socket, _) = listener.accept()?;
+        let mut buffer = vec![0u8; BUFFER_BYTES];
+        let mut received = 0u64;
+        let started = Instant::now();
+        loop {
+            let n = socket.read(&mut buffer)?;
+            if n == 0 {
+                return Ok((received, started.elapsed()));
+            }
+            received += n as u64;
+        }
+    });
+    let mut socket = TcpStream::connect(addr)?;
+    let buffer = vec![7u8; BUFFER_BYTES];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < TOTAL_BYTES_MAX && started.elapsed() < budget {
+        socket.write_all(&buffer)?;
+        sent += BUFFER_BYTES as u64;
+    }
+    drop(socket);
+    let (received, elapsed) = receiver
+        .join()
+        .map_err(|_| std::io::Error::other("receiver panicked"))??;
+    Ok(received as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
+/// nginx in the foreground with its own prefix, one worker per core,
+/// no access log, keep-alive connections never recycled.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(work_root: &Path) -> Result<Nginx, BoxError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferro-load-nginx-")
+            .tempdir_in(work_root)?;
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("www"))?;
+        std::fs::write(d.join("www/small"), vec![b'x'; 512])?;
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let p = d.display();
+        std::fs::write(
+            d.join("nginx.conf"),
+            format!(
+                "worker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n{user}\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+                 client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+                 uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+                 server {{ listen {addr}; root {p}/www; }}\n}}\n"
+            ),
+        )?;
+        let mut command = Command::new("nginx");
+        command
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .arg("-g")
+            .arg("daemon off;");
+        let child = spawn_tied(&mut command, &d.join("stderr.log"))
+            .map_err(|e| format!("cannot start nginx: {e}"))?;
+        let mut nginx = Nginx { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                return Err(format!(
+                    "nginx exited ({status}): {}{}",
+                    log_tail(&nginx.dir.path().join("stderr.log"), 1000),
+                    log_tail(&nginx.dir.path().join("error.log"), 1000)
+                )
+                .into());
+            }
+            if Instant::now() > deadline {
+                stop_child(&mut nginx.child);
+                return Err("nginx did not listen within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master makes it stop its workers too.
+        stop_child(&mut self.child);
+    }
+}
+
+fn wrk(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+) -> Result<(f64, String), BoxError> {
+    let args = [
+        "-t2".to_owned(),
+        format!("-c{connections}"),
+        format!("-d{}s", duration.as_secs().max(1)),
+        format!("http://{addr}/small"),
+    ];
+    let command = format!("wrk {}", args.join(" "));
+    let out = Command::new("wrk")
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "{command}: no Requests/sec in its output:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(format!("{command}: errors:\n{text}").into());
+    }
+    Ok((rate, command))
+}
+
+/// HEAD /small at `concurrency` with this benchmark's client.
+async fn client_head(
+    addr: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    let ticket = Ticket::new(usize::MAX, duration);
+    let started = Instant::now();
+    let per_worker = run_workers(concurrency, |_| {
+        let ticket = ticket.clone();
+        async move {
+            let mut client = Client::new(addr);
+            let mut latencies = Latencies::default();
+            while ticket.take().is_some() {
+                let t = Instant::now();
+                let reply = client.call(Method::HEAD, "/small", &[], None).await?;
+                if reply.status != StatusCode::OK {
+                    return Err(format!("HEAD /small on nginx: {}", reply.status).into());
+                }
+                latencies.record(t);
+            }
+            Ok(latencies)
+        }
+    })
+    .await?;
+    let n = Latencies::merge(per_worker).len();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usize) -> Ceilings {
+    let sha256_mb_per_second = sha256_mb_per_second(Duration::from_secs(2));
+    let mut notes = Vec::new();
+    let loopback_mb_per_second =
+        loopback_mb_per_second(Duration::from_secs(2)).unwrap_or_else(|e| {
+            notes.push(format!("loopback: {e}"));
+            0.0
+        });
+    let (mut wrk_rate, mut wrk_command, mut client_rate) = (None, None, None);
+    match Nginx::start(work_root) {
+        Ok(nginx) => {
+            match wrk(nginx.addr, concurrency, http_duration) {
+                Ok((rate, command)) => {
+                    wrk_rate = Some(rate);
+                    wrk_command = Some(command);
+                }
+                Err(e) => notes.push(format!("wrk: {e}")),
+            }
+            match client_head(nginx.addr, concurrency, http_duration).await {
+                Ok(rate) => client_rate = Some(rate),
+                Err(e) => notes.push(format!("client against nginx: {e}")),
+            }
+        }
+        Err(e) => notes.push(format!("nginx: {e}")),
+    }
+    Ceilings {
+        sha256_mb_per_second,
+        loopback_mb_per_second,
+        nginx_wrk_requests_per_second: wrk_rate,
+        nginx_wrk_command: wrk_command,
+        nginx_client_head_requests_per_second: client_rate,
+        notes,
+    }
+}
