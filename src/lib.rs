@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod oci;
 pub mod projection;
 pub mod replay;
+pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod startup;

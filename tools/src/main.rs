@@ -13,6 +13,7 @@ mod history;
 mod output;
 mod repair;
 mod replay;
+mod restore;
 mod snapshot;
 mod verify;
 
@@ -68,6 +69,9 @@ enum Command {
     /// Cut a corrupt log back to its last good record, keeping a copy of
     /// everything cut. Needs the server stopped.
     Repair(repair::RepairArgs),
+    /// Point a tag back at a past manifest, or bring back a deleted one, as
+    /// a new entry on the record. Needs the server stopped.
+    Restore(restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Compact(args) => snapshot::run_compact(data_dir, args, &out),
         Command::Replay(args) => replay::run(data_dir, args, &out),
         Command::Repair(args) => repair::run(data_dir, args, &out),
+        Command::Restore(args) => restore::run(data_dir, args, &out),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -8,7 +8,6 @@
 //! A manifest the repository no longer has is pushed again from the log,
 //! with the same checks as any push (its blobs must still be linked).
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode};
@@ -21,10 +20,9 @@ use super::super::router::{query_param, RequestContext};
 use super::super::App;
 use super::asof::state_as_of;
 use crate::commands::Command;
-use crate::events::Event;
-use crate::log::recovery::{self, ReadOptions, RecoveryMode};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::projection::Manifest;
+use crate::restore::{self, put_again, RestoreError};
 use crate::timefmt::parse_as_of;
 
 fn required(query: &str, key: &str) -> ApiResult<String> {
@@ -97,20 +95,6 @@ pub async fn manifest(
     submit(app, ctx, put_again(&repo, &digest, m, Vec::new()), &digest).await
 }
 
-fn put_again(repo: &RepoName, digest: &Digest, m: Manifest, tags: Vec<Tag>) -> Command {
-    Command::PutManifest {
-        repo: repo.clone(),
-        digest: digest.clone(),
-        media_type: m.media_type,
-        body: m.body,
-        blobs: m.blobs,
-        manifests: m.manifests,
-        subject: m.subject,
-        artifact_type: m.artifact_type,
-        tags,
-    }
-}
-
 async fn submit(
     app: &Arc<App>,
     ctx: &RequestContext,
@@ -138,7 +122,7 @@ async fn submit(
 }
 
 /// The manifest `digest` of `repo` as last pushed: from the current state,
-/// or from the log's last `ManifestPut` of it.
+/// or from the log.
 async fn find_manifest(app: &Arc<App>, repo: &RepoName, digest: &Digest) -> ApiResult<Manifest> {
     let (current, upto) = {
         let s = app.state.read();
@@ -150,58 +134,15 @@ async fn find_manifest(app: &Arc<App>, repo: &RepoName, digest: &Digest) -> ApiR
     if let Some(m) = current {
         return Ok(m);
     }
-    let log_dir = app.layout.log_dir();
+    let layout = app.layout.clone();
     let (repo, digest) = (repo.clone(), digest.clone());
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<Manifest>, String> {
-        let mut found = None;
-        let options = ReadOptions {
-            mode: RecoveryMode::TolerateTornTail,
-            ..ReadOptions::default()
-        };
-        recovery::read_log(&log_dir, &options, &mut |record| {
-            if record.seq > upto {
-                return Ok(ControlFlow::Break(()));
+    tokio::task::spawn_blocking(move || restore::manifest_from_log(&layout, &repo, &digest, upto))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            e @ RestoreError::ManifestNotInLog { .. } => {
+                ApiError::new(ErrorCode::ManifestUnknown, e.to_string())
             }
-            let entry = record
-                .decode()
-                .map_err(|e| format!("record {} checksum is valid but {e}", record.seq))?;
-            for event in entry.events {
-                if let Event::ManifestPut {
-                    repo: r,
-                    digest: d,
-                    media_type,
-                    body,
-                    blobs,
-                    manifests,
-                    subject,
-                    artifact_type,
-                } = event
-                {
-                    if r == repo && d == digest {
-                        found = Some(Manifest {
-                            media_type,
-                            body,
-                            blobs,
-                            manifests,
-                            subject,
-                            artifact_type,
-                            put_seq: record.seq,
-                        });
-                    }
-                }
-            }
-            Ok(ControlFlow::Continue(()))
+            other => ApiError::internal(other),
         })
-        .map_err(|e| e.to_string())?;
-        Ok(found)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    found.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ManifestUnknown,
-            "this repository's log holds no such manifest",
-        )
-    })
 }
