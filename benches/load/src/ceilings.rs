@@ -23,6 +23,13 @@ pub struct Ceilings {
     pub sha256_mb_per_second: f64,
     /// One sender thread to one receiver thread over 127.0.0.1, MB/s.
     pub loopback_mb_per_second: f64,
+    /// Median time to append 200 bytes to a file and `fdatasync` it, in
+    /// the directory the servers' data goes to: what one durable log
+    /// write costs on this disk at that moment.
+    pub fdatasync_append_us: f64,
+    /// Median time to write a 16 KiB file, `fsync` it, rename it and
+    /// `fsync` its directory: what making one small blob durable costs.
+    pub small_file_commit_us: f64,
     /// nginx serving a 512-byte file, measured with wrk (GET).
     pub nginx_wrk_requests_per_second: Option<f64>,
     pub nginx_wrk_command: Option<String>,
@@ -78,6 +85,50 @@ pub fn loopback_mb_per_second(budget: Duration) -> std::io::Result<f64> {
         .join()
         .map_err(|_| std::io::Error::other("receiver panicked"))??;
     Ok(received as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
+/// Medians of (append + fdatasync, small file commit) in microseconds.
+pub fn disk_sync_us(dir: &Path, budget: Duration) -> std::io::Result<(f64, f64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const ROUNDS_MAX: usize = 200;
+    let tmp = tempfile::Builder::new()
+        .prefix("ferro-load-disk-")
+        .tempdir_in(dir)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(tmp.path().join("log"))?;
+    let started = Instant::now();
+    let mut appends = Vec::new();
+    while appends.len() < ROUNDS_MAX && started.elapsed() < budget {
+        let t = Instant::now();
+        log.write_all(&[b'x'; 200])?;
+        log.sync_data()?;
+        appends.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let staging = tmp.path().join("staging");
+    let blobs = tmp.path().join("blobs");
+    std::fs::create_dir(&staging)?;
+    std::fs::create_dir(&blobs)?;
+    let started = Instant::now();
+    let mut commits = Vec::new();
+    let block = vec![b'y'; 16 * 1024];
+    while commits.len() < ROUNDS_MAX && started.elapsed() < budget {
+        let t = Instant::now();
+        let name = commits.len().to_string();
+        let mut f = std::fs::File::create(staging.join(&name))?;
+        f.write_all(&block)?;
+        f.sync_all()?;
+        std::fs::rename(staging.join(&name), blobs.join(&name))?;
+        std::fs::File::open(&blobs)?.sync_all()?;
+        commits.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((median(appends), median(commits)))
 }
 
 /// nginx in the foreground with its own prefix, one worker per core,
@@ -224,6 +275,11 @@ pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usi
             notes.push(format!("loopback: {e}"));
             0.0
         });
+    let (fdatasync_append_us, small_file_commit_us) =
+        disk_sync_us(work_root, Duration::from_secs(3)).unwrap_or_else(|e| {
+            notes.push(format!("disk: {e}"));
+            (0.0, 0.0)
+        });
     let (mut wrk_rate, mut wrk_command, mut client_rate) = (None, None, None);
     match Nginx::start(work_root) {
         Ok(nginx) => {
@@ -244,6 +300,8 @@ pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usi
     Ceilings {
         sha256_mb_per_second,
         loopback_mb_per_second,
+        fdatasync_append_us,
+        small_file_commit_us,
         nginx_wrk_requests_per_second: wrk_rate,
         nginx_wrk_command: wrk_command,
         nginx_client_head_requests_per_second: client_rate,

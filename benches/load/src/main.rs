@@ -403,7 +403,9 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
     }
 
     let d = |s: u64| Duration::from_secs(s);
-    for (kind, bin) in &binaries {
+    let any_server_workload =
+        picked.push || picked.pull || picked.head || picked.blob || picked.tags || picked.mixed;
+    for (kind, bin) in binaries.iter().filter(|_| any_server_workload) {
         let kind = *kind;
         let mut results = ServerResults::new(kind, version_of(kind, bin));
         eprintln!(
@@ -593,15 +595,17 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
     if let Some(c) = &run.ceilings {
         println!("### Ceilings\n\n{}", report::ceilings_table(c));
     }
-    println!("### Registries\n\n{table}");
-    println!(
-        "Servers: {}",
-        run.servers
-            .iter()
-            .map(|s| format!("{} {}", s.kind.name(), s.version))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
+    if !run.servers.is_empty() {
+        println!("### Registries\n\n{table}");
+        println!(
+            "Servers: {}",
+            run.servers
+                .iter()
+                .map(|s| format!("{} {}", s.kind.name(), s.version))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     if !checks.is_empty() {
         println!("\n### Targets\n\n{}", report::checks_table(&checks));
     }

@@ -435,6 +435,16 @@ pub fn ceilings_table(c: &Ceilings) -> String {
             fmt_num(c.loopback_mb_per_second),
         ],
         vec![
+            "disk: append 200 B + fdatasync, median (work dir)".into(),
+            "µs".into(),
+            fmt_num(c.fdatasync_append_us),
+        ],
+        vec![
+            "disk: 16 KiB file write + fsync + rename + dir fsync, median".into(),
+            "µs".into(),
+            fmt_num(c.small_file_commit_us),
+        ],
+        vec![
             format!(
                 "nginx, 512 B file, {}",
                 c.nginx_wrk_command.as_deref().unwrap_or("wrk")
