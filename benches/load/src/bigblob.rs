@@ -4,7 +4,7 @@
 //! each transfer: VmHWM after resetting it, and VmRSS sampled meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +33,10 @@ pub struct Transfer {
     /// Decimal megabytes (10^6 bytes) per second.
     pub mb_per_second: f64,
     pub peak_rss_bytes: u64,
+    /// For uploads: time from the last body byte handed to the connection
+    /// to the response, summed over the requests (the server's flush,
+    /// fsync, rename and log write after the body arrived).
+    pub server_tail_seconds: f64,
     pub spent: Spent,
 }
 
@@ -53,7 +57,9 @@ pub async fn run(
     chunked: &BigBlob,
     chunk_bytes: u64,
 ) -> Result<BlobResults, BoxError> {
+    eprintln!("ferro-load:   monolithic upload");
     let upload_monolithic = measured(pid, mono.len, upload_monolithic(client, mono)).await?;
+    eprintln!("ferro-load:   chunked upload");
     let upload_chunked = measured(
         pid,
         chunked.len,
@@ -66,7 +72,10 @@ pub async fn run(
         _ => None,
     };
     let download = match source {
-        Some(blob) => measured(pid, blob.len, download(client, blob)).await?,
+        Some(blob) => {
+            eprintln!("ferro-load:   download");
+            measured(pid, blob.len, download(client, blob)).await?
+        }
         None => Outcome::Unable("nothing uploaded to download".into()),
     };
     Ok(BlobResults {
@@ -81,7 +90,7 @@ pub async fn run(
 async fn measured(
     pid: u32,
     bytes: u64,
-    transfer: impl std::future::Future<Output = Result<Outcome<()>, BoxError>>,
+    transfer: impl std::future::Future<Output = Result<Outcome<Duration>, BoxError>>,
 ) -> Result<Outcome<Transfer>, BoxError> {
     let hwm_reset = reset_peak_rss(pid);
     let stop = Arc::new(AtomicBool::new(false));
@@ -112,39 +121,47 @@ async fn measured(
         0
     };
     Ok(match outcome {
-        Outcome::Done(()) => Outcome::Done(Transfer {
+        Outcome::Done(tail) => Outcome::Done(Transfer {
             bytes,
             mb_per_second: bytes as f64 / spent.seconds / 1e6,
             peak_rss_bytes: hwm.max(sampled_peak),
+            server_tail_seconds: tail.as_secs_f64(),
             spent,
         }),
         Outcome::Unable(why) => Outcome::Unable(why),
     })
 }
 
-fn streamed(pieces: Vec<Bytes>) -> Body {
-    StreamBody::new(stream::iter(
-        pieces
-            .into_iter()
-            .map(|b| Ok::<_, BoxError>(Frame::data(b))),
-    ))
+/// A body of `pieces`; `ended` is set when the last one is handed over.
+fn streamed(pieces: Vec<Bytes>, ended: Arc<Mutex<Option<Instant>>>) -> Body {
+    let last = pieces.len().saturating_sub(1);
+    StreamBody::new(stream::iter(pieces.into_iter().enumerate().map(
+        move |(i, b)| {
+            if i == last {
+                *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+            Ok::<_, BoxError>(Frame::data(b))
+        },
+    )))
     .boxed_unsync()
 }
 
 /// Sends a request with a streamed body; a server that answers with an
-/// error status or drops the connection has refused it.
+/// error status or drops the connection has refused it. Also returns the
+/// time from the end of the body to the response head.
 async fn send_streamed(
     client: &mut Client,
     method: Method,
     path: &str,
     headers: &[(hyper::header::HeaderName, String)],
     pieces: Vec<Bytes>,
-) -> Result<Result<Reply, String>, BoxError> {
+) -> Result<Result<(Reply, Duration), String>, BoxError> {
     let mut builder = Request::builder().method(method.clone()).uri(path);
     for (name, value) in headers {
         builder = builder.header(name, value);
     }
-    let request = builder.body(streamed(pieces))?;
+    let ended = Arc::new(Mutex::new(None));
+    let request = builder.body(streamed(pieces, ended.clone()))?;
     let response = match client.send(request).await {
         Ok(r) => r,
         Err(e) => {
@@ -152,6 +169,11 @@ async fn send_streamed(
             return Ok(Err(format!("refused (connection dropped: {e})")));
         }
     };
+    let answered = Instant::now();
+    let tail = ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(Duration::ZERO, |t| answered.saturating_duration_since(t));
     let (parts, body) = response.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -160,11 +182,14 @@ async fn send_streamed(
             return Ok(Err(format!("refused (connection dropped: {e})")));
         }
     };
-    Ok(Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }))
+    Ok(Ok((
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        },
+        tail,
+    )))
 }
 
 fn refused(reply: &Reply) -> String {
@@ -172,14 +197,17 @@ fn refused(reply: &Reply) -> String {
     format!("refused ({})", reply.status)
 }
 
-async fn upload_monolithic(client: &mut Client, blob: &BigBlob) -> Result<Outcome<()>, BoxError> {
+async fn upload_monolithic(
+    client: &mut Client,
+    blob: &BigBlob,
+) -> Result<Outcome<Duration>, BoxError> {
     let location = ops::start_upload(client, REPO).await?;
     let path = with_query(&location, "digest", &blob.digest);
     let headers = [
         (CONTENT_LENGTH, blob.len.to_string()),
         (CONTENT_TYPE, "application/octet-stream".to_owned()),
     ];
-    let reply = match send_streamed(
+    let (reply, tail) = match send_streamed(
         client,
         Method::PUT,
         &path,
@@ -200,16 +228,17 @@ async fn upload_monolithic(client: &mut Client, blob: &BigBlob) -> Result<Outcom
     let what = format!("PUT {}-byte blob (monolithic)", blob.len);
     ops::expect_status(&reply, StatusCode::CREATED, &what)?;
     ops::expect_digest_header(&reply, &blob.digest, &what)?;
-    Ok(Outcome::Done(()))
+    Ok(Outcome::Done(tail))
 }
 
 async fn upload_chunked(
     client: &mut Client,
     blob: &BigBlob,
     chunk_bytes: u64,
-) -> Result<Outcome<()>, BoxError> {
+) -> Result<Outcome<Duration>, BoxError> {
     let mut location = ops::start_upload(client, REPO).await?;
     let mut start = 0u64;
+    let mut tails = Duration::ZERO;
     while start < blob.len {
         let end = (start + chunk_bytes).min(blob.len);
         let headers = [
@@ -217,7 +246,7 @@ async fn upload_chunked(
             (CONTENT_RANGE, format!("{start}-{}", end - 1)),
             (CONTENT_TYPE, "application/octet-stream".to_owned()),
         ];
-        let reply = match send_streamed(
+        let (reply, tail) = match send_streamed(
             client,
             Method::PATCH,
             &location,
@@ -247,12 +276,15 @@ async fn upload_chunked(
             return Err(format!("{what}: Range {range:?}, expected \"0-{}\"", end - 1).into());
         }
         location = ops::location(&reply, &what)?;
+        tails += tail;
         start = end;
     }
     let path = with_query(&location, "digest", &blob.digest);
+    let closing = Instant::now();
     let reply = client
         .call(Method::PUT, &path, &[], Some(Bytes::new()))
         .await?;
+    tails += closing.elapsed();
     let what = format!("PUT closing the chunked upload of {}", blob.digest);
     if reply.status.is_client_error() || reply.status.is_server_error() {
         return Ok(Outcome::Unable(refused(&reply)));
@@ -273,10 +305,10 @@ async fn upload_chunked(
         )
         .into());
     }
-    Ok(Outcome::Done(()))
+    Ok(Outcome::Done(tails))
 }
 
-async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<()>, BoxError> {
+async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<Duration>, BoxError> {
     let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
     let what = format!("GET {path}");
     let request = Request::get(&path).body(crate::http::empty())?;
@@ -322,5 +354,5 @@ async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<()>, Bo
         )
         .into());
     }
-    Ok(Outcome::Done(()))
+    Ok(Outcome::Done(Duration::ZERO))
 }

@@ -14,7 +14,7 @@ use hyper::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
 use crate::http::{BoxError, Client};
-use crate::servers::{free_port, log_tail, spawn_tied, stop_child};
+use crate::servers::{cpu_seconds, free_port, log_tail, spawn_tied, stop_child};
 use crate::stats::{run_workers, Latencies, Ticket};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -30,11 +30,20 @@ pub struct Ceilings {
     /// Median time to write a 16 KiB file, `fsync` it, rename it and
     /// `fsync` its directory: what making one small blob durable costs.
     pub small_file_commit_us: f64,
+    /// Writing the large blob's size to a new file in 1 MiB blocks (the
+    /// server's block size) into the page cache, then `fsync`: MB/s of
+    /// the writes alone, and of writes plus fsync. A durable upload can be
+    /// no faster than the second.
+    pub file_write_mb_per_second: f64,
+    pub file_write_fsync_mb_per_second: f64,
     /// nginx serving a 512-byte file, measured with wrk (GET).
     pub nginx_wrk_requests_per_second: Option<f64>,
     pub nginx_wrk_command: Option<String>,
     /// The same nginx, HEAD of the same file, measured with this client.
     pub nginx_client_head_requests_per_second: Option<f64>,
+    /// nginx's CPU time (master and workers) per request in that run: the
+    /// floor a server pays per request here, mostly the kernel's TCP.
+    pub nginx_cpu_us_per_request: Option<f64>,
     pub notes: Vec<String>,
 }
 
@@ -131,6 +140,30 @@ pub fn disk_sync_us(dir: &Path, budget: Duration) -> std::io::Result<(f64, f64)>
     Ok((median(appends), median(commits)))
 }
 
+/// (write MB/s, write + fsync MB/s) of `bytes` to a new file in `dir`.
+pub fn file_write_mb_per_second(dir: &Path, bytes: u64) -> std::io::Result<(f64, f64)> {
+    const BLOCK_BYTES: usize = 1024 * 1024;
+    let tmp = tempfile::Builder::new()
+        .prefix("ferro-load-write-")
+        .tempdir_in(dir)?;
+    let block: Vec<u8> = (0..BLOCK_BYTES).map(|i| (i % 251) as u8).collect();
+    let mut f = std::fs::File::create(tmp.path().join("blob"))?;
+    let started = Instant::now();
+    let mut written = 0u64;
+    while written < bytes {
+        let n = (bytes - written).min(BLOCK_BYTES as u64) as usize;
+        f.write_all(&block[..n])?;
+        written += n as u64;
+    }
+    let write_seconds = started.elapsed().as_secs_f64();
+    f.sync_all()?;
+    let total_seconds = started.elapsed().as_secs_f64();
+    Ok((
+        bytes as f64 / write_seconds / 1e6,
+        bytes as f64 / total_seconds / 1e6,
+    ))
+}
+
 /// nginx in the foreground with its own prefix, one worker per core,
 /// no access log, keep-alive connections never recycled.
 struct Nginx {
@@ -198,6 +231,37 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// CPU seconds of the master and its workers.
+    fn cpu_seconds(&self) -> f64 {
+        let master = self.child.id();
+        let mut total = cpu_seconds(&format!("/proc/{master}/stat")).unwrap_or(0.0);
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return total;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                total += cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(0.0);
+            }
+        }
+        total
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master makes it stop its workers too.
@@ -238,12 +302,13 @@ fn wrk(
     Ok((rate, command))
 }
 
-/// HEAD /small at `concurrency` with this benchmark's client.
+/// HEAD /small at `concurrency` with this benchmark's client: requests/s
+/// and the requests made.
 async fn client_head(
     addr: SocketAddr,
     concurrency: usize,
     duration: Duration,
-) -> Result<f64, BoxError> {
+) -> Result<(f64, usize), BoxError> {
     let ticket = Ticket::new(usize::MAX, duration);
     let started = Instant::now();
     let per_worker = run_workers(concurrency, |_| {
@@ -264,10 +329,15 @@ async fn client_head(
     })
     .await?;
     let n = Latencies::merge(per_worker).len();
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    Ok((n as f64 / started.elapsed().as_secs_f64(), n))
 }
 
-pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usize) -> Ceilings {
+pub async fn measure(
+    work_root: &Path,
+    http_duration: Duration,
+    concurrency: usize,
+    file_bytes: u64,
+) -> Ceilings {
     let sha256_mb_per_second = sha256_mb_per_second(Duration::from_secs(2));
     let mut notes = Vec::new();
     let loopback_mb_per_second =
@@ -280,7 +350,12 @@ pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usi
             notes.push(format!("disk: {e}"));
             (0.0, 0.0)
         });
-    let (mut wrk_rate, mut wrk_command, mut client_rate) = (None, None, None);
+    let (file_write_mb_per_second, file_write_fsync_mb_per_second) =
+        file_write_mb_per_second(work_root, file_bytes).unwrap_or_else(|e| {
+            notes.push(format!("file write: {e}"));
+            (0.0, 0.0)
+        });
+    let (mut wrk_rate, mut wrk_command, mut client_rate, mut nginx_cpu) = (None, None, None, None);
     match Nginx::start(work_root) {
         Ok(nginx) => {
             match wrk(nginx.addr, concurrency, http_duration) {
@@ -290,8 +365,12 @@ pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usi
                 }
                 Err(e) => notes.push(format!("wrk: {e}")),
             }
+            let cpu0 = nginx.cpu_seconds();
             match client_head(nginx.addr, concurrency, http_duration).await {
-                Ok(rate) => client_rate = Some(rate),
+                Ok((rate, requests)) => {
+                    client_rate = Some(rate);
+                    nginx_cpu = Some((nginx.cpu_seconds() - cpu0) * 1e6 / requests.max(1) as f64);
+                }
                 Err(e) => notes.push(format!("client against nginx: {e}")),
             }
         }
@@ -302,9 +381,12 @@ pub async fn measure(work_root: &Path, http_duration: Duration, concurrency: usi
         loopback_mb_per_second,
         fdatasync_append_us,
         small_file_commit_us,
+        file_write_mb_per_second,
+        file_write_fsync_mb_per_second,
         nginx_wrk_requests_per_second: wrk_rate,
         nginx_wrk_command: wrk_command,
         nginx_client_head_requests_per_second: client_rate,
+        nginx_cpu_us_per_request: nginx_cpu,
         notes,
     }
 }

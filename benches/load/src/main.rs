@@ -397,6 +397,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
                 &work_root,
                 Duration::from_secs(ceiling_seconds),
                 settings.head_concurrency,
+                settings.blob_mib.min(1024) * 1024 * 1024,
             )
             .await,
         );
@@ -593,7 +594,10 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
     println!("\n## Results\n\n{}", machine_line(&run));
     println!("```\n{}\n```\n", run.command);
     if let Some(c) = &run.ceilings {
-        println!("### Ceilings\n\n{}", report::ceilings_table(c));
+        println!(
+            "### Ceilings\n\n{}",
+            report::ceilings_table(c, run.settings.blob_mib)
+        );
     }
     if !run.servers.is_empty() {
         println!("### Registries\n\n{table}");

@@ -2,12 +2,15 @@
 //! `Docker-Content-Digest` header, and the sha256 of every body read.
 //! A failed check is an `Err` naming the request and what was wrong.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use hyper::header::{ACCEPT, CONTENT_TYPE, LOCATION};
 use hyper::{Method, StatusCode};
 
 use crate::content::{sha256_digest, Image, MANIFEST_ACCEPT, MANIFEST_MEDIA_TYPE};
 use crate::http::{location_path, with_query, BoxError, Client, Reply};
+use crate::stats::Latencies;
 
 pub fn expect_status(reply: &Reply, expected: StatusCode, what: &str) -> Result<(), BoxError> {
     if reply.status == expected {
@@ -65,8 +68,30 @@ pub async fn upload_blob(
     bytes: &Bytes,
     digest: &str,
 ) -> Result<u32, BoxError> {
+    upload_blob_timed(client, repo, bytes, digest, &mut PushSteps::default()).await
+}
+
+/// Latencies of each kind of request a push makes, to see which one a
+/// push waits on.
+#[derive(Default)]
+pub struct PushSteps {
+    pub post: Latencies,
+    pub put_blob: Latencies,
+    pub put_manifest: Latencies,
+}
+
+async fn upload_blob_timed(
+    client: &mut Client,
+    repo: &str,
+    bytes: &Bytes,
+    digest: &str,
+    steps: &mut PushSteps,
+) -> Result<u32, BoxError> {
+    let t = Instant::now();
     let location = start_upload(client, repo).await?;
+    steps.post.record(t);
     let path = with_query(&location, "digest", digest);
+    let t = Instant::now();
     let reply = client
         .call(
             Method::PUT,
@@ -75,6 +100,7 @@ pub async fn upload_blob(
             Some(bytes.clone()),
         )
         .await?;
+    steps.put_blob.record(t);
     let what = format!("PUT blob {digest} to {repo}");
     expect_status(&reply, StatusCode::CREATED, &what)?;
     expect_digest_header(&reply, digest, &what)?;
@@ -107,10 +133,14 @@ pub async fn push_image(
     repo: &str,
     tag: &str,
     image: &Image,
+    steps: &mut PushSteps,
 ) -> Result<u32, BoxError> {
-    let mut requests = upload_blob(client, repo, &image.config, &image.config_digest).await?;
-    requests += upload_blob(client, repo, &image.layer, &image.layer_digest).await?;
+    let mut requests =
+        upload_blob_timed(client, repo, &image.config, &image.config_digest, steps).await?;
+    requests += upload_blob_timed(client, repo, &image.layer, &image.layer_digest, steps).await?;
+    let t = Instant::now();
     requests += put_manifest(client, repo, tag, image).await?;
+    steps.put_manifest.record(t);
     Ok(requests)
 }
 

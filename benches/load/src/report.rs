@@ -198,6 +198,21 @@ fn rows(run: &Run) -> Vec<Row> {
             },
         ),
         row(
+            "  c=1 latency p50: POST / blob PUT / manifest PUT".into(),
+            "ms",
+            Better::Neither,
+            &|r| {
+                r.push_c1.as_ref().map_or(Cell::Missing, |p| {
+                    Cell::Text(format!(
+                        "{} / {} / {}",
+                        fmt_num(p.post_p50_ms),
+                        fmt_num(p.put_blob_p50_ms),
+                        fmt_num(p.put_manifest_p50_ms)
+                    ))
+                })
+            },
+        ),
+        row(
             format!("pull (manifest + 2 blobs), c={}", s.pull_concurrency),
             "requests/s",
             Better::Higher,
@@ -320,6 +335,16 @@ fn rows(run: &Run) -> Vec<Row> {
                 .map(|p| p.spent.client_cpu_seconds * 1e6 / p.requests.max(1) as f64))
         }),
         row(
+            "server time after the last body byte (monolithic)".into(),
+            "ms",
+            Better::Lower,
+            &|r| {
+                transfer_cell(blob(r).map(|b| &b.upload_monolithic), |t| {
+                    t.server_tail_seconds * 1e3
+                })
+            },
+        ),
+        row(
             "server CPU per MB uploaded (monolithic)".into(),
             "ms",
             Better::Lower,
@@ -416,7 +441,8 @@ fn markdown(lines: &[Vec<String>]) -> String {
     out
 }
 
-pub fn ceilings_table(c: &Ceilings) -> String {
+pub fn ceilings_table(c: &Ceilings, blob_mib: u64) -> String {
+    let size = format!("{} MiB", blob_mib.min(1024));
     let opt = |v: Option<f64>| v.map_or("not measured".into(), fmt_num);
     let mut lines = vec![
         vec![
@@ -433,6 +459,16 @@ pub fn ceilings_table(c: &Ceilings) -> String {
             "loopback TCP, one sender → one receiver".into(),
             "MB/s".into(),
             fmt_num(c.loopback_mb_per_second),
+        ],
+        vec![
+            format!("disk: write {} in 1 MiB blocks (page cache)", size),
+            "MB/s".into(),
+            fmt_num(c.file_write_mb_per_second),
+        ],
+        vec![
+            format!("disk: write {} in 1 MiB blocks + fsync", size),
+            "MB/s".into(),
+            fmt_num(c.file_write_fsync_mb_per_second),
         ],
         vec![
             "disk: append 200 B + fdatasync, median (work dir)".into(),
@@ -456,6 +492,11 @@ pub fn ceilings_table(c: &Ceilings) -> String {
             "nginx, HEAD of the same file, this benchmark's client".into(),
             "requests/s".into(),
             opt(c.nginx_client_head_requests_per_second),
+        ],
+        vec![
+            "nginx CPU per request in that run (master + workers)".into(),
+            "µs".into(),
+            opt(c.nginx_cpu_us_per_request),
         ],
     ];
     for n in &c.notes {

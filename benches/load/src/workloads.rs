@@ -39,6 +39,10 @@ pub struct PushResult {
     pub images: usize,
     pub requests: u64,
     pub images_per_second: f64,
+    /// Median latency of each kind of request, in ms.
+    pub post_p50_ms: f64,
+    pub put_blob_p50_ms: f64,
+    pub put_manifest_p50_ms: f64,
     pub time_capped: bool,
     pub spent: Spent,
 }
@@ -61,30 +65,43 @@ pub async fn push(
             let mut client = Client::new(addr);
             let mut done = Vec::new();
             let mut requests = 0u64;
+            let mut steps = ops::PushSteps::default();
             while let Some(i) = ticket.take() {
                 let index = first + i;
                 let tag = format!("i{index}");
-                requests +=
-                    u64::from(ops::push_image(&mut client, &repo, &tag, &images[index]).await?);
+                requests += u64::from(
+                    ops::push_image(&mut client, &repo, &tag, &images[index], &mut steps).await?,
+                );
                 done.push(Pushed {
                     repo: repo.clone(),
                     tag,
                     image: index,
                 });
             }
-            Ok((done, requests))
+            Ok((done, requests, steps))
         }
     })
     .await?;
     let spent = window.close();
-    let requests = per_worker.iter().map(|(_, r)| r).sum();
-    let pushed: Vec<Pushed> = per_worker.into_iter().flat_map(|(d, _)| d).collect();
+    let requests = per_worker.iter().map(|(_, r, _)| r).sum();
+    let (mut pushed, mut post, mut put_blob, mut put_manifest) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (d, _, steps) in per_worker {
+        pushed.extend(d);
+        post.push(steps.post);
+        put_blob.push(steps.put_blob);
+        put_manifest.push(steps.put_manifest);
+    }
+    let p50 = |l: Vec<Latencies>| Latencies::merge(l).quantile_ms(0.5);
     Ok((
         PushResult {
             concurrency,
             images: pushed.len(),
             requests,
             images_per_second: pushed.len() as f64 / spent.seconds,
+            post_p50_ms: p50(post),
+            put_blob_p50_ms: p50(put_blob),
+            put_manifest_p50_ms: p50(put_manifest),
             time_capped: ticket.time_capped(),
             spent,
         },
@@ -412,6 +429,7 @@ pub async fn mixed(
                         "bench/mixed",
                         &format!("m{index}"),
                         &images[index],
+                        &mut ops::PushSteps::default(),
                     )
                     .await
                     .map(|_| ())
