@@ -1,6 +1,8 @@
 //! The server's configuration: defaults that need no file, an optional TOML
-//! file with the same keys, and flags that override both.
+//! file with the same keys, environment variables (`FERRO_<KEY>`, see
+//! [`Config::apply_env`]) over the file, and flags over both.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -36,9 +38,147 @@ pub struct Config {
     pub recovery: RecoveryMode,
     /// Whether clients may DELETE manifests, tags and blobs.
     pub delete_enabled: bool,
+    /// `"text"` (the default) or `"json"` (one object per line).
+    pub log_format: LogFormat,
     pub limits: Limits,
     pub snapshots: SnapshotConfig,
     pub history: HistoryConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// HTTPS with rustls. Both files set: TLS; both empty: plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    /// No authentication: everyone may do everything (the default).
+    #[default]
+    None,
+    /// HTTP Basic against the htpasswd file; challenge `Basic realm=…`.
+    Basic,
+    /// Bearer tokens from the built-in token endpoint (`/auth/token`, which
+    /// takes the htpasswd users) or an external issuer; challenge
+    /// `Bearer realm=…,service=…,scope=…`. Basic credentials are accepted
+    /// on the API too.
+    Token,
+}
+
+/// Access control (see `auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub scheme: AuthScheme,
+    /// htpasswd file of bcrypt hashes (`htpasswd -B`).
+    pub htpasswd: PathBuf,
+    /// The Basic challenge's realm.
+    pub realm: String,
+    /// Unauthenticated clients may pull every repository (not list the
+    /// catalog, not read the event feed).
+    pub anonymous_pull: bool,
+    /// Named groups of users, for rules: `dev = ["alice", "bob"]`.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Who may do what where. With no rule, every authenticated user may
+    /// do everything; with rules, only what a rule grants.
+    pub rules: Vec<AccessRule>,
+    pub token: TokenConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scheme: AuthScheme::None,
+            htpasswd: PathBuf::new(),
+            realm: "ferro".into(),
+            anonymous_pull: false,
+            groups: BTreeMap::new(),
+            rules: Vec::new(),
+            token: TokenConfig::default(),
+        }
+    }
+}
+
+/// One rule: these users and groups may do these actions on repositories
+/// matching these patterns. Patterns are globs over repository names:
+/// `*` stays within one path component, `**` crosses `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessRule {
+    /// User names; `"*"` is any authenticated user.
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+    pub repositories: Vec<String>,
+    /// `"pull"`, `"push"`, `"delete"`, or `"*"` for all three.
+    pub actions: Vec<String>,
+}
+
+/// The token flow (`scheme = "token"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Where clients get tokens (the challenge's `realm`). Empty: the
+    /// built-in endpoint on this server, `<scheme>://<Host>/auth/token`.
+    pub realm: String,
+    /// The challenge's `service`, and the audience of issued tokens.
+    pub service: String,
+    /// The `iss` of issued tokens.
+    pub issuer: String,
+    /// Lifetime of an issued token.
+    pub lifetime_secs: u64,
+    /// PEM file with the ES256 (P-256) signing key, PKCS#8. Empty: a key
+    /// generated at startup (tokens then end with the process).
+    pub signing_key: PathBuf,
+    /// Tokens of an external issuer accepted besides ours.
+    pub external: ExternalIssuerConfig,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            realm: String::new(),
+            service: "ferro".into(),
+            issuer: "ferro".into(),
+            lifetime_secs: 300,
+            signing_key: PathBuf::new(),
+            external: ExternalIssuerConfig::default(),
+        }
+    }
+}
+
+/// An external token issuer (docker_auth and the like): its public key,
+/// and the `iss` and `aud` its tokens must carry. Unused when `public_key`
+/// is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalIssuerConfig {
+    /// PEM public key (EC, RSA or Ed25519).
+    pub public_key: PathBuf,
+    pub issuer: String,
+    /// Expected `aud`; empty: `token.service`.
+    pub audience: String,
 }
 
 /// When the server snapshots its state (see `snapshot::scheduler`).
@@ -92,9 +232,12 @@ impl Default for Config {
             fsync_interval_ms: 100,
             recovery: RecoveryMode::TolerateTornTail,
             delete_enabled: true,
+            log_format: LogFormat::Text,
             limits: Limits::default(),
             snapshots: SnapshotConfig::default(),
             history: HistoryConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -113,7 +256,12 @@ pub enum ConfigError {
     },
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
 }
+
+/// Prefix of the environment variables that set config keys.
+pub const ENV_PREFIX: &str = "FERRO_";
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -156,6 +304,91 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "fsync_interval_ms must be at least 1".into(),
             ));
+        }
+        if l.header_bytes_max < crate::limits::HEADER_BYTES_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "limits.header_bytes_max must be at least {}",
+                crate::limits::HEADER_BYTES_MIN
+            )));
+        }
+        for (key, value) in [
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.body_read_timeout_ms", l.body_read_timeout_ms),
+            (
+                "limits.uploads_concurrent_max",
+                l.uploads_concurrent_max as u64,
+            ),
+            ("limits.upload_sessions_max", l.upload_sessions_max as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if self.tls.cert.as_os_str().is_empty() != self.tls.key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key go together: set both or neither".into(),
+            ));
+        }
+        crate::auth::validate_config(&self.auth).map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+
+    /// Sets keys from `FERRO_<KEY>` variables: the key's TOML path in
+    /// capitals, sections joined by `__` (`FERRO_LISTEN`,
+    /// `FERRO_LIMITS__MANIFEST_BYTES_MAX`, `FERRO_AUTH__TOKEN__SERVICE`).
+    /// A value is taken as the key's type: strings as they are, numbers and
+    /// booleans parsed, lists and tables as TOML (`FERRO_AUTH__RULES=[{…}]`).
+    /// Variables naming no key are ignored (`FERRO_CONFIG` is the file).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut tree = toml::Value::try_from(&*self).expect("the config serializes");
+        let mut changed = false;
+        for (var, value) in vars {
+            let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            let Some(slot) = keys
+                .iter()
+                .try_fold(&mut tree, |node, k| node.get_mut(k.as_str()))
+            else {
+                continue;
+            };
+            let env_error = |reason: String| ConfigError::Env {
+                var: var.clone(),
+                reason,
+            };
+            *slot = match slot {
+                toml::Value::String(_) => toml::Value::String(value.clone()),
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse()
+                        .map_err(|e| env_error(format!("{e}")))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    value
+                        .trim()
+                        .parse()
+                        .map_err(|e| env_error(format!("{e}")))?,
+                ),
+                _ => {
+                    let doc: toml::Table = toml::from_str(&format!("v = {value}"))
+                        .map_err(|e| env_error(e.to_string()))?;
+                    doc["v"].clone()
+                }
+            };
+            changed = true;
+        }
+        if changed {
+            *self = tree
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Env {
+                    var: "FERRO_*".into(),
+                    reason: e.to_string(),
+                })?;
         }
         Ok(())
     }
@@ -202,6 +435,67 @@ mod tests {
         let mut bad = Config::default();
         bad.limits.manifest_bytes_max = u64::MAX;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut c = Config::default();
+        c.apply_env([
+            ("FERRO_LISTEN".to_owned(), "0.0.0.0:5000".to_owned()),
+            ("FERRO_LIMITS__MANIFEST_BYTES_MAX".into(), "1234".into()),
+            ("FERRO_AUTH__SCHEME".into(), "basic".into()),
+            ("FERRO_AUTH__ANONYMOUS_PULL".into(), "true".into()),
+            (
+                "FERRO_AUTH__TOKEN__SERVICE".into(),
+                "registry.example".into(),
+            ),
+            (
+                "FERRO_AUTH__RULES".into(),
+                r#"[{users = ["a"], repositories = ["**"], actions = ["pull"]}]"#.into(),
+            ),
+            ("FERRO_AUTH__GROUPS".into(), r#"{dev = ["a", "b"]}"#.into()),
+            ("FERRO_REQUIRE_INTEROP".into(), "1".into()),
+            ("HOME".into(), "/root".into()),
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5000");
+        assert_eq!(c.limits.manifest_bytes_max, 1234);
+        assert_eq!(c.auth.scheme, AuthScheme::Basic);
+        assert!(c.auth.anonymous_pull);
+        assert_eq!(c.auth.token.service, "registry.example");
+        assert_eq!(c.auth.rules[0].users, ["a"]);
+        assert_eq!(c.auth.groups["dev"], ["a", "b"]);
+        let mut c = Config::default();
+        assert!(c
+            .apply_env([("FERRO_LIMITS__PAGE_ENTRIES_MAX".into(), "many".into())])
+            .is_err());
+        assert!(c
+            .apply_env([("FERRO_AUTH__SCHEME".into(), "kerberos".into())])
+            .is_err());
+    }
+
+    #[test]
+    fn every_setting_is_printed() {
+        let text = Config::default().to_toml();
+        for key in [
+            "log_format",
+            "header_bytes_max",
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+            "uploads_concurrent_max",
+            "upload_sessions_max",
+            "upload_idle_expiry_secs",
+            "shutdown_drain_timeout_secs",
+            "[tls]",
+            "[auth]",
+            "anonymous_pull",
+            "rules",
+            "[auth.token]",
+            "lifetime_secs",
+            "[auth.token.external]",
+        ] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -15,6 +15,16 @@ pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 64 * 1024 * 1024;
 pub const GROUP_COMMIT_COMMANDS_MAX: usize = 1024;
 /// Depth of the queue between request handlers and the log writer.
 pub const WRITER_QUEUE_COMMANDS_MAX: usize = 4096;
+/// hyper refuses a read buffer smaller than this; `header_bytes_max` may
+/// not go below it.
+pub const HEADER_BYTES_MIN: usize = 8192;
+/// Most credentials kept verified in memory (bcrypt is slow by design; a
+/// client sending Basic on every request would pay it each time).
+pub const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 1024;
+/// How long a verified credential stays cached, in seconds.
+pub const CREDENTIAL_CACHE_SECS: u64 = 300;
+/// Most `scope` values one token request may name.
+pub const TOKEN_SCOPES_MAX: usize = 32;
 
 /// Limits an operator may tune.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +42,29 @@ pub struct Limits {
     pub tags_per_put_max: usize,
     /// Segment files roll over after reaching this size.
     pub segment_bytes_max: u64,
+    /// Largest request head (request line and headers); a larger one is
+    /// answered 431 and the connection closed. At least 8192.
+    pub header_bytes_max: usize,
+    /// How long a client may take to send a request head once it started
+    /// (and a TLS handshake), in milliseconds; then the connection closes.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may stall between two pieces, in
+    /// milliseconds: a client that stops sending mid-body fails with
+    /// BLOB_UPLOAD_INVALID and releases the upload session it held.
+    pub body_read_timeout_ms: u64,
+    /// Most upload requests carrying bytes (`POST ?digest=`, `PATCH`, `PUT`
+    /// on a session) served at once; more get 429 TOOMANYREQUESTS.
+    pub uploads_concurrent_max: usize,
+    /// Most upload sessions open at once; a `POST` that would open one more
+    /// gets 429 TOOMANYREQUESTS.
+    pub upload_sessions_max: usize,
+    /// An upload with no acknowledged chunk for this long, in seconds, is
+    /// cancelled on the record (reason `Expired`) and its staging file
+    /// removed. 0: never.
+    pub upload_idle_expiry_secs: u64,
+    /// On shutdown, how long in-flight requests may take to finish, in
+    /// seconds, before their connections are closed.
+    pub shutdown_drain_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +76,13 @@ impl Default for Limits {
             page_entries_max: 10_000,
             tags_per_put_max: 100,
             segment_bytes_max: 64 * 1024 * 1024,
+            header_bytes_max: 64 * 1024,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
+            uploads_concurrent_max: 256,
+            upload_sessions_max: 10_000,
+            upload_idle_expiry_secs: 24 * 3600,
+            shutdown_drain_timeout_secs: 30,
         }
     }
 }
