@@ -1,11 +1,16 @@
 //! The `ferro` binary: `ferro serve` runs the registry; `ferro config
 //! --print-defaults` prints every setting with its default.
+//!
+//! Settings come from, in rising precedence: the defaults, the TOML file
+//! of `--config` (or `FERRO_CONFIG`), `FERRO_<KEY>` environment variables
+//! (`FERRO_LIMITS__MANIFEST_BYTES_MAX`: see `Config::apply_env`), and
+//! flags.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ferro::config::{Config, DurabilityMode};
+use ferro::config::{AuthScheme, Config, DurabilityMode, LogFormat};
 use ferro::log::RecoveryMode;
 
 #[derive(Parser)]
@@ -46,14 +51,53 @@ struct ServeArgs {
     #[arg(long, env = "FERRO_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory [default: ./ferro-data].
-    #[arg(long, env = "FERRO_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Listen address [default: 127.0.0.1:5000].
-    #[arg(long, env = "FERRO_LISTEN")]
+    #[arg(long)]
     listen: Option<String>,
     /// When a write is acknowledged [default: always].
-    #[arg(long, value_enum, env = "FERRO_DURABILITY")]
+    #[arg(long, value_enum)]
     durability: Option<DurabilityMode>,
+    /// Log lines as text or as JSON objects [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Authentication: none, basic or token [default: none].
+    #[arg(long, value_enum)]
+    auth_scheme: Option<AuthScheme>,
+    /// htpasswd file (bcrypt) of the users.
+    #[arg(long)]
+    htpasswd: Option<PathBuf>,
+    /// Let unauthenticated clients pull.
+    #[arg(long)]
+    anonymous_pull: bool,
+    /// Largest request head, in bytes [default: 65536].
+    #[arg(long)]
+    header_bytes_max: Option<usize>,
+    /// Time allowed to send a request head, in ms [default: 30000].
+    #[arg(long)]
+    header_read_timeout_ms: Option<u64>,
+    /// Time a request body may stall, in ms [default: 60000].
+    #[arg(long)]
+    body_read_timeout_ms: Option<u64>,
+    /// Most upload requests carrying bytes at once [default: 256].
+    #[arg(long)]
+    uploads_concurrent_max: Option<usize>,
+    /// Most upload sessions open at once [default: 10000].
+    #[arg(long)]
+    upload_sessions_max: Option<usize>,
+    /// Cancel uploads idle this long, in seconds; 0: never [default: 86400].
+    #[arg(long)]
+    upload_idle_expiry_secs: Option<u64>,
+    /// On shutdown, time for in-flight requests, in seconds [default: 30].
+    #[arg(long)]
+    shutdown_drain_timeout_secs: Option<u64>,
     /// Torn-tail policy at startup [default: tolerate-torn-tail].
     #[arg(long, value_enum)]
     recovery: Option<RecoveryArg>,
@@ -100,6 +144,46 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    c.apply_env(std::env::vars()).map_err(|e| e.to_string())?;
+    if let Some(v) = args.log_format {
+        c.log_format = v;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        c.tls.cert = cert;
+        c.tls.key = key;
+    }
+    if let Some(v) = args.auth_scheme {
+        c.auth.scheme = v;
+    }
+    if let Some(v) = args.htpasswd {
+        c.auth.htpasswd = v;
+    }
+    if args.anonymous_pull {
+        c.auth.anonymous_pull = true;
+    }
+    let l = &mut c.limits;
+    for (flag, slot) in [
+        (args.header_read_timeout_ms, &mut l.header_read_timeout_ms),
+        (args.body_read_timeout_ms, &mut l.body_read_timeout_ms),
+        (args.upload_idle_expiry_secs, &mut l.upload_idle_expiry_secs),
+        (
+            args.shutdown_drain_timeout_secs,
+            &mut l.shutdown_drain_timeout_secs,
+        ),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    for (flag, slot) in [
+        (args.header_bytes_max, &mut l.header_bytes_max),
+        (args.uploads_concurrent_max, &mut l.uploads_concurrent_max),
+        (args.upload_sessions_max, &mut l.upload_sessions_max),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
     if let Some(v) = args.data_dir {
         c.data_dir = v;
     }
@@ -146,15 +230,30 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     Ok(c)
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+/// Log lines to stderr, as text or JSON; `RUST_LOG` filters (default
+/// `info`). Every line of a request carries its span (request id, method,
+/// path).
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Config { print_defaults }) => {
             if print_defaults {
@@ -177,6 +276,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

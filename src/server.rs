@@ -1,21 +1,36 @@
-//! Starting and stopping the registry: lock the data directory, load the
-//! newest valid snapshot and replay the log after it, reconcile upload
-//! staging files with the log, snapshot in the background, serve HTTP, and
-//! on shutdown drain requests, flush the writer and take a last snapshot.
+//! Starting and stopping the registry: bind the listener (plain HTTP or
+//! TLS) and answer `/healthz` and `/readyz` (503) at once; then lock the
+//! data directory, load the newest valid snapshot and replay the log after
+//! it, reconcile upload staging files with the log, and open the gate to
+//! the registry (`/readyz` 200). Snapshots and upload expiry run in the
+//! background. On shutdown: stop accepting, let in-flight requests finish
+//! (at most `limits.shutdown_drain_timeout_secs`), flush the writer and
+//! take a last snapshot.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, App, PastStates, UploadSessions};
+use crate::api::router::{front, Gate};
+use crate::api::{App, PastStates, UploadSessions};
+use crate::auth::Auth;
 use crate::blobs::{is_upload_id, BlobStore};
 use crate::commands::Command;
 use crate::config::Config;
 use crate::datadir::{DataDir, Layout};
 use crate::events::{Actor, CancelReason};
+use crate::limits::Limits;
 use crate::log::{self, Durability, WriterOptions};
 use crate::projection::State;
 use crate::replay::{self, AsOf};
@@ -45,6 +60,77 @@ pub enum ServerError {
     NotADataDir(std::path::PathBuf),
     #[error(transparent)]
     Replay(#[from] replay::ReplayError),
+    #[error("access control: {0}")]
+    Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("startup task failed: {0}")]
+    Task(String),
+}
+
+/// What the blocking part of startup opened.
+struct Opened {
+    /// Holds the data directory's lock until the server stops.
+    _data: DataDir,
+    layout: Layout,
+    started: startup::Started,
+}
+
+/// Locks the data directory, loads the newest snapshot and replays the
+/// log after it (blocking: run on the blocking pool).
+fn open_data(config: &Config) -> Result<Opened, ServerError> {
+    let data = DataDir::open(&config.data_dir)?;
+    let layout = data.layout();
+    for leftover in snapshot::remove_leftover_temp_files(&layout.snapshots_dir())? {
+        tracing::info!(file = %leftover.display(), "removed an unfinished snapshot file");
+    }
+    let started = startup::open(
+        &layout,
+        config.recovery,
+        WriterOptions {
+            durability: config.log_durability(),
+            segment_bytes_max: config.limits.segment_bytes_max,
+        },
+    )?;
+    Ok(Opened {
+        _data: data,
+        layout,
+        started,
+    })
+}
+
+/// The listening socket, bound before the log is replayed.
+struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    local: SocketAddr,
+}
+
+impl Listener {
+    async fn bind(config: &Config) -> Result<Listener, ServerError> {
+        let tls = crate::tls::acceptor(&config.tls).map_err(ServerError::Tls)?;
+        let tcp =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+        let local = tcp.local_addr()?;
+        if tls.is_none() && !local.ip().is_loopback() {
+            tracing::warn!(
+                address = %local,
+                "serving plain HTTP on a non-loopback address: credentials and content \
+                 travel unencrypted; set tls.cert and tls.key"
+            );
+        }
+        Ok(Listener { tcp, tls, local })
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local)
+    }
 }
 
 /// Runs the registry until `shutdown` resolves.
@@ -56,26 +142,66 @@ pub async fn run(
     if config.durability == crate::config::DurabilityMode::Never {
         tracing::warn!("durability is \"never\": acknowledged writes can be lost on power failure");
     }
-    let data = DataDir::open(&config.data_dir)?;
-    let layout = data.layout();
-    let started = Instant::now();
-    for leftover in snapshot::remove_leftover_temp_files(&layout.snapshots_dir())? {
-        tracing::info!(file = %leftover.display(), "removed an unfinished snapshot file");
+    let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
+    if auth.enabled() {
+        tracing::info!(scheme = ?auth.scheme(), users = auth.users(), "access control on");
     }
-    let startup::Started {
-        log: opened,
-        snapshot: loaded_snapshot,
-        rejected,
-        snapshot_load_ms,
-        replay_ms,
-    } = startup::open(
-        &layout,
-        config.recovery,
-        WriterOptions {
-            durability: config.log_durability(),
-            segment_bytes_max: config.limits.segment_bytes_max,
-        },
-    )?;
+    crate::metrics::install();
+    let started = Instant::now();
+    let listener = Listener::bind(&config).await?;
+    let url = listener.url();
+    let tls = listener.tls.is_some();
+    tracing::info!(
+        address = %listener.local,
+        "bound; /healthz and /readyz answer, the registry once the log is replayed"
+    );
+    let gate = Arc::new(Gate::default());
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(serve(
+        listener,
+        front(
+            gate.clone(),
+            Duration::from_millis(config.limits.body_read_timeout_ms),
+        ),
+        config.limits.clone(),
+        stop.clone(),
+    ));
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    // The replay runs on the blocking pool while the listener answers.
+    let opening = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || open_data(&config)
+    });
+    let opened = tokio::select! {
+        opened = opening => opened.map_err(|e| ServerError::Task(e.to_string())),
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested during startup");
+            stop.cancel();
+            let _ = serving.await;
+            return Ok(());
+        }
+    };
+    let opened = match opened.and_then(|o| o) {
+        Ok(o) => o,
+        Err(e) => {
+            stop.cancel();
+            let _ = serving.await;
+            return Err(e);
+        }
+    };
+    let Opened {
+        _data,
+        layout,
+        started:
+            startup::Started {
+                log: opened,
+                snapshot: loaded_snapshot,
+                rejected,
+                snapshot_load_ms,
+                replay_ms,
+            },
+    } = opened;
     let summary = opened.state.read().summary();
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -99,7 +225,11 @@ pub async fn run(
     if let Durability::Interval { interval_ms } = config.log_durability() {
         log::writer::spawn_interval_sync(writer.clone(), Duration::from_millis(interval_ms));
     }
-    reconcile_uploads(&opened.state, &store, &writer).await?;
+    if let Err(e) = reconcile_uploads(&opened.state, &store, &writer).await {
+        stop.cancel();
+        let _ = serving.await;
+        return Err(e);
+    }
     let snapshots = Scheduler::new(
         layout.clone(),
         opened.state.clone(),
@@ -120,8 +250,31 @@ pub async fn run(
         delete_enabled: config.delete_enabled,
         past: PastStates::default(),
         read_only: false,
+        auth,
+        tls,
+        upload_permits: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.uploads_concurrent_max,
+        )),
     });
-    serve(app, &config.listen, shutdown).await?;
+    gate.open(app.clone());
+    crate::metrics::set_startup(crate::metrics::Startup {
+        snapshot_load: Duration::from_millis(snapshot_load_ms),
+        replay: Duration::from_millis(replay_ms),
+        total: started.elapsed(),
+    });
+    tracing::info!("listening on {url}");
+    let expiry = crate::expiry::spawn(app.clone(), stop.clone());
+
+    shutdown.await;
+    gate.drain();
+    stop.cancel();
+    if let Err(e) = serving.await {
+        tracing::warn!(error = %e, "the server task ended abnormally");
+    }
+    if let Some(expiry) = expiry {
+        let _ = expiry.await;
+    }
+    drop(app);
     tracing::info!("draining the log writer");
     writer.sync().await?;
     snapshots.stop();
@@ -137,49 +290,116 @@ pub async fn run(
     }
     drop(snapshots);
     drop(writer);
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// Serves `app` on `listen` until `shutdown` resolves.
-async fn serve(
-    app: Arc<App>,
-    listen: &str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: listen.to_owned(),
-            source,
-        })?;
-    let local = listener.local_addr()?;
-    // Small responses must not wait for the peer's delayed ACK (Nagle).
-    let listener = listener.tap_io(|tcp| {
+/// Accepts connections until `stop`, then lets in-flight requests finish
+/// for at most `limits.shutdown_drain_timeout_secs` and closes what is
+/// left. HTTP/1.1 only; request heads are bounded in size
+/// (`header_bytes_max`) and time (`header_read_timeout_ms`, which also
+/// bounds a TLS handshake).
+async fn serve(listener: Listener, app: Router, limits: Limits, stop: CancellationToken) {
+    let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(limits.header_bytes_max)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        // Small responses must not wait for the peer's delayed ACK (Nagle).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    tracing::info!("listening on http://{local}");
-    axum::serve(
-        listener,
-        api::router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
-    Ok(())
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        ));
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let tls = listener.tls.clone();
+        connections.spawn(async move {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(tcp), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_secs(limits.shutdown_drain_timeout_secs);
+    let open = graceful.count();
+    tracing::info!(
+        connections = open,
+        "stopped accepting; finishing in-flight requests"
+    );
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_timeout_secs = drain.as_secs(),
+            "requests still in flight after the drain timeout; closing their connections"
+        );
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
 }
 
 /// Serves the registry as it was at `at`, read-only, for unmodified
 /// clients to pull the past. It reads the data directory without taking
 /// its lock (a live server may be appending): the state is rebuilt once at
 /// startup from snapshots and the log; blobs are read from the store as
-/// long as they exist. Every write answers 405.
+/// long as they exist. Every write answers 405. Access control and TLS
+/// apply as configured.
 pub async fn run_read_only(
     config: Config,
     at: AsOf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
+    crate::metrics::install();
     let layout = Layout::new(&config.data_dir);
     if !layout.log_dir().is_dir() {
         return Err(ServerError::NotADataDir(config.data_dir.clone()));
@@ -196,6 +416,8 @@ pub async fn run_read_only(
         replay_ms = started.elapsed().as_millis() as u64,
         "serving the registry as it was, read-only"
     );
+    let listener = Listener::bind(&config).await?;
+    let url = listener.url();
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: log::LogWriter::detached(state.last_seq, replayed.crc),
@@ -206,8 +428,28 @@ pub async fn run_read_only(
         delete_enabled: false,
         past: PastStates::default(),
         read_only: true,
+        auth,
+        tls: listener.tls.is_some(),
+        upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
     });
-    serve(app, &config.listen, shutdown).await
+    let gate = Arc::new(Gate::default());
+    gate.open(app);
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(serve(
+        listener,
+        front(
+            gate.clone(),
+            Duration::from_millis(config.limits.body_read_timeout_ms),
+        ),
+        config.limits.clone(),
+        stop.clone(),
+    ));
+    tracing::info!("listening on {url}");
+    shutdown.await;
+    gate.drain();
+    stop.cancel();
+    let _ = serving.await;
+    Ok(())
 }
 
 /// Makes staging files agree with the log after a restart: bytes past the

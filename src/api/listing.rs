@@ -84,12 +84,22 @@ pub fn tags(
     Ok(with_link(response, link_path, n, tags.last(), more))
 }
 
-pub fn catalog(app: &App, query: &str) -> ApiResult<Response> {
+/// Answers the catalog: the repositories `visible` lets the caller see
+/// (access control filters it to what they may pull).
+pub fn catalog(app: &App, query: &str, visible: &dyn Fn(&str) -> bool) -> ApiResult<Response> {
     let n = page_size(app, query)?;
     let last = query_param(query, "last");
     let (repos, more) = {
         let state = app.state.read();
-        page(state.repos.keys().map(|r| r.as_str()), last.as_deref(), n)
+        page(
+            state
+                .repos
+                .keys()
+                .map(|r| r.as_str())
+                .filter(|r| visible(r)),
+            last.as_deref(),
+            n,
+        )
     };
     let response = axum::Json(json!({ "repositories": repos })).into_response();
     Ok(with_link(response, "/v2/_catalog", n, repos.last(), more))

@@ -6,7 +6,8 @@
 //! - `error`: the one error type and its spec JSON form;
 //! - `body`: bounded reading and streaming of request bodies;
 //! - one file per resource: `manifests`, `blobs`, `uploads`, `listing`
-//!   (tags and catalog), `referrers`.
+//!   (tags and catalog), `referrers`; `token` the built-in token endpoint;
+//! - `stall`: request bodies that stop arriving.
 //!
 //! Boundary: handlers never write the log themselves; they build a
 //! `Command` and submit it to the writer. Reads take the projection's read
@@ -17,12 +18,14 @@ pub mod error;
 pub mod path;
 pub mod ranges;
 pub mod router;
+pub mod stall;
 
 mod blobs;
 mod ext;
 mod listing;
 mod manifests;
 mod referrers;
+mod token;
 mod uploads;
 
 use std::collections::HashMap;
@@ -30,6 +33,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::auth::Auth;
 use crate::blobs::BlobStore;
 use crate::datadir::Layout;
 use crate::limits::Limits;
@@ -55,6 +59,13 @@ pub struct App {
     pub past: PastStates,
     /// Serving a past state: every write answers 405.
     pub read_only: bool,
+    /// Access control (disabled by default).
+    pub auth: Arc<Auth>,
+    /// Whether clients reach this server over TLS (for the token realm).
+    pub tls: bool,
+    /// One permit per upload request carrying bytes
+    /// (`limits.uploads_concurrent_max`).
+    pub upload_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

@@ -1,0 +1,277 @@
+//! Prometheus metrics at `/metrics`.
+//!
+//! Request metrics go through the `metrics` facade as requests happen:
+//! - `ferro_http_requests_total{route,method,status}`
+//! - `ferro_http_request_duration_seconds{route,method}` (histogram)
+//! - `ferro_http_request_bytes_total`, `ferro_http_response_bytes_total`
+//! - `ferro_http_requests_in_flight`
+//! - `ferro_auth_refusals_total{reason}`, `ferro_uploads_expired_total`
+//!
+//! The log writer and the projection keep their own figures
+//! (`WriterStats`, `LogTip`, `State::summary`); they are read at scrape
+//! time and rendered here, so a scrape costs nothing between scrapes and
+//! the figures are exact:
+//! - `ferro_log_records_total`, `ferro_log_appended_bytes_total`,
+//!   `ferro_log_last_seq`
+//! - `ferro_log_group_commits_total`, `ferro_log_group_commit_records_max`
+//!   (records per group commit: `records_total / group_commits_total` is
+//!   the mean batch size)
+//! - `ferro_log_fsync_seconds` (summary: `_sum` and `_count`)
+//! - `ferro_state_repositories`, `_manifests`, `_tags`, `_blobs`, `_uploads`
+//! - `ferro_startup_replay_seconds`, `ferro_startup_snapshot_load_seconds`,
+//!   `ferro_startup_seconds`, `ferro_ready`
+
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::Frame;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::log::LogWriter;
+use crate::projection::StateSummary;
+
+pub const REQUESTS: &str = "ferro_http_requests_total";
+pub const REQUEST_SECONDS: &str = "ferro_http_request_duration_seconds";
+pub const REQUEST_BYTES: &str = "ferro_http_request_bytes_total";
+pub const RESPONSE_BYTES: &str = "ferro_http_response_bytes_total";
+pub const IN_FLIGHT: &str = "ferro_http_requests_in_flight";
+pub const AUTH_REFUSALS: &str = "ferro_auth_refusals_total";
+pub const UPLOADS_EXPIRED: &str = "ferro_uploads_expired_total";
+
+/// Latency buckets, in seconds: from a cached HEAD to a large upload.
+const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Figures of the startup, set once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Startup {
+    pub snapshot_load: Duration,
+    pub replay: Duration,
+    pub total: Duration,
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static STARTUP: OnceLock<Startup> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it). `None`
+/// when another recorder was installed first (a library user's).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(REQUEST_SECONDS.into()),
+                    &LATENCY_BUCKETS_SECONDS,
+                )
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(h) => {
+                    describe();
+                    Some(h)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS,
+        "HTTP requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time to answer a request (to the response head)"
+    );
+    describe_counter!(REQUEST_BYTES, Unit::Bytes, "Request body bytes read");
+    describe_counter!(RESPONSE_BYTES, Unit::Bytes, "Response body bytes sent");
+    describe_gauge!(IN_FLIGHT, "Requests being answered");
+    describe_counter!(
+        AUTH_REFUSALS,
+        "Requests refused by access control, by reason"
+    );
+    describe_counter!(UPLOADS_EXPIRED, "Idle uploads cancelled by expiry");
+}
+
+pub fn set_startup(s: Startup) {
+    let _ = STARTUP.set(s);
+}
+
+/// Everything, as Prometheus text. `live` is the writer and a summary of
+/// the state once the registry is ready.
+pub fn render(live: Option<(&LogWriter, StateSummary)>) -> String {
+    let mut out = HANDLE
+        .get()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.render())
+        .unwrap_or_default();
+    fn put(out: &mut String, name: &str, kind: &str, help: &str, value: String) {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    put(
+        &mut out,
+        "ferro_ready",
+        "gauge",
+        "1 once the log is replayed and requests are served",
+        u8::from(live.is_some()).to_string(),
+    );
+    if let Some(s) = STARTUP.get() {
+        put(
+            &mut out,
+            "ferro_startup_snapshot_load_seconds",
+            "gauge",
+            "Time to load the snapshot at startup",
+            s.snapshot_load.as_secs_f64().to_string(),
+        );
+        put(
+            &mut out,
+            "ferro_startup_replay_seconds",
+            "gauge",
+            "Time to replay the log after the snapshot at startup",
+            s.replay.as_secs_f64().to_string(),
+        );
+        put(
+            &mut out,
+            "ferro_startup_seconds",
+            "gauge",
+            "Time from start to ready",
+            s.total.as_secs_f64().to_string(),
+        );
+    }
+    let Some((writer, summary)) = live else {
+        return out;
+    };
+    let stats = writer.stats();
+    let tip = writer.tip();
+    put(
+        &mut out,
+        "ferro_log_records_total",
+        "counter",
+        "Log records appended since start (one per command)",
+        stats.entries.to_string(),
+    );
+    put(
+        &mut out,
+        "ferro_log_appended_bytes_total",
+        "counter",
+        "Log bytes appended since start",
+        tip.appended_bytes().to_string(),
+    );
+    put(
+        &mut out,
+        "ferro_log_last_seq",
+        "gauge",
+        "Sequence number of the last committed record",
+        tip.seq().to_string(),
+    );
+    put(
+        &mut out,
+        "ferro_log_group_commits_total",
+        "counter",
+        "Group commits (one write and at most one fsync each)",
+        stats.batches.to_string(),
+    );
+    put(
+        &mut out,
+        "ferro_log_group_commit_records_max",
+        "gauge",
+        "Most records written by one group commit",
+        stats.largest_batch.to_string(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferro_log_fsync_seconds Time spent in fdatasync of the log\n\
+         # TYPE ferro_log_fsync_seconds summary\n\
+         ferro_log_fsync_seconds_sum {}\n\
+         ferro_log_fsync_seconds_count {}",
+        stats.fsync_total_us as f64 / 1e6,
+        stats.fsyncs
+    );
+    for (name, help, value) in [
+        (
+            "ferro_state_repositories",
+            "Repositories",
+            summary.repositories,
+        ),
+        (
+            "ferro_state_manifests",
+            "Manifests, all repositories",
+            summary.manifests,
+        ),
+        ("ferro_state_tags", "Tags, all repositories", summary.tags),
+        ("ferro_state_blobs", "Blobs in the store", summary.blobs),
+        (
+            "ferro_state_uploads",
+            "Upload sessions open",
+            summary.uploads,
+        ),
+    ] {
+        put(&mut out, name, "gauge", help, value.to_string());
+    }
+    out
+}
+
+/// Which counter a [`Counted`] body adds to.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// A body that counts its bytes into the request or response counter as
+/// they pass. Size hints pass through, so `Content-Length` is unchanged.
+pub struct Counted {
+    inner: Body,
+    direction: Direction,
+}
+
+impl Counted {
+    pub fn wrap(inner: Body, direction: Direction) -> Body {
+        Body::new(Counted { inner, direction })
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let name = match self.direction {
+                    Direction::In => REQUEST_BYTES,
+                    Direction::Out => RESPONSE_BYTES,
+                };
+                metrics::counter!(name).increment(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
