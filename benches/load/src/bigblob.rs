@@ -26,6 +26,8 @@ use crate::workloads::Outcome;
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 const RSS_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
 const REPO: &str = "bench/big";
+/// Frames queued between the download and its hashing thread.
+const HASH_QUEUE_FRAMES: usize = 256;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Transfer {
@@ -333,20 +335,35 @@ async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<Duratio
         .into());
     }
     let mut body = response.into_body();
-    let mut hasher = Sha256::new();
+    // Hashing runs on its own thread, fed as frames arrive, so receiving
+    // and hashing overlap instead of taking turns on one core.
+    let (frames, mut to_hash) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE_FRAMES);
+    let hashing = std::thread::spawn(move || {
+        let mut hasher = Sha256::new();
+        while let Some(data) = to_hash.blocking_recv() {
+            hasher.update(&data);
+        }
+        format!("sha256:{}", hex::encode(hasher.finalize()))
+    });
     let mut received = 0u64;
     let started = Instant::now();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("{what}: body cut after {received} bytes: {e}"))?;
         if let Ok(data) = frame.into_data() {
             received += data.len() as u64;
-            hasher.update(&data);
+            frames
+                .send(data)
+                .await
+                .map_err(|_| format!("{what}: the hashing thread stopped"))?;
         }
         if started.elapsed() > TRANSFER_TIMEOUT {
             return Err(format!("{what}: slower than {TRANSFER_TIMEOUT:?}").into());
         }
     }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    drop(frames);
+    let actual = hashing
+        .join()
+        .map_err(|_| format!("{what}: the hashing thread panicked"))?;
     if received != blob.len || actual != blob.digest {
         return Err(format!(
             "{what}: got {received} bytes hashing to {actual}, expected {} bytes, {}",

@@ -23,6 +23,8 @@ pub struct Ceilings {
     pub sha256_mb_per_second: f64,
     /// One sender thread to one receiver thread over 127.0.0.1, MB/s.
     pub loopback_mb_per_second: f64,
+    /// The same with the receiver hashing what it reads (sha256).
+    pub loopback_hashed_mb_per_second: f64,
     /// Median time to append 200 bytes to a file and `fdatasync` it, in
     /// the directory the servers' data goes to: what one durable log
     /// write costs on this disk at that moment.
@@ -36,6 +38,9 @@ pub struct Ceilings {
     /// no faster than the second.
     pub file_write_mb_per_second: f64,
     pub file_write_fsync_mb_per_second: f64,
+    /// The same size written with O_DIRECT (aligned 1 MiB blocks, no page
+    /// cache), then `fsync`.
+    pub file_write_direct_fsync_mb_per_second: f64,
     /// nginx serving a 512-byte file, measured with wrk (GET).
     pub nginx_wrk_requests_per_second: Option<f64>,
     pub nginx_wrk_command: Option<String>,
@@ -47,7 +52,7 @@ pub struct Ceilings {
     pub notes: Vec<String>,
 }
 
-pub fn sha256_mb_per_second(budget: Duration) -> f64 {
+pub fn sha256_rate(budget: Duration) -> f64 {
     const BUFFER_BYTES: usize = 64 * 1024 * 1024;
     const ROUNDS_MAX: usize = 32;
     let buffer: Vec<u8> = (0..BUFFER_BYTES)
@@ -63,22 +68,54 @@ pub fn sha256_mb_per_second(budget: Duration) -> f64 {
     (rounds * BUFFER_BYTES) as f64 / started.elapsed().as_secs_f64() / 1e6
 }
 
-pub fn loopback_mb_per_second(budget: Duration) -> std::io::Result<f64> {
+/// One sender thread to one receiver thread over 127.0.0.1; with
+/// `hashed`, what is received is also hashed (on a third thread), as a
+/// verifying client does.
+pub fn loopback_rate(budget: Duration, hashed: bool) -> std::io::Result<f64> {
+    const HASH_QUEUE_BUFFERS: usize = 64;
     const BUFFER_BYTES: usize = 1024 * 1024;
     const TOTAL_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
         let (mut socket, _) = listener.accept()?;
-        let mut buffer = vec![0u8; BUFFER_BYTES];
+        // Hashing, when asked for, runs on a third thread fed with the
+        // buffers read (and handed back), as the benchmark's download does.
+        let (to_hash, queue) =
+            std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE_BUFFERS);
+        let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+        let hashing = std::thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            for (buffer, n) in queue {
+                hasher.update(&buffer[..n]);
+                let _ = give_back.send(buffer);
+            }
+            hasher.finalize()
+        });
         let mut received = 0u64;
+        let mut buffer = vec![0u8; BUFFER_BYTES];
         let started = Instant::now();
         loop {
             let n = socket.read(&mut buffer)?;
             if n == 0 {
+                drop(to_hash);
+                std::hint::black_box(
+                    hashing
+                        .join()
+                        .map_err(|_| std::io::Error::other("hashing panicked"))?,
+                );
                 return Ok((received, started.elapsed()));
             }
             received += n as u64;
+            if hashed {
+                let next = returned
+                    .try_recv()
+                    .unwrap_or_else(|_| vec![0u8; BUFFER_BYTES]);
+                let full = std::mem::replace(&mut buffer, next);
+                to_hash
+                    .send((full, n))
+                    .map_err(|_| std::io::Error::other("hashing stopped"))?;
+            }
         }
     });
     let mut socket = TcpStream::connect(addr)?;
@@ -141,7 +178,7 @@ pub fn disk_sync_us(dir: &Path, budget: Duration) -> std::io::Result<(f64, f64)>
 }
 
 /// (write MB/s, write + fsync MB/s) of `bytes` to a new file in `dir`.
-pub fn file_write_mb_per_second(dir: &Path, bytes: u64) -> std::io::Result<(f64, f64)> {
+pub fn file_write_rate(dir: &Path, bytes: u64) -> std::io::Result<(f64, f64)> {
     const BLOCK_BYTES: usize = 1024 * 1024;
     let tmp = tempfile::Builder::new()
         .prefix("ferro-load-write-")
@@ -162,6 +199,43 @@ pub fn file_write_mb_per_second(dir: &Path, bytes: u64) -> std::io::Result<(f64,
         bytes as f64 / write_seconds / 1e6,
         bytes as f64 / total_seconds / 1e6,
     ))
+}
+
+/// MB/s of `bytes` written with O_DIRECT to a new file in `dir`, then fsync.
+pub fn file_write_direct_rate(dir: &Path, bytes: u64) -> std::io::Result<f64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const BLOCK_BYTES: usize = 1024 * 1024;
+    const ALIGN_BYTES: usize = 4096;
+    let tmp = tempfile::Builder::new()
+        .prefix("ferro-load-direct-")
+        .tempdir_in(dir)?;
+    let layout = std::alloc::Layout::from_size_align(BLOCK_BYTES, ALIGN_BYTES)
+        .map_err(std::io::Error::other)?;
+    // SAFETY: the layout has a non-zero size; the block is freed below.
+    let block = unsafe { std::alloc::alloc_zeroed(layout) };
+    if block.is_null() {
+        return Err(std::io::Error::other("cannot allocate an aligned block"));
+    }
+    let result = (|| {
+        // SAFETY: `block` points to BLOCK_BYTES initialised bytes.
+        let slice = unsafe { std::slice::from_raw_parts(block, BLOCK_BYTES) };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(tmp.path().join("blob"))?;
+        let started = Instant::now();
+        let blocks = bytes.div_ceil(BLOCK_BYTES as u64);
+        for _ in 0..blocks {
+            f.write_all(slice)?;
+        }
+        f.sync_all()?;
+        Ok(blocks as f64 * BLOCK_BYTES as f64 / started.elapsed().as_secs_f64() / 1e6)
+    })();
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(block, layout) };
+    result
 }
 
 /// nginx in the foreground with its own prefix, one worker per core,
@@ -338,11 +412,15 @@ pub async fn measure(
     concurrency: usize,
     file_bytes: u64,
 ) -> Ceilings {
-    let sha256_mb_per_second = sha256_mb_per_second(Duration::from_secs(2));
+    let sha256_mb_per_second = sha256_rate(Duration::from_secs(2));
     let mut notes = Vec::new();
-    let loopback_mb_per_second =
-        loopback_mb_per_second(Duration::from_secs(2)).unwrap_or_else(|e| {
-            notes.push(format!("loopback: {e}"));
+    let loopback_mb_per_second = loopback_rate(Duration::from_secs(2), false).unwrap_or_else(|e| {
+        notes.push(format!("loopback: {e}"));
+        0.0
+    });
+    let loopback_hashed_mb_per_second =
+        loopback_rate(Duration::from_secs(2), true).unwrap_or_else(|e| {
+            notes.push(format!("loopback, hashed: {e}"));
             0.0
         });
     let (fdatasync_append_us, small_file_commit_us) =
@@ -350,8 +428,13 @@ pub async fn measure(
             notes.push(format!("disk: {e}"));
             (0.0, 0.0)
         });
+    let file_write_direct_fsync_mb_per_second = file_write_direct_rate(work_root, file_bytes)
+        .unwrap_or_else(|e| {
+            notes.push(format!("O_DIRECT write: {e}"));
+            0.0
+        });
     let (file_write_mb_per_second, file_write_fsync_mb_per_second) =
-        file_write_mb_per_second(work_root, file_bytes).unwrap_or_else(|e| {
+        file_write_rate(work_root, file_bytes).unwrap_or_else(|e| {
             notes.push(format!("file write: {e}"));
             (0.0, 0.0)
         });
@@ -379,10 +462,12 @@ pub async fn measure(
     Ceilings {
         sha256_mb_per_second,
         loopback_mb_per_second,
+        loopback_hashed_mb_per_second,
         fdatasync_append_us,
         small_file_commit_us,
         file_write_mb_per_second,
         file_write_fsync_mb_per_second,
+        file_write_direct_fsync_mb_per_second,
         nginx_wrk_requests_per_second: wrk_rate,
         nginx_wrk_command: wrk_command,
         nginx_client_head_requests_per_second: client_rate,

@@ -461,6 +461,11 @@ pub fn ceilings_table(c: &Ceilings, blob_mib: u64) -> String {
             fmt_num(c.loopback_mb_per_second),
         ],
         vec![
+            "loopback TCP, the receiver hashing (sha256) what it reads".into(),
+            "MB/s".into(),
+            fmt_num(c.loopback_hashed_mb_per_second),
+        ],
+        vec![
             format!("disk: write {} in 1 MiB blocks (page cache)", size),
             "MB/s".into(),
             fmt_num(c.file_write_mb_per_second),
@@ -469,6 +474,11 @@ pub fn ceilings_table(c: &Ceilings, blob_mib: u64) -> String {
             format!("disk: write {} in 1 MiB blocks + fsync", size),
             "MB/s".into(),
             fmt_num(c.file_write_fsync_mb_per_second),
+        ],
+        vec![
+            format!("disk: write {} with O_DIRECT + fsync", size),
+            "MB/s".into(),
+            fmt_num(c.file_write_direct_fsync_mb_per_second),
         ],
         vec![
             "disk: append 200 B + fdatasync, median (work dir)".into(),
