@@ -41,9 +41,6 @@ use crate::workloads::{Outcome, Pushed};
 
 /// The repository root, where `target/release/ferro` is built.
 const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-/// Longest a push phase (or the tag setup) may run before it stops and
-/// reports what it did in that time.
-const WRITE_PHASE_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -126,9 +123,17 @@ struct Args {
     #[arg(long)]
     client_threads: Option<usize>,
 
+    /// Longest a push phase or the tag setup may run before it stops and
+    /// reports what it did in that time.
+    #[arg(long, default_value_t = 300)]
+    write_phase_seconds: u64,
+
     /// ferro binary [default: target/release/ferro, built if missing].
     #[arg(long)]
     ferro_bin: Option<PathBuf>,
+    /// How to name the ferro measured [default: the repository's commit].
+    #[arg(long)]
+    ferro_label: Option<String>,
     /// ferro-oci-server peer binary [default: built from benches/peers/ferro-oci-server].
     #[arg(long)]
     ferro_oci_server_bin: Option<PathBuf>,
@@ -268,7 +273,7 @@ fn binary_for(kind: Kind, args: &Args) -> Result<PathBuf, BoxError> {
     }
 }
 
-fn version_of(kind: Kind, bin: &Path) -> String {
+fn version_of(kind: Kind, bin: &Path, args: &Args) -> String {
     let output = |c: &mut Command| {
         c.output()
             .ok()
@@ -276,10 +281,10 @@ fn version_of(kind: Kind, bin: &Path) -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     match kind {
-        Kind::Ferro => {
+        Kind::Ferro => args.ferro_label.clone().unwrap_or_else(|| {
             output(Command::new("git").args(["-C", REPO_ROOT, "describe", "--always", "--dirty"]))
                 .map_or("unknown commit".into(), |c| format!("commit {c}"))
-        }
+        }),
         Kind::FerroOciServer => "1.0.0 (crates.io)".into(),
         Kind::Distribution => {
             output(Command::new(bin).arg("--version")).unwrap_or_else(|| "unknown".into())
@@ -404,11 +409,12 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
     }
 
     let d = |s: u64| Duration::from_secs(s);
+    let write_phase_limit = d(args.write_phase_seconds);
     let any_server_workload =
         picked.push || picked.pull || picked.head || picked.blob || picked.tags || picked.mixed;
     for (kind, bin) in binaries.iter().filter(|_| any_server_workload) {
         let kind = *kind;
-        let mut results = ServerResults::new(kind, version_of(kind, bin));
+        let mut results = ServerResults::new(kind, version_of(kind, bin, &args));
         eprintln!(
             "ferro-load: {} ({}): starting {}",
             kind.name(),
@@ -444,7 +450,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
                 c1_range.clone(),
                 "bench/push-c1",
                 1,
-                WRITE_PHASE_LIMIT,
+                write_phase_limit,
             )
             .await
             .map_err(|e| fail(e, &server))?;
@@ -464,7 +470,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
                 cn_range.clone(),
                 "bench/push",
                 settings.push_concurrency,
-                WRITE_PHASE_LIMIT,
+                write_phase_limit,
             )
             .await
             .map_err(|e| fail(e, &server))?;
@@ -525,7 +531,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
                 settings.tags_page,
                 3,
                 settings.push_concurrency,
-                WRITE_PHASE_LIMIT,
+                write_phase_limit,
             )
             .await
             .map_err(|e| fail(e, &server))?;

@@ -280,6 +280,15 @@ fn rows(run: &Run) -> Vec<Row> {
             },
         ),
         row(
+            format!("  tagging rate while setting up (c={})", s.push_concurrency),
+            "tags/s",
+            Better::Higher,
+            &|r| match &r.tags {
+                Some(Outcome::Done(t)) => Cell::Num(t.tags as f64 / t.setup_seconds),
+                _ => Cell::Missing,
+            },
+        ),
+        row(
             "  requests per listing".into(),
             "requests",
             Better::Neither,
