@@ -23,5 +23,6 @@ pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod startup;
+pub mod storage;
 pub mod timefmt;
 pub mod tls;
