@@ -250,11 +250,14 @@ fn need(route: &Route, method: &Method, query: &str) -> Need {
         Route::Manifest { repo, .. } | Route::Blob { repo, .. } => by_method(repo.as_str()),
         Route::UploadStart { repo } | Route::Upload { repo, .. } => on(repo.as_str(), Action::Push),
         Route::Extension {
-            repo, component, ..
-        } => match (repo, component.as_str()) {
-            (Some(repo), "restore") => on(repo.as_str(), Action::Push),
-            (Some(repo), "history" | "asof") => on(repo.as_str(), Action::Pull),
-            (None, "events") => match query_param(query, "repo") {
+            repo,
+            extension,
+            component,
+            ..
+        } => match (extension.as_str(), repo, component.as_str()) {
+            ("ferro", Some(repo), "restore") => on(repo.as_str(), Action::Push),
+            ("ferro", Some(repo), "history" | "asof") => on(repo.as_str(), Action::Pull),
+            ("ferro", None, "events") => match query_param(query, "repo") {
                 Some(repo) => on(&repo, Action::Pull),
                 None => Need::Everything,
             },
@@ -649,4 +652,76 @@ pub fn query_param(query: &str, key: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, String, HeaderMap) {
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        let r = router.clone().oneshot(request).await.expect("infallible");
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned(), headers)
+    }
+
+    /// Before the gate opens (the log is replaying) the process is
+    /// healthy, not ready, and refuses registry requests with 503.
+    #[tokio::test]
+    async fn starting_answers_health_not_readiness() {
+        let gate = Arc::new(Gate::default());
+        let router = front(gate.clone(), Duration::from_secs(1));
+        let (status, body, _) = get(&router, "/healthz").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        let (status, body, _) = get(&router, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
+        let (status, body, headers) = get(&router, "/v2/").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert!(body.contains("TOOMANYREQUESTS"), "{body}");
+        assert!(headers.contains_key("x-request-id"));
+        let (status, body, _) = get(&router, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("ferro_ready 0"), "{body}");
+        assert!(!gate.is_ready());
+        gate.drain();
+        assert!(!gate.is_ready());
+    }
+
+    #[test]
+    fn needs_by_route() {
+        let repo = || crate::oci::RepoName::parse("a/b").expect("valid");
+        let pull = Need::Repository {
+            repo: "a/b".into(),
+            actions: vec![Action::Pull],
+        };
+        let tags = Route::Tags { repo: repo() };
+        assert_eq!(need(&tags, &Method::GET, ""), pull);
+        assert_eq!(need(&Route::Base, &Method::GET, ""), Need::Authenticated);
+        assert_eq!(need(&Route::Catalog, &Method::GET, ""), Need::Catalog);
+        let upload = Route::UploadStart { repo: repo() };
+        assert!(matches!(
+            need(&upload, &Method::POST, ""),
+            Need::Repository { actions, .. } if actions == [Action::Push]
+        ));
+        let feed = |query: &str| {
+            need(
+                &Route::Extension {
+                    repo: None,
+                    extension: "ferro".into(),
+                    component: "events".into(),
+                    module: "feed".into(),
+                },
+                &Method::GET,
+                query,
+            )
+        };
+        assert_eq!(feed(""), Need::Everything);
+        assert_eq!(feed("repo=a/b"), pull);
+    }
 }
