@@ -66,9 +66,14 @@ pub async fn route(
     };
     match (extension, component, module, repo) {
         ("oci", "ext", "discover", repo) if read => Ok(discover(repo.is_some())),
-        ("ferro", "docs", "extension", None) if read => {
-            Ok(([(axum::http::header::CONTENT_TYPE, "text/markdown; charset=utf-8")], DOCS).into_response())
-        }
+        ("ferro", "docs", "extension", None) if read => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/markdown; charset=utf-8",
+            )],
+            DOCS,
+        )
+            .into_response()),
         ("ferro", "events", "feed", None) if read => feed::get(app, query).await,
         ("ferro", "history", "repository", Some(repo)) if read => {
             history::get(app, repo, None).await
