@@ -16,7 +16,7 @@
 pub mod format;
 pub mod scheduler;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +25,9 @@ use serde::Serialize;
 
 pub use format::{SnapshotFormatError, SnapshotHeader, SNAPSHOT_HEADER_BYTES, SNAPSHOT_VERSION};
 
-use crate::fsutil::{create_dir_all_durable, fsync_dir};
+use crate::fsutil::create_dir_all_durable_with;
 use crate::projection::State;
+use crate::storage::{self, FileSystem, HandleWriter, OpenMode};
 
 pub const SNAPSHOT_SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
@@ -216,32 +217,46 @@ pub struct WrittenSnapshot {
 /// directory. Replaces a snapshot of the same sequence number (same log,
 /// same state).
 pub fn write(dir: &Path, state: &State, chain_crc: u32) -> Result<WrittenSnapshot, SnapshotError> {
-    create_dir_all_durable(dir).map_err(SnapshotError::io(dir))?;
+    write_with_fs(&*storage::real(), dir, state, chain_crc)
+}
+
+/// [`write`] through `fs`.
+pub fn write_with_fs(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    state: &State,
+    chain_crc: u32,
+) -> Result<WrittenSnapshot, SnapshotError> {
+    create_dir_all_durable_with(fs, dir).map_err(SnapshotError::io(dir))?;
     let name = snapshot_file_name(state.last_seq);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
     let header = {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let f = fs
+            .open(&tmp, OpenMode::CreateTruncate)
             .map_err(SnapshotError::io(&tmp))?;
-        let header =
-            format::encode_to(&mut f, state, chain_crc).map_err(SnapshotError::format(&tmp))?;
+        let header = format::encode_to(&mut HandleWriter::new(&*f), state, chain_crc)
+            .map_err(SnapshotError::format(&tmp))?;
         f.sync_all().map_err(SnapshotError::io(&tmp))?;
         header
     };
-    fs::rename(&tmp, &path).map_err(SnapshotError::io(&path))?;
-    fsync_dir(dir).map_err(SnapshotError::io(dir))?;
+    fs.rename(&tmp, &path).map_err(SnapshotError::io(&path))?;
+    fs.sync_dir(dir).map_err(SnapshotError::io(dir))?;
     Ok(WrittenSnapshot { path, header })
 }
 
 /// Removes `.snap.tmp` leftovers of an interrupted write. Only the owner of
 /// the locked data directory calls this. Returns the files removed.
 pub fn remove_leftover_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
+    remove_leftover_temp_files_with(&*storage::real(), dir)
+}
+
+/// [`remove_leftover_temp_files`] through `fs`.
+pub fn remove_leftover_temp_files_with(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -254,12 +269,12 @@ pub fn remove_leftover_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
             .to_str()
             .is_some_and(|n| n.ends_with(TEMP_SUFFIX))
         {
-            fs::remove_file(entry.path())?;
+            fs.remove_file(&entry.path())?;
             removed.push(entry.path());
         }
     }
     if !removed.is_empty() {
-        fsync_dir(dir)?;
+        fs.sync_dir(dir)?;
     }
     Ok(removed)
 }
@@ -309,16 +324,26 @@ pub fn plan_prune(dir: &Path, keep: usize, log_first_seq: Option<u64>) -> io::Re
 
 /// Carries out [`plan_prune`]. Returns what it removed.
 pub fn prune(dir: &Path, keep: usize, log_first_seq: Option<u64>) -> io::Result<Vec<SnapshotFile>> {
+    prune_with_fs(&*storage::real(), dir, keep, log_first_seq)
+}
+
+/// [`prune`] through `fs`.
+pub fn prune_with_fs(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    keep: usize,
+    log_first_seq: Option<u64>,
+) -> io::Result<Vec<SnapshotFile>> {
     let plan = plan_prune(dir, keep, log_first_seq)?;
     for file in &plan.remove {
-        match fs::remove_file(&file.path) {
+        match fs.remove_file(&file.path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     if !plan.remove.is_empty() {
-        fsync_dir(dir)?;
+        fs.sync_dir(dir)?;
     }
     Ok(plan.remove)
 }

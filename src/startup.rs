@@ -16,6 +16,7 @@ use crate::datadir::Layout;
 use crate::log::{self, OpenError, OpenedLog, RecoveryMode, WriterOptions};
 use crate::projection::State;
 use crate::snapshot;
+use crate::storage::{self, Fs};
 
 /// A snapshot skipped at startup, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,6 +54,16 @@ pub fn open(
     mode: RecoveryMode,
     options: WriterOptions,
 ) -> Result<Started, StartupError> {
+    open_with_fs(layout, mode, options, storage::real())
+}
+
+/// [`open`], with every change to the log's files going through `fs`.
+pub fn open_with_fs(
+    layout: &Layout,
+    mode: RecoveryMode,
+    options: WriterOptions,
+    fs: Fs,
+) -> Result<Started, StartupError> {
     let dir = layout.snapshots_dir();
     let files = snapshot::list(&dir).map_err(|source| StartupError::Snapshots {
         path: dir.clone(),
@@ -78,7 +89,8 @@ pub fn open(
         };
         let snapshot_load_ms = load_started.elapsed().as_millis() as u64;
         let replay_started = Instant::now();
-        match log::open(
+        match log::open_with_fs(
+            fs.clone(),
             &layout.log_dir(),
             loaded.state,
             loaded.header.chain_crc,
@@ -107,7 +119,7 @@ pub fn open(
         }
     }
     let replay_started = Instant::now();
-    let log = log::open(&layout.log_dir(), State::default(), 0, mode, options)?;
+    let log = log::open_with_fs(fs, &layout.log_dir(), State::default(), 0, mode, options)?;
     Ok(Started {
         log,
         snapshot: None,

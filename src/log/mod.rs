@@ -10,15 +10,15 @@ pub mod recovery;
 pub mod segment;
 pub mod writer;
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::RwLock;
 
-use crate::fsutil::create_dir_all_durable;
+use crate::fsutil::create_dir_all_durable_with;
 use crate::projection::State;
+use crate::storage::{self, Fs, OpenMode};
 pub use recovery::{
     ReadOptions, RecordView, RecoveryError, RecoveryMode, RecoveryReport, ReplayFrom,
 };
@@ -62,12 +62,26 @@ pub enum OpenError {
 /// unless every check passed, so a caller may retry with another base.
 pub fn open(
     log_dir: &Path,
+    base: State,
+    base_crc: u32,
+    mode: RecoveryMode,
+    options: WriterOptions,
+) -> Result<OpenedLog, OpenError> {
+    open_with_fs(storage::real(), log_dir, base, base_crc, mode, options)
+}
+
+/// [`open`], with every change to the log's files going through `fs`
+/// (reading goes to the files directly). Cutting a torn tail uses the real
+/// file system: tests run recovery on a real directory.
+pub fn open_with_fs(
+    fs: Fs,
+    log_dir: &Path,
     mut base: State,
     base_crc: u32,
     mode: RecoveryMode,
     options: WriterOptions,
 ) -> Result<OpenedLog, OpenError> {
-    create_dir_all_durable(log_dir)?;
+    create_dir_all_durable_with(&*fs, log_dir)?;
     let state_seq = base.last_seq;
     // Before anything is read: the log must continue the base state.
     if let Some((log_first_seq, _)) = recovery::first_segment_after(log_dir, state_seq)? {
@@ -108,7 +122,7 @@ pub fn open(
         _ => {}
     }
     debug_assert_eq!(base.last_seq, report.last_seq);
-    for leftover in segment::remove_leftover_temp_files(log_dir)? {
+    for leftover in segment::remove_leftover_temp_files_with(&*fs, log_dir)? {
         tracing::info!(file = %leftover.display(), "removed an unfinished segment file");
     }
     if let Some(torn) = &report.torn_tail {
@@ -127,12 +141,13 @@ pub fn open(
     }
     let active = match report.segments.last() {
         Some(last) => {
-            let file = OpenOptions::new().append(true).open(&last.path)?;
+            let file = fs.open(&last.path, OpenMode::Append)?;
             Some((last.path.clone(), file, last.valid_bytes))
         }
         None => None,
     };
     let start = WriterStart {
+        fs,
         log_dir: log_dir.to_owned(),
         active,
         last_seq: report.last_seq,

@@ -5,11 +5,11 @@
 //! fsynced, so a `.log` file always starts with a whole header.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::format::{SegmentHeader, FORMAT_VERSION};
-use crate::fsutil::fsync_dir;
+use crate::storage::{self, FileHandle, FileSystem, OpenMode};
 
 pub const SEGMENT_SUFFIX: &str = ".log";
 const SEQ_DIGITS: usize = 20;
@@ -47,19 +47,49 @@ pub fn list_segments(log_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// the owner of the locked data directory calls this (the writer's open
 /// path), never a reader. Returns the files removed.
 pub fn remove_leftover_temp_files(log_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    remove_leftover_temp_files_with(&*storage::real(), log_dir)
+}
+
+/// [`remove_leftover_temp_files`] through `fs`.
+pub fn remove_leftover_temp_files_with(
+    fs: &dyn FileSystem,
+    log_dir: &Path,
+) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for entry in fs::read_dir(log_dir)? {
+    for entry in std::fs::read_dir(log_dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.ends_with(".log.tmp") {
-            fs::remove_file(entry.path())?;
+            fs.remove_file(&entry.path())?;
             removed.push(entry.path());
         }
     }
     if !removed.is_empty() {
-        fsync_dir(log_dir)?;
+        fs.sync_dir(log_dir)?;
     }
+    Ok(removed)
+}
+
+/// Removes every segment after the one that starts at `active_first_seq`,
+/// and every `.log.tmp` file, then fsyncs the directory: what a segment
+/// creation that failed half-way may have left. Such a segment holds only
+/// a header (the writer never appended to it), and left in place it would
+/// break the sequence once records are appended to the active segment.
+/// Returns the files removed.
+pub fn remove_segments_after(
+    fs: &dyn FileSystem,
+    log_dir: &Path,
+    active_first_seq: u64,
+) -> io::Result<Vec<PathBuf>> {
+    let mut removed = remove_leftover_temp_files_with(fs, log_dir)?;
+    for (first_seq, path) in list_segments(log_dir)? {
+        if first_seq > active_first_seq {
+            fs.remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    fs.sync_dir(log_dir)?;
     Ok(removed)
 }
 
@@ -70,6 +100,33 @@ pub fn create_segment(
     first_seq: u64,
     prev_crc: u32,
 ) -> io::Result<(PathBuf, File)> {
+    let path = create_segment_file(&*storage::real(), log_dir, first_seq, prev_crc)?;
+    let file = OpenOptions::new().append(true).open(&path)?;
+    Ok((path, file))
+}
+
+/// [`create_segment`] through `fs`.
+pub fn create_segment_with(
+    fs: &dyn FileSystem,
+    log_dir: &Path,
+    first_seq: u64,
+    prev_crc: u32,
+) -> io::Result<(PathBuf, Box<dyn FileHandle>)> {
+    let path = create_segment_file(fs, log_dir, first_seq, prev_crc)?;
+    let file = fs.open(&path, OpenMode::Append)?;
+    Ok((path, file))
+}
+
+/// The header goes to `<name>.tmp`, which is fsynced, renamed to `<name>`,
+/// and the directory fsynced: a `.log` file always starts with a whole
+/// header, and a segment the writer appends to is never lost by a power
+/// failure (its name is durable before the first record is written).
+fn create_segment_file(
+    fs: &dyn FileSystem,
+    log_dir: &Path,
+    first_seq: u64,
+    prev_crc: u32,
+) -> io::Result<PathBuf> {
     let path = log_dir.join(segment_file_name(first_seq));
     let tmp = log_dir.join(format!("{}.tmp", segment_file_name(first_seq)));
     let header = SegmentHeader {
@@ -78,18 +135,13 @@ pub fn create_segment(
         prev_crc,
     };
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let f = fs.open(&tmp, OpenMode::CreateTruncate)?;
         f.write_all(&header.encode())?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, &path)?;
-    fsync_dir(log_dir)?;
-    let file = OpenOptions::new().append(true).open(&path)?;
-    Ok((path, file))
+    fs.rename(&tmp, &path)?;
+    fs.sync_dir(log_dir)?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -9,11 +9,16 @@
 //! Invariant: the state readers see holds only entries that are durable
 //! under the configured durability; nothing is acknowledged before that.
 //! Boundary: a failed write is cut back off the segment; a failed fsync
-//! poisons the writer (the kernel may have dropped the dirty pages, so no
-//! later fsync can vouch for them), and every later command fails.
+//! (or a failed segment roll) poisons the writer. The kernel may have
+//! dropped the dirty pages after a failed fsync, so no later fsync can
+//! vouch for them: a poisoned writer refuses every command until it has
+//! healed (see [`Worker::heal`]): stray segments removed, the active
+//! segment re-read and verified, cut back to what an fsync made durable,
+//! the acknowledged but unsynced records written again and fsynced, and a
+//! fresh segment started. Healing is retried at every batch until it works.
+//!
+//! All file changes go through the [`FileSystem`] seam.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,12 +29,15 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::format::{encode_payload, encode_record};
-use super::segment::create_segment;
+use super::format::{
+    encode_payload, encode_record, read_record, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
+use super::segment::{create_segment_with, parse_segment_file_name, remove_segments_after};
 use crate::commands::{Command, Key, Rejection};
 use crate::events::{Actor, Entry, Event};
 use crate::limits::{GROUP_COMMIT_COMMANDS_MAX, WRITER_QUEUE_COMMANDS_MAX};
 use crate::projection::State;
+use crate::storage::{FileHandle, Fs, OpenMode};
 
 /// When an appended entry counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -79,6 +87,12 @@ pub struct WriterStats {
     pub fsyncs: u64,
     pub fsync_total_us: u64,
     pub largest_batch: u64,
+    /// Writes, fsyncs and segment creations that failed.
+    pub storage_failures: u64,
+    /// Times the writer healed after being poisoned.
+    pub heals: u64,
+    /// Why the writer refuses commands, while it does (see the module doc).
+    pub poisoned: Option<String>,
 }
 
 enum Submission {
@@ -163,9 +177,12 @@ impl LogTip {
 
 /// Where the writer resumes: the tail of the recovered log.
 pub struct WriterStart {
+    /// Every change to the log's files goes through it.
+    pub fs: Fs,
     pub log_dir: PathBuf,
-    /// The last segment, opened for append, with its length, if any.
-    pub active: Option<(PathBuf, File, u64)>,
+    /// The last segment, opened for append, with its length (its valid
+    /// records end there), if any.
+    pub active: Option<(PathBuf, Box<dyn FileHandle>, u64)>,
     pub last_seq: u64,
     pub last_crc: u32,
     pub last_time_unix_ns: u64,
@@ -188,18 +205,42 @@ impl LogWriter {
             tip.publish(start.last_seq, start.last_crc, 0);
         }
         let (path, file, len) = match start.active {
-            Some(a) => a,
+            Some((path, file, len)) => {
+                // What recovery read may be only in the page cache (a
+                // process crash under interval durability): make it durable
+                // before anything is served or appended after it.
+                file.sync_data()?;
+                (path, file, len)
+            }
             None => {
-                let (p, f) = create_segment(&start.log_dir, start.last_seq + 1, start.last_crc)?;
-                let len = f.metadata()?.len();
-                (p, f, len)
+                let (p, f) = create_segment_with(
+                    &*start.fs,
+                    &start.log_dir,
+                    start.last_seq + 1,
+                    start.last_crc,
+                )?;
+                (p, f, SEGMENT_HEADER_BYTES as u64)
             }
         };
+        let segment_first_seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_file_name)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is not a segment file name", path.display()),
+                )
+            })?;
         let mut worker = Worker {
+            fs: start.fs,
             log_dir: start.log_dir,
             segment_path: path,
             segment: file,
+            segment_first_seq,
             segment_len: len,
+            synced_len: len,
+            heal_tail: None,
             next_seq: start.last_seq + 1,
             last_crc: start.last_crc,
             last_time_unix_ns: start.last_time_unix_ns,
@@ -265,6 +306,12 @@ impl LogWriter {
         self.stats.lock().clone()
     }
 
+    /// Why the writer refuses commands right now, if it does: a write or
+    /// fsync failed and healing has not succeeded yet. For readiness checks.
+    pub fn poisoned(&self) -> Option<String> {
+        self.stats.lock().poisoned.clone()
+    }
+
     /// The last record applied to the state (see [`LogTip`]).
     pub fn tip(&self) -> &Arc<LogTip> {
         &self.tip
@@ -277,10 +324,20 @@ struct Planned {
 }
 
 struct Worker {
+    fs: Fs,
     log_dir: PathBuf,
     segment_path: PathBuf,
-    segment: File,
+    segment: Box<dyn FileHandle>,
+    /// First sequence number of the active segment (from its name).
+    segment_first_seq: u64,
+    /// Length of the active segment up to its last applied record.
     segment_len: u64,
+    /// How much of the active segment an fsync made durable.
+    synced_len: u64,
+    /// While poisoned: the active segment's bytes `[synced_len,
+    /// segment_len)`, once re-read and verified, kept until healing is done
+    /// (a failed attempt may already have cut them off the file).
+    heal_tail: Option<Vec<u8>>,
     next_seq: u64,
     last_crc: u32,
     last_time_unix_ns: u64,
@@ -309,11 +366,14 @@ impl Worker {
         }
         // Every handle is gone: make the tail durable before exiting.
         if self.dirty && self.poisoned.is_none() {
-            let _ = self.fsync();
+            let _ = self.fsync_to(self.segment_len);
         }
     }
 
     fn process(&mut self, batch: &mut Vec<Submission>) {
+        if self.poisoned.is_some() {
+            self.heal();
+        }
         let mut planned: Vec<Planned> = Vec::new();
         let mut keys: Vec<Key> = Vec::new();
         let mut syncs = Vec::new();
@@ -363,7 +423,8 @@ impl Worker {
             let result = if let Some(reason) = &self.poisoned {
                 Err(SubmitError::Storage(reason.clone()))
             } else if self.dirty {
-                self.fsync().map_err(SubmitError::Storage)
+                self.fsync_to(self.segment_len)
+                    .map_err(SubmitError::Storage)
             } else {
                 Ok(())
             };
@@ -429,10 +490,12 @@ impl Worker {
             *planned = kept;
             return self.commit(planned);
         }
+        let written_len = self.segment_len + self.buffer.len() as u64;
         if let Err(e) = self.segment.write_all(&self.buffer) {
             // Cut any partial write back off, so the segment ends on a record.
             let reason = format!("write to {} failed: {e}", self.segment_path.display());
             tracing::error!("{reason}");
+            self.stats.lock().storage_failures += 1;
             if let Err(e2) = self.segment.set_len(self.segment_len) {
                 self.poison(format!("{reason}; truncating back also failed: {e2}"));
             }
@@ -443,14 +506,14 @@ impl Worker {
         }
         self.dirty = true;
         if self.options.durability == Durability::Always {
-            if let Err(reason) = self.fsync() {
+            if let Err(reason) = self.fsync_to(written_len) {
                 for p in planned.drain(..) {
                     let _ = p.reply.send(Err(SubmitError::Storage(reason.clone())));
                 }
                 return;
             }
         }
-        self.segment_len += self.buffer.len() as u64;
+        self.segment_len = written_len;
         self.last_crc = crc;
         self.last_time_unix_ns = time_unix_ns;
         let first_seq = self.next_seq;
@@ -481,11 +544,14 @@ impl Worker {
         }
     }
 
-    fn fsync(&mut self) -> Result<(), String> {
+    /// fdatasync of the active segment, whose first `len` bytes are then
+    /// durable. A failure poisons the writer.
+    fn fsync_to(&mut self, len: u64) -> Result<(), String> {
         let started = Instant::now();
         match self.segment.sync_data() {
             Ok(()) => {
                 self.dirty = false;
+                self.synced_len = len;
                 let mut s = self.stats.lock();
                 s.fsyncs += 1;
                 s.fsync_total_us += started.elapsed().as_micros() as u64;
@@ -493,6 +559,7 @@ impl Worker {
             }
             Err(e) => {
                 let reason = format!("fdatasync of {} failed: {e}", self.segment_path.display());
+                self.stats.lock().storage_failures += 1;
                 self.poison(reason.clone());
                 Err(reason)
             }
@@ -500,27 +567,172 @@ impl Worker {
     }
 
     fn poison(&mut self, reason: String) {
-        tracing::error!(reason = %reason, "log writer poisoned: refusing all further writes");
+        tracing::error!(reason = %reason, "log writer poisoned: refusing writes until the log is healed");
+        self.stats.lock().poisoned = Some(reason.clone());
         self.poisoned = Some(reason);
     }
 
     /// Seals the active segment and starts the next one.
     fn roll(&mut self) {
-        if self.dirty && self.fsync().is_err() {
+        if self.dirty && self.fsync_to(self.segment_len).is_err() {
             return;
         }
-        match create_segment(&self.log_dir, self.next_seq, self.last_crc) {
-            Ok((path, file)) => {
-                tracing::info!(segment = %path.display(), "rolled to a new log segment");
-                self.segment_len = super::format::SEGMENT_HEADER_BYTES as u64;
-                self.segment_path = path;
-                self.segment = file;
+        if let Err(e) = self.start_segment() {
+            // A half-created segment may be in the directory; appending to
+            // the active one would put a gap before it. Heal first.
+            self.stats.lock().storage_failures += 1;
+            self.poison(format!(
+                "could not create log segment {}: {e}",
+                super::segment::segment_file_name(self.next_seq)
+            ));
+        }
+    }
+
+    /// Creates the segment that starts at `next_seq` and makes it active.
+    fn start_segment(&mut self) -> std::io::Result<()> {
+        let (path, file) =
+            create_segment_with(&*self.fs, &self.log_dir, self.next_seq, self.last_crc)?;
+        tracing::info!(segment = %path.display(), "rolled to a new log segment");
+        self.segment_len = SEGMENT_HEADER_BYTES as u64;
+        self.synced_len = self.segment_len;
+        self.segment_first_seq = self.next_seq;
+        self.segment_path = path;
+        self.segment = file;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Tries to leave the poisoned state soundly; on failure the writer
+    /// stays poisoned, with the reason extended, and the next batch tries
+    /// again.
+    ///
+    /// 1. Segments after the active one (a roll that failed half-way) are
+    ///    removed and the directory fsynced.
+    /// 2. The active segment is re-read and verified up to `segment_len`:
+    ///    header, checksums, sequence and chain must end exactly at the
+    ///    writer's last record. Its bytes past `synced_len` (acknowledged
+    ///    under interval durability but never fsynced) are kept.
+    /// 3. The segment is truncated to `synced_len`, which an fsync made
+    ///    durable before the failure; the kept bytes are written again
+    ///    (fresh dirty pages, which the next fsync really writes) and the
+    ///    file is fsynced. Whatever the failed batch left is cut off.
+    /// 4. A new segment starts, unless the active one holds no record.
+    ///
+    /// When step 2 fails (the page cache lost acknowledged, unsynced
+    /// records), healing cannot succeed: restart, and recovery keeps what
+    /// is durable.
+    fn heal(&mut self) {
+        let Some(reason) = self.poisoned.clone() else {
+            return;
+        };
+        let cause = reason
+            .split_once("; healing failed")
+            .map(|(c, _)| c.to_owned())
+            .unwrap_or(reason);
+        match self.try_heal() {
+            Ok(()) => {
+                tracing::warn!(
+                    cause = %cause,
+                    segment = %self.segment_path.display(),
+                    last_seq = self.next_seq - 1,
+                    "log writer healed: the durable log was verified and writes resume"
+                );
+                self.poisoned = None;
+                self.heal_tail = None;
+                let mut s = self.stats.lock();
+                s.poisoned = None;
+                s.heals += 1;
             }
             Err(e) => {
-                // Keep appending to the current segment; try again next time.
-                tracing::warn!(error = %e, "could not create a new log segment");
+                let reason = format!(
+                    "{cause}; healing failed: {e}; writes are refused until it succeeds (retried at every write; a restart recovers from what is durable)"
+                );
+                tracing::error!(reason = %reason, "log writer still poisoned");
+                self.stats.lock().poisoned = Some(reason.clone());
+                self.poisoned = Some(reason);
             }
         }
+    }
+
+    fn try_heal(&mut self) -> Result<(), String> {
+        let path = self.segment_path.clone();
+        remove_segments_after(&*self.fs, &self.log_dir, self.segment_first_seq)
+            .map_err(|e| format!("cleaning up {}: {e}", self.log_dir.display()))?;
+        let tail = match self.heal_tail.take() {
+            Some(t) => t,
+            None => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("re-reading {}: {e}", path.display()))?;
+                self.verify_active(&bytes)
+                    .map_err(|e| format!("{} does not verify: {e}", path.display()))?;
+                bytes[self.synced_len as usize..self.segment_len as usize].to_vec()
+            }
+        };
+        let result = (|| -> std::io::Result<()> {
+            let file = self.fs.open(&path, OpenMode::Existing)?;
+            file.set_len(self.synced_len)?;
+            file.seek(self.synced_len)?;
+            file.write_all(&tail)?;
+            file.sync_all()
+        })();
+        if let Err(e) = result {
+            self.heal_tail = Some(tail);
+            return Err(format!("rewriting {}: {e}", path.display()));
+        }
+        self.synced_len = self.segment_len;
+        self.dirty = false;
+        if self.segment_first_seq < self.next_seq {
+            self.start_segment()
+                .map_err(|e| format!("starting a new segment: {e}"))?;
+        } else {
+            self.segment = self
+                .fs
+                .open(&path, OpenMode::Append)
+                .map_err(|e| format!("reopening {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `bytes` (the active segment as read back) hold a valid
+    /// header and records chained up to exactly `segment_len`, ending at
+    /// the writer's last record.
+    fn verify_active(&self, bytes: &[u8]) -> Result<(), String> {
+        let end = self.segment_len as usize;
+        if bytes.len() < end {
+            return Err(format!(
+                "it has {} bytes, the writer wrote {end}",
+                bytes.len()
+            ));
+        }
+        let header = SegmentHeader::decode(bytes).map_err(|e| format!("bad header: {e}"))?;
+        if header.first_seq != self.segment_first_seq {
+            return Err(format!(
+                "header says first sequence {}, expected {}",
+                header.first_seq, self.segment_first_seq
+            ));
+        }
+        let (mut seq, mut crc) = (header.first_seq - 1, header.prev_crc);
+        let mut offset = SEGMENT_HEADER_BYTES;
+        while offset < end {
+            let record = read_record(&bytes[offset..end])
+                .map_err(|e| format!("bad record at offset {offset}: {e}"))?;
+            let h = record.header;
+            if h.seq != seq + 1 || h.prev_crc != crc {
+                return Err(format!(
+                    "record at offset {offset} does not continue the chain"
+                ));
+            }
+            seq = h.seq;
+            crc = h.crc;
+            offset += record.len_bytes();
+        }
+        if offset != end || seq + 1 != self.next_seq || crc != self.last_crc {
+            return Err(format!(
+                "records end at offset {offset} with sequence {seq}, the writer is at {end} with {}",
+                self.next_seq - 1
+            ));
+        }
+        Ok(())
     }
 }
 

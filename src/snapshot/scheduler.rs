@@ -24,6 +24,7 @@ use crate::datadir::Layout;
 use crate::log::segment::list_segments;
 use crate::log::{LogWriter, SubmitError};
 use crate::projection::State;
+use crate::storage::{self, Fs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -48,6 +49,8 @@ struct Mark {
 
 pub struct Scheduler {
     layout: Layout,
+    /// Snapshot files are written and pruned through it.
+    fs: Fs,
     state: Arc<RwLock<State>>,
     writer: LogWriter,
     snapshots: SnapshotConfig,
@@ -68,9 +71,31 @@ impl Scheduler {
         history: HistoryConfig,
         last_snapshot_seq: u64,
     ) -> Arc<Scheduler> {
+        Scheduler::new_with_fs(
+            layout,
+            state,
+            writer,
+            snapshots,
+            history,
+            last_snapshot_seq,
+            storage::real(),
+        )
+    }
+
+    /// [`Scheduler::new`], writing and pruning snapshots through `fs`.
+    pub fn new_with_fs(
+        layout: Layout,
+        state: Arc<RwLock<State>>,
+        writer: LogWriter,
+        snapshots: SnapshotConfig,
+        history: HistoryConfig,
+        last_snapshot_seq: u64,
+        fs: Fs,
+    ) -> Arc<Scheduler> {
         let appended_bytes = writer.tip().appended_bytes();
         Arc::new(Scheduler {
             layout,
+            fs,
             state,
             writer,
             snapshots,
@@ -146,14 +171,16 @@ impl Scheduler {
         let layout = self.layout.clone();
         let keep = self.snapshots.keep;
         let history = self.history.clone();
+        let fs = self.fs.clone();
         let (written, removed, compacted) = tokio::task::spawn_blocking(move || {
             let dir = layout.snapshots_dir();
-            let written = super::write(&dir, &state, crc)?;
+            let written = super::write_with_fs(&*fs, &dir, &state, crc)?;
             drop(state);
             let log_first_seq = list_segments(&layout.log_dir())
                 .ok()
                 .and_then(|s| s.first().map(|(seq, _)| *seq));
-            let removed = super::prune(&dir, keep, log_first_seq).map_err(ScheduleError::Prune)?;
+            let removed = super::prune_with_fs(&*fs, &dir, keep, log_first_seq)
+                .map_err(ScheduleError::Prune)?;
             let compacted = match history.retention {
                 Retention::Forever => None,
                 retention => Some(compaction::compact(
