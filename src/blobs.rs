@@ -6,16 +6,27 @@
 //! and only then is the event logged. So an event never names a missing
 //! file; a crash in between leaves an orphan file, which is harmless.
 //!
+//! A chunk of an upload is fsynced, and the first one also fsyncs
+//! `uploads/` (the staging file's name), before its event is logged: an
+//! acknowledged chunk survives power loss.
+//!
+//! Every change goes through the store's [`FileSystem`] seam.
+//!
 //! Boundary: paths are built only from a validated [`Digest`] or an upload
 //! id this module generated and validated (32 lower-case hex digits).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::datadir::Layout;
-use crate::fsutil::{create_dir_all_durable, fsync_dir};
+use crate::fsutil::ensure_dir_durable_with;
 use crate::oci::{Digest, DigestAlgorithm, Hasher};
+use crate::storage::{self, FileHandle, FileSystem, Fs, OpenMode};
 
 /// Size of the buffers used to read and write blob bytes.
 pub const IO_BUFFER_BYTES: usize = 1024 * 1024;
@@ -24,6 +35,10 @@ pub const IO_BUFFER_BYTES: usize = 1024 * 1024;
 pub struct BlobStore {
     blobs_dir: PathBuf,
     uploads_dir: PathBuf,
+    fs: Fs,
+    /// Directories under `blobs/` this process has seen durable (created
+    /// and their parent fsynced, or fsynced after it found them).
+    durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// Whether `s` is an upload id this store could have generated.
@@ -39,9 +54,16 @@ pub fn new_upload_id() -> String {
 
 impl BlobStore {
     pub fn new(layout: &Layout) -> BlobStore {
+        BlobStore::new_with_fs(layout, storage::real())
+    }
+
+    /// A store whose every change goes through `fs`.
+    pub fn new_with_fs(layout: &Layout, fs: Fs) -> BlobStore {
         BlobStore {
             blobs_dir: layout.blobs_dir(),
             uploads_dir: layout.uploads_dir(),
+            fs,
+            durable_dirs: Arc::default(),
         }
     }
 
@@ -74,16 +96,67 @@ impl BlobStore {
     /// When the store already has the blob (a concurrent upload of the same
     /// content), the staging file is removed instead: content-addressed
     /// files with the same name have the same bytes.
+    ///
+    /// Either way the blob's name is durable when this returns: the
+    /// directory is fsynced even when the file was already there, since a
+    /// concurrent commit may have renamed it and not fsynced yet.
     pub fn commit(&self, staging: &Path, digest: &Digest) -> io::Result<()> {
         let target = self.blob_path(digest);
         let dir = target.parent().expect("blob paths have a parent");
-        create_dir_all_durable(dir)?;
+        self.ensure_durable_dir(dir)?;
         if target.exists() {
-            fs::remove_file(staging)?;
-            return Ok(());
+            self.fs.remove_file(staging)?;
+            return self.fs.sync_dir(dir);
         }
-        fs::rename(staging, &target)?;
-        fsync_dir(dir)?;
+        self.fs.rename(staging, &target)?;
+        self.fs.sync_dir(dir)
+    }
+
+    /// Fsyncs a staging file just written and commits it as `digest`
+    /// (the closing step of every upload).
+    pub fn commit_staging(&self, writer: StagingWriter, digest: &Digest) -> io::Result<()> {
+        writer.file.sync_all()?;
+        let path = writer.path.clone();
+        drop(writer);
+        self.commit(&path, digest)
+    }
+
+    /// Makes a chunk just written to a staging file durable, before its
+    /// event is logged: the file's bytes, and for the first chunk (at
+    /// `offset` 0, when the file was created) its name in `uploads/`.
+    pub fn make_chunk_durable(&self, file: &dyn FileHandle, offset: u64) -> io::Result<()> {
+        file.sync_all()?;
+        if offset == 0 {
+            self.fs.sync_dir(&self.uploads_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Opens (creating if needed) a staging file through the store's file
+    /// system (see [`StagingWriter::open_at`]).
+    pub fn open_staging(&self, path: &Path, offset: u64) -> io::Result<StagingWriter> {
+        StagingWriter::open_at_with(&*self.fs, path, offset)
+    }
+
+    /// Makes `dir` (a directory of the store, below `blobs/`) and its
+    /// parents up to `blobs/` durable, once per process.
+    fn ensure_durable_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut chain = Vec::new();
+        let mut d = dir;
+        while d != self.blobs_dir {
+            chain.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) if p.starts_with(&self.blobs_dir) => d = p,
+                _ => break,
+            }
+        }
+        for d in chain.into_iter().rev() {
+            if self.durable_dirs.lock().contains(&d) {
+                continue;
+            }
+            ensure_dir_durable_with(&*self.fs, &d)?;
+            self.durable_dirs.lock().insert(d);
+        }
         Ok(())
     }
 
@@ -117,7 +190,8 @@ impl BlobStore {
 /// An open staging file being appended to, with the running checksums of
 /// what was written through it.
 pub struct StagingWriter {
-    pub file: File,
+    pub file: Box<dyn FileHandle>,
+    pub path: PathBuf,
     pub written: u64,
     pub crc: crc32fast::Hasher,
 }
@@ -127,13 +201,17 @@ impl StagingWriter {
     /// `offset`, cutting off anything after it: bytes past the last logged
     /// chunk were never acknowledged.
     pub fn open_at(path: &Path, offset: u64) -> io::Result<StagingWriter> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
+        StagingWriter::open_at_with(&*storage::real(), path, offset)
+    }
+
+    /// [`StagingWriter::open_at`] through `fs`.
+    pub fn open_at_with(
+        fs: &dyn FileSystem,
+        path: &Path,
+        offset: u64,
+    ) -> io::Result<StagingWriter> {
+        let file = fs.open(path, OpenMode::CreateKeep)?;
+        let len = file.len()?;
         if len < offset {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -143,9 +221,10 @@ impl StagingWriter {
         if len > offset {
             file.set_len(offset)?;
         }
-        file.seek(SeekFrom::Start(offset))?;
+        file.seek(offset)?;
         Ok(StagingWriter {
             file,
+            path: path.to_owned(),
             written: 0,
             crc: crc32fast::Hasher::new(),
         })

@@ -20,7 +20,7 @@ use super::manifests::digest_headers;
 use super::ranges::parse_content_range;
 use super::router::{query_param, RequestContext};
 use super::App;
-use crate::blobs::{is_upload_id, new_upload_id, BlobStore, StagingWriter};
+use crate::blobs::{is_upload_id, new_upload_id, BlobStore};
 use crate::commands::{Chunk, Command, Rejection};
 use crate::events::CancelReason;
 use crate::log::SubmitError;
@@ -215,7 +215,8 @@ async fn receive_and_commit(
     bounds: ChunkBounds,
 ) -> ApiResult<(u64, Chunk)> {
     let path = staging.to_owned();
-    let writer = tokio::task::spawn_blocking(move || StagingWriter::open_at(&path, offset))
+    let store = app.store.clone();
+    let writer = tokio::task::spawn_blocking(move || store.open_staging(&path, offset))
         .await
         .map_err(ApiError::internal)??;
     let streamed = stream_to_staging(body, writer, hasher, bounds.limit).await?;
@@ -229,16 +230,11 @@ async fn receive_and_commit(
         ));
     }
     let store = app.store.clone();
-    let path = staging.to_owned();
     let d = digest.clone();
     let crc32 = streamed.writer.crc.clone().finalize();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        streamed.writer.file.sync_all()?;
-        drop(streamed.writer);
-        store.commit(&path, &d)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    tokio::task::spawn_blocking(move || store.commit_staging(streamed.writer, &d))
+        .await
+        .map_err(ApiError::internal)??;
     Ok((
         offset + length,
         Chunk {
@@ -356,7 +352,8 @@ pub async fn patch(
         }
     };
     let path = staging.clone();
-    let writer = tokio::task::spawn_blocking(move || StagingWriter::open_at(&path, offset))
+    let store = app.store.clone();
+    let writer = tokio::task::spawn_blocking(move || store.open_staging(&path, offset))
         .await
         .map_err(ApiError::internal)??;
     let streamed = match stream_to_staging(body, writer, hasher, bounds.limit).await {
@@ -373,7 +370,8 @@ pub async fn patch(
     }
     let crc32 = streamed.writer.crc.clone().finalize();
     let file = streamed.writer.file;
-    tokio::task::spawn_blocking(move || file.sync_all())
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.make_chunk_durable(&*file, offset))
         .await
         .map_err(ApiError::internal)??;
     if length > 0 {
