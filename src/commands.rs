@@ -83,6 +83,25 @@ pub enum Command {
         upload: UploadId,
         reason: CancelReason,
     },
+    /// Garbage collection: delete blobs found unreferenced by a mark
+    /// phase run on the state at `mark_seq`. `plan` re-checks each one
+    /// against the current state and skips any that a live manifest
+    /// references now, or that was linked or referenced after `mark_seq`;
+    /// the rest are unlinked from every repository and deleted.
+    CollectBlobs {
+        mark_seq: u64,
+        blobs: Vec<Collectable>,
+    },
+}
+
+/// A blob the mark phase found unreferenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collectable {
+    pub digest: Digest,
+    /// The repositories that linked it at the mark. A repository that
+    /// links it later changes its `last_use_seq`, so this is every
+    /// repository that can still link it at planning time.
+    pub linked_in: Vec<RepoName>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +179,15 @@ impl Command {
                             .filter(|(_, d)| *d == digest)
                             .map(|(t, _)| key(("t", repo, t))),
                     );
+                    // The references it drops: a collection planned after
+                    // it must see them gone.
+                    k.extend(
+                        r.manifests
+                            .get(digest)
+                            .into_iter()
+                            .flat_map(|m| &m.blobs)
+                            .map(|b| key(("B", b))),
+                    );
                 }
                 k
             }
@@ -186,6 +214,13 @@ impl Command {
                 }
                 k
             }
+            Command::CollectBlobs { blobs, .. } => blobs
+                .iter()
+                .flat_map(|c| {
+                    std::iter::once(key(("B", &c.digest)))
+                        .chain(c.linked_in.iter().map(|r| key(("b", r, &c.digest))))
+                })
+                .collect(),
         }
     }
 
@@ -445,6 +480,49 @@ impl Command {
                     reason: *reason,
                 }])
             }
+            Command::CollectBlobs { mark_seq, blobs } => Ok(plan_collect(state, *mark_seq, blobs)),
         }
     }
+}
+
+/// The events that delete those of `blobs` still unused since `mark_seq`.
+fn plan_collect(state: &State, mark_seq: u64, blobs: &[Collectable]) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for c in blobs {
+        if !seen.insert(&c.digest) {
+            continue; // listed twice: planned once
+        }
+        let Some(&size) = state.blobs.get(&c.digest) else {
+            continue; // already deleted
+        };
+        let Some(usage) = state.blob_use.get(&c.digest) else {
+            continue; // the index covers every stored blob; keep it if not
+        };
+        if usage.manifest_refs > 0 || usage.last_use_seq > mark_seq {
+            continue;
+        }
+        let linked: Vec<&RepoName> = c
+            .linked_in
+            .iter()
+            .filter(|r| {
+                state
+                    .repo(r)
+                    .is_some_and(|r| r.blobs.contains_key(&c.digest))
+            })
+            .collect();
+        if linked.len() as u64 != u64::from(usage.links) {
+            // Linked somewhere the mark did not see: not ours to judge.
+            continue;
+        }
+        events.extend(linked.into_iter().map(|r| Event::BlobUnlinked {
+            repo: r.clone(),
+            digest: c.digest.clone(),
+        }));
+        events.push(Event::BlobDeleted {
+            digest: c.digest.clone(),
+            size,
+        });
+    }
+    events
 }

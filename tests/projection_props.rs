@@ -19,7 +19,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use ferro::commands::{Chunk, Command, Rejection};
+use ferro::commands::{Chunk, Collectable, Command, Rejection};
 use ferro::events::{Actor, CancelReason, Entry, Event, LinkSource};
 use ferro::log::format::{
     decode_payload, encode_payload, encode_record, read_record, RECORD_HEADER_BYTES,
@@ -178,6 +178,11 @@ enum Op {
         right_size: bool,
         last_chunk: Option<(bool, u64)>,
     },
+    /// Garbage collection of one blob, re-checked against the state as of
+    /// the mark (the latest state: every use is before it).
+    Collect {
+        blob: usize,
+    },
     Cancel {
         upload: usize,
         reason: usize,
@@ -217,6 +222,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
                 last_chunk
             }),
         1 => (u, 0usize..4).prop_map(|(upload, reason)| Op::Cancel { upload, reason }),
+        2 => (0..BLOBS).prop_map(|blob| Op::Collect { blob }),
     ]
 }
 
@@ -367,6 +373,13 @@ impl Observed {
                     last_chunk: chunk,
                 }
             }
+            Op::Collect { blob: b } => Command::CollectBlobs {
+                mark_seq: u64::MAX,
+                blobs: vec![Collectable {
+                    digest: blob(b),
+                    linked_in: (0..REPOS.len()).map(repo).collect(),
+                }],
+            },
             Op::Cancel { upload, reason } => Command::CancelUpload {
                 upload: UPLOADS[upload].into(),
                 reason: [
@@ -528,6 +541,28 @@ impl Observed {
                 }
                 Outcome::Logged
             }
+            Command::CollectBlobs { blobs, .. } => {
+                let mut logged = false;
+                for c in blobs {
+                    let d = s(&c.digest);
+                    let referenced = self.manifests.keys().any(|(_, m)| {
+                        manifest_defs()
+                            .iter()
+                            .find(|x| s(&x.digest) == *m)
+                            .is_some_and(|x| x.blobs.contains(&c.digest))
+                    });
+                    if referenced || self.blobs.remove(&d).is_none() {
+                        continue;
+                    }
+                    self.repo_blobs.retain(|(_, b), _| *b != d);
+                    logged = true;
+                }
+                if logged {
+                    Outcome::Logged
+                } else {
+                    Outcome::Unchanged
+                }
+            }
             Command::CancelUpload { upload, .. } => match self.uploads.remove(upload) {
                 Some(_) => Outcome::Logged,
                 None => Outcome::Rejected("UploadUnknown"),
@@ -539,6 +574,12 @@ impl Observed {
 /// What the model tracks, read off a projection. Also checks the
 /// projection's own invariants.
 fn observe(state: &State) -> Observed {
+    let mut rebuilt = state.clone();
+    rebuilt.rebuild_blob_use();
+    assert_eq!(
+        rebuilt.blob_use, state.blob_use,
+        "the blob use index agrees with the state it is derived from"
+    );
     let mut o = Observed::default();
     for (name, r) in &state.repos {
         assert!(

@@ -14,6 +14,7 @@ use crate::events::{Entry, Event, UploadId};
 use crate::oci::{Digest, RepoName, Tag};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StateFields")]
 pub struct State {
     /// Sequence number of the last entry applied (0: none).
     pub last_seq: u64,
@@ -23,6 +24,100 @@ pub struct State {
     /// Blobs whose bytes are in the store, with their sizes.
     pub blobs: BTreeMap<Digest, u64>,
     pub uploads: BTreeMap<UploadId, Upload>,
+    /// Derived from the fields above (never serialized, so the snapshot
+    /// format does not change): how each blob is used, for garbage
+    /// collection's re-check at planning time.
+    #[serde(skip)]
+    pub blob_use: BlobUseIndex,
+}
+
+/// The serialized fields of [`State`], in order: deserialization goes
+/// through here so the derived index is rebuilt once the state is read.
+#[derive(Deserialize)]
+struct StateFields {
+    last_seq: u64,
+    last_time_unix_ns: u64,
+    repos: BTreeMap<RepoName, Repo>,
+    blobs: BTreeMap<Digest, u64>,
+    uploads: BTreeMap<UploadId, Upload>,
+}
+
+impl From<StateFields> for State {
+    fn from(f: StateFields) -> State {
+        let mut state = State {
+            last_seq: f.last_seq,
+            last_time_unix_ns: f.last_time_unix_ns,
+            repos: f.repos,
+            blobs: f.blobs,
+            uploads: f.uploads,
+            blob_use: BlobUseIndex::default(),
+        };
+        state.rebuild_blob_use();
+        state
+    }
+}
+
+/// How one blob is used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobUse {
+    /// References from live manifests, in every repository (a manifest
+    /// listing a blob twice counts twice).
+    pub manifest_refs: u32,
+    /// Repositories that link the blob.
+    pub links: u32,
+    /// The last entry that linked the blob or stored a manifest referencing
+    /// it. After a snapshot load this is a lower bound (the put sequence of
+    /// a live manifest, or 0): history before the snapshot is not kept,
+    /// which is enough because a collection only asks about entries after
+    /// its mark, and a mark is never older than the running state's start.
+    pub last_use_seq: u64,
+}
+
+/// `Digest -> BlobUse` for every blob linked or referenced since it was
+/// last deleted.
+///
+/// # Invariants
+/// `manifest_refs` equals the number of references from the live
+/// manifests of `State::repos`, and `links` the number of repositories
+/// whose `blobs` hold the digest. Equality compares only those (the part
+/// that is a function of the state), see [`BlobUse::last_use_seq`].
+#[derive(Debug, Clone, Default)]
+pub struct BlobUseIndex(pub BTreeMap<Digest, BlobUse>);
+
+impl PartialEq for BlobUseIndex {
+    fn eq(&self, other: &Self) -> bool {
+        let referenced = |m: &BTreeMap<Digest, BlobUse>| {
+            m.iter()
+                .filter(|(_, u)| u.manifest_refs > 0 || u.links > 0)
+                .map(|(d, u)| (d.clone(), (u.manifest_refs, u.links)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        referenced(&self.0) == referenced(&other.0)
+    }
+}
+
+impl Eq for BlobUseIndex {}
+
+impl BlobUseIndex {
+    pub fn get(&self, digest: &Digest) -> Option<&BlobUse> {
+        self.0.get(digest)
+    }
+
+    fn touch(&mut self, digest: &Digest, seq: u64) -> &mut BlobUse {
+        if !self.0.contains_key(digest) {
+            self.0.insert(digest.clone(), BlobUse::default());
+        }
+        let u = self.0.get_mut(digest).expect("inserted above");
+        u.last_use_seq = u.last_use_seq.max(seq);
+        u
+    }
+
+    fn release(&mut self, digest: &Digest) {
+        if let Some(u) = self.0.get_mut(digest) {
+            debug_assert!(u.manifest_refs > 0, "released more than referenced");
+            u.manifest_refs = u.manifest_refs.saturating_sub(1);
+        }
+    }
 }
 
 /// # Invariants
@@ -92,7 +187,10 @@ impl State {
                 subject,
                 artifact_type,
             } => {
-                self.repo_mut(repo).manifests.insert(
+                for b in blobs {
+                    self.blob_use.touch(b, seq).manifest_refs += 1;
+                }
+                let replaced = self.repo_mut(repo).manifests.insert(
                     digest.clone(),
                     Manifest {
                         media_type: media_type.clone(),
@@ -104,6 +202,9 @@ impl State {
                         put_seq: seq,
                     },
                 );
+                for b in replaced.iter().flat_map(|m| &m.blobs) {
+                    self.blob_use.release(b);
+                }
             }
             Event::TagSet {
                 repo, tag, digest, ..
@@ -116,29 +217,48 @@ impl State {
                 });
             }
             Event::ManifestDeleted { repo, digest } => {
+                let mut removed = None;
                 self.edit_repo(repo, |r| {
                     if let Some(m) = r.manifests.remove(digest) {
-                        if let Some(subject) = m.subject {
-                            if let Some(set) = r.referrers.get_mut(&subject) {
+                        if let Some(subject) = &m.subject {
+                            if let Some(set) = r.referrers.get_mut(subject) {
                                 set.remove(digest);
                                 if set.is_empty() {
-                                    r.referrers.remove(&subject);
+                                    r.referrers.remove(subject);
                                 }
                             }
                         }
+                        removed = Some(m);
                     }
                 });
+                for b in removed.iter().flat_map(|m| &m.blobs) {
+                    self.blob_use.release(b);
+                }
             }
             Event::BlobLinked {
                 repo, digest, size, ..
             } => {
-                self.repo_mut(repo).blobs.insert(digest.clone(), *size);
+                let newly = self
+                    .repo_mut(repo)
+                    .blobs
+                    .insert(digest.clone(), *size)
+                    .is_none();
                 self.blobs.insert(digest.clone(), *size);
+                let u = self.blob_use.touch(digest, seq);
+                if newly {
+                    u.links += 1;
+                }
             }
             Event::BlobUnlinked { repo, digest } => {
+                let mut unlinked = false;
                 self.edit_repo(repo, |r| {
-                    r.blobs.remove(digest);
+                    unlinked = r.blobs.remove(digest).is_some();
                 });
+                if unlinked {
+                    if let Some(u) = self.blob_use.0.get_mut(digest) {
+                        u.links = u.links.saturating_sub(1);
+                    }
+                }
             }
             Event::BlobDeleted { digest, .. } => {
                 // The writer logs this only once no repository links the
@@ -148,6 +268,11 @@ impl State {
                     "a deleted blob is linked nowhere"
                 );
                 self.blobs.remove(digest);
+                let unused = self.blob_use.0.remove(digest);
+                debug_assert!(
+                    unused.is_none_or(|u| u.manifest_refs == 0),
+                    "a deleted blob is referenced by no live manifest"
+                );
             }
             Event::UploadStarted { repo, upload } => {
                 self.uploads.insert(
@@ -206,6 +331,26 @@ impl State {
                 self.repos.remove(name);
             }
         }
+    }
+
+    /// Recomputes [`State::blob_use`] from the repositories (after a
+    /// snapshot load).
+    pub fn rebuild_blob_use(&mut self) {
+        let mut index = BlobUseIndex::default();
+        for digest in self.blobs.keys() {
+            index.touch(digest, 0);
+        }
+        for r in self.repos.values() {
+            for digest in r.blobs.keys() {
+                index.touch(digest, 0).links += 1;
+            }
+            for m in r.manifests.values() {
+                for b in &m.blobs {
+                    index.touch(b, m.put_seq).manifest_refs += 1;
+                }
+            }
+        }
+        self.blob_use = index;
     }
 
     pub fn repo(&self, name: &RepoName) -> Option<&Repo> {
