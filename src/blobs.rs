@@ -12,6 +12,10 @@
 //!
 //! Every change goes through the store's [`FileSystem`] seam.
 //!
+//! A blob's commit (rename into the store, then logging the link) and its
+//! deletion by garbage collection (logging the deletion, then removing the
+//! file) never interleave: both hold the digest's lock ([`DigestLocks`]).
+//!
 //! Boundary: paths are built only from a validated [`Digest`] or an upload
 //! id this module generated and validated (32 lower-case hex digits).
 
@@ -39,6 +43,60 @@ pub struct BlobStore {
     /// Directories under `blobs/` this process has seen durable (created
     /// and their parent fsynced, or fsynced after it found them).
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
+    locks: Arc<DigestLocks>,
+}
+
+/// Striped per-digest locks: a digest maps to one of
+/// [`DIGEST_LOCK_STRIPES`] async mutexes. The upload path holds one from
+/// before its file is committed until its link is logged; the collector
+/// holds those of a batch from before its deletions are planned until
+/// their files are removed. Several stripes are always taken in ascending
+/// order, so two holders cannot deadlock.
+pub struct DigestLocks {
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// Number of stripes of [`DigestLocks`].
+pub const DIGEST_LOCK_STRIPES: usize = 1024;
+
+/// A held digest lock (or several).
+pub type DigestGuard = Vec<tokio::sync::OwnedMutexGuard<()>>;
+
+impl std::fmt::Debug for DigestLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DigestLocks({} stripes)", self.stripes.len())
+    }
+}
+
+impl Default for DigestLocks {
+    fn default() -> Self {
+        DigestLocks {
+            stripes: (0..DIGEST_LOCK_STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+        }
+    }
+}
+
+impl DigestLocks {
+    fn stripe(&self, digest: &Digest) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        digest.hash(&mut h);
+        (h.finish() % self.stripes.len() as u64) as usize
+    }
+
+    /// Locks the stripes of every digest in `digests`, in ascending order.
+    pub async fn lock<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> DigestGuard {
+        let mut stripes: Vec<usize> = digests.into_iter().map(|d| self.stripe(d)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.stripes[i].clone().lock_owned().await);
+        }
+        guards
+    }
 }
 
 /// Whether `s` is an upload id this store could have generated.
@@ -64,7 +122,13 @@ impl BlobStore {
             uploads_dir: layout.uploads_dir(),
             fs,
             durable_dirs: Arc::default(),
+            locks: Arc::new(DigestLocks::default()),
         }
+    }
+
+    /// The per-digest locks shared by every clone of this store.
+    pub fn locks(&self) -> &DigestLocks {
+        &self.locks
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {

@@ -20,7 +20,7 @@ use super::manifests::digest_headers;
 use super::ranges::parse_content_range;
 use super::router::{query_param, RequestContext};
 use super::App;
-use crate::blobs::{is_upload_id, new_upload_id, BlobStore};
+use crate::blobs::{is_upload_id, new_upload_id, BlobStore, DigestGuard};
 use crate::commands::{Chunk, Command, Rejection};
 use crate::events::CancelReason;
 use crate::log::SubmitError;
@@ -147,7 +147,7 @@ async fn monolithic(
         bounds,
     )
     .await;
-    let (size, _) = match result {
+    let (size, _, _guard) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&staging);
@@ -203,8 +203,10 @@ impl ChunkBounds {
 
 /// Streams `body` to `staging` after its first `offset` bytes (whose hash is
 /// `hasher`), checks length and digest, fsyncs and commits the file to the
-/// store. Returns the blob's size and the last chunk (the bytes of this
-/// body).
+/// store. Returns the blob's size, the last chunk (the bytes of this
+/// body) and the digest's lock, taken before the commit: the caller holds
+/// it until the link is logged, so garbage collection cannot delete the
+/// file in between.
 async fn receive_and_commit(
     app: &Arc<App>,
     staging: &std::path::Path,
@@ -213,7 +215,7 @@ async fn receive_and_commit(
     digest: &Digest,
     body: Body,
     bounds: ChunkBounds,
-) -> ApiResult<(u64, Chunk)> {
+) -> ApiResult<(u64, Chunk, DigestGuard)> {
     let path = staging.to_owned();
     let store = app.store.clone();
     let writer = tokio::task::spawn_blocking(move || store.open_staging(&path, offset))
@@ -232,6 +234,7 @@ async fn receive_and_commit(
     let store = app.store.clone();
     let d = digest.clone();
     let crc32 = streamed.writer.crc.clone().finalize();
+    let guard = app.store.locks().lock([digest]).await;
     tokio::task::spawn_blocking(move || store.commit_staging(streamed.writer, &d))
         .await
         .map_err(ApiError::internal)??;
@@ -242,6 +245,7 @@ async fn receive_and_commit(
             length,
             crc32,
         },
+        guard,
     ))
 }
 
@@ -460,7 +464,7 @@ pub async fn finish(
                 .await?
         }
     };
-    let (size, last_chunk) =
+    let (size, last_chunk, _guard) =
         match receive_and_commit(app, &staging, offset, hasher, &digest, body, bounds).await {
             Ok(r) => r,
             Err(e) if e.code == Some(ErrorCode::DigestInvalid) => {
