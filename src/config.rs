@@ -45,6 +45,8 @@ pub struct Config {
     pub history: HistoryConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    /// Garbage collection (see `gc`).
+    pub gc: crate::gc::GcConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -238,6 +240,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            gc: crate::gc::GcConfig::default(),
         }
     }
 }

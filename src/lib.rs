@@ -11,6 +11,7 @@ pub mod datadir;
 pub mod events;
 pub mod expiry;
 pub mod fsutil;
+pub mod gc;
 pub mod history;
 pub mod limits;
 pub mod log;

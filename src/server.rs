@@ -239,6 +239,23 @@ pub async fn run(
         loaded_snapshot.map(|(_, seq)| seq).unwrap_or(0),
     );
     let snapshot_loop = snapshots.spawn();
+    let gc_service = crate::gc::GcService::new(
+        crate::gc::Collector::new(
+            layout.clone(),
+            opened.state.clone(),
+            writer.clone(),
+            store.clone(),
+        ),
+        &config.gc,
+        config.history.retention,
+    );
+    if config.gc.enabled {
+        crate::gc::spawn_schedule(
+            gc_service.collector.clone(),
+            config.gc.clone(),
+            config.history.retention,
+        );
+    }
 
     let app = Arc::new(App {
         layout: layout.clone(),
@@ -255,6 +272,7 @@ pub async fn run(
         upload_permits: Arc::new(tokio::sync::Semaphore::new(
             config.limits.uploads_concurrent_max,
         )),
+        gc: Some(gc_service),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -431,6 +449,7 @@ pub async fn run_read_only(
         auth,
         tls: listener.tls.is_some(),
         upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+        gc: None,
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);

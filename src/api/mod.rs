@@ -66,6 +66,9 @@ pub struct App {
     /// One permit per upload request carrying bytes
     /// (`limits.uploads_concurrent_max`).
     pub upload_permits: Arc<tokio::sync::Semaphore>,
+    /// Garbage collection (absent when serving a past state). Its
+    /// `collector.last_report()` is the last run's report, for metrics.
+    pub gc: Option<crate::gc::GcService>,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

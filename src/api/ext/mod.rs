@@ -12,11 +12,13 @@
 //! | GET    | /v2/<name>/_ferro/asof/referrers?digest=&at=    | referrers as they were |
 //! | POST   | /v2/<name>/_ferro/restore/tag?tag=&digest=\|at= | move a tag back (`restore`) |
 //! | POST   | /v2/<name>/_ferro/restore/manifest?digest=      | bring back a deleted manifest |
+//! | POST   | /v2/_ferro/gc/run[?dry_run=true]                | garbage collection now (`gc`) |
 //!
 //! `at` is a sequence number or an RFC 3339 time.
 
 mod asof;
 mod feed;
+mod gc;
 mod history;
 mod restore;
 
@@ -41,7 +43,7 @@ const DOCS: &str = include_str!("../../../docs/ferro-extension.md");
 /// The methods an extension route answers, for `Allow`.
 pub fn allowed_methods(extension: &str, component: &str) -> &'static str {
     match (extension, component) {
-        ("ferro", "restore") => "POST",
+        ("ferro", "restore" | "gc") => "POST",
         _ => "GET, HEAD",
     }
 }
@@ -94,6 +96,8 @@ pub async fn route(
         ("ferro", "restore", "manifest", Some(repo)) if *method == Method::POST => {
             restore::manifest(app, ctx, repo, query).await
         }
+        ("ferro", "gc", "run", None) if *method == Method::POST => gc::run(app, query).await,
+        ("ferro", "gc", "run", None) => Err(unsupported()),
         ("oci", "ext", "discover", _)
         | ("ferro", "events", "feed", None)
         | ("ferro", "docs", "extension", None)
@@ -118,7 +122,11 @@ fn discover(repository_level: bool) -> Response {
             "_ferro/restore/manifest",
         ]);
     } else {
-        endpoints.extend(["_ferro/events/feed", "_ferro/docs/extension"]);
+        endpoints.extend([
+            "_ferro/events/feed",
+            "_ferro/docs/extension",
+            "_ferro/gc/run",
+        ]);
     }
     axum::Json(json!({
         "extensions": [
