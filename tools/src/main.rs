@@ -9,6 +9,7 @@
 mod dump;
 mod error;
 mod export;
+mod gc;
 mod history;
 mod output;
 mod repair;
@@ -72,6 +73,10 @@ enum Command {
     /// Point a tag back at a past manifest, or bring back a deleted one, as
     /// a new entry on the record. Needs the server stopped.
     Restore(restore::RestoreArgs),
+    /// Delete blobs no retained manifest references (garbage collection),
+    /// each deletion an event on the record; --dry-run lists them. Needs
+    /// the server stopped (a running server: POST /v2/_ferro/gc/run).
+    Gc(gc::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(data_dir, args, &out),
         Command::Repair(args) => repair::run(data_dir, args, &out),
         Command::Restore(args) => restore::run(data_dir, args, &out),
+        Command::Gc(args) => gc::run(data_dir, args, &out),
     };
     match result {
         Ok(exit) => exit.into(),
