@@ -40,6 +40,10 @@ pub struct Config {
     pub delete_enabled: bool,
     /// `"text"` (the default) or `"json"` (one object per line).
     pub log_format: LogFormat,
+    /// One log line per request (status, latency), with its request id.
+    /// Off saves some 10% of throughput on small requests and a few
+    /// hundred bytes of log per request.
+    pub access_log: bool,
     pub limits: Limits,
     pub snapshots: SnapshotConfig,
     pub history: HistoryConfig,
@@ -235,6 +239,7 @@ impl Default for Config {
             recovery: RecoveryMode::TolerateTornTail,
             delete_enabled: true,
             log_format: LogFormat::Text,
+            access_log: true,
             limits: Limits::default(),
             snapshots: SnapshotConfig::default(),
             history: HistoryConfig::default(),
@@ -482,6 +487,7 @@ mod tests {
         let text = Config::default().to_toml();
         for key in [
             "log_format",
+            "access_log",
             "header_bytes_max",
             "header_read_timeout_ms",
             "body_read_timeout_ms",

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Log lines as text or as JSON objects [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// No log line per request (the access log).
+    #[arg(long)]
+    no_access_log: bool,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -147,6 +150,9 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     c.apply_env(std::env::vars()).map_err(|e| e.to_string())?;
     if let Some(v) = args.log_format {
         c.log_format = v;
+    }
+    if args.no_access_log {
+        c.access_log = false;
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         c.tls.cert = cert;

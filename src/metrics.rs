@@ -105,6 +105,36 @@ fn describe() {
     describe_counter!(UPLOADS_EXPIRED, "Idle uploads cancelled by expiry");
 }
 
+/// The in-flight gauge, looked up once (a lookup hashes the key).
+pub fn in_flight() -> &'static metrics::Gauge {
+    static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!(IN_FLIGHT))
+}
+
+/// A status as a label, without an allocation for the usual ones.
+pub fn status_label(status: axum::http::StatusCode) -> metrics::SharedString {
+    let known: &'static str = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        206 => "206",
+        307 => "307",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        416 => "416",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        other => return metrics::SharedString::from(other.to_string()),
+    };
+    metrics::SharedString::const_str(known)
+}
+
 pub fn set_startup(s: Startup) {
     let _ = STARTUP.set(s);
 }

@@ -162,6 +162,7 @@ pub async fn run(
         front(
             gate.clone(),
             Duration::from_millis(config.limits.body_read_timeout_ms),
+            config.access_log,
         ),
         config.limits.clone(),
         stop.clone(),
@@ -459,6 +460,7 @@ pub async fn run_read_only(
         front(
             gate.clone(),
             Duration::from_millis(config.limits.body_read_timeout_ms),
+            config.access_log,
         ),
         config.limits.clone(),
         stop.clone(),

@@ -151,7 +151,14 @@ async fn request_ids_in_and_out_and_in_the_log() {
     assert_eq!(header(&r, "x-request-id"), "req-abc-123");
     let r = http.get(server.url("/v2/")).send().await.unwrap();
     let made = header(&r, "x-request-id");
-    assert_eq!(made.len(), 36, "a UUID: {made}");
+    let next = header(
+        &client().get(server.url("/v2/")).send().await.unwrap(),
+        "x-request-id",
+    );
+    assert!(
+        !made.is_empty() && made != next,
+        "ids are made, and differ: {made} {next}"
+    );
     assert!(server.wait_for_log("req-abc-123", Duration::from_secs(5)));
     let line = server
         .log_text()
@@ -287,4 +294,31 @@ fn print_defaults_lists_every_setting() {
     ] {
         assert!(text.contains(key), "{key} missing:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn the_access_log_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ferro::start(dir.path(), None, &["--no-access-log"], &[]);
+    let r = client()
+        .get(server.url("/v2/"))
+        .header("x-request-id", "quiet-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-request-id"), "quiet-1");
+    // An error inside a request is still logged with its id.
+    let r = client()
+        .put(server.url("/v2/app/blobs/uploads/not-an-upload?digest=sha256:00"))
+        .header("x-request-id", "quiet-2")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !server.log_text().contains("answered"),
+        "{}",
+        server.log_text()
+    );
 }

@@ -29,8 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceExt as _;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
 
 use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
@@ -89,8 +91,9 @@ impl Gate {
 }
 
 /// Everything the server answers, with request ids, tracing, metrics and
-/// the stalled-body timeout around it.
-pub fn front(gate: Arc<Gate>, body_read_timeout: Duration) -> Router {
+/// the stalled-body timeout around it. With `access_log`, one line per
+/// request (status, latency) at the end of it.
+pub fn front(gate: Arc<Gate>, body_read_timeout: Duration, access_log: bool) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -117,13 +120,37 @@ pub fn front(gate: Arc<Gate>, body_read_timeout: Duration) -> Router {
                 })
                 .on_request(())
                 .on_failure(())
-                .on_response(
-                    DefaultOnResponse::new()
-                        .level(tracing::Level::INFO)
-                        .latency_unit(tower_http::LatencyUnit::Micros),
-                ),
+                .on_response(move |r: &Response, latency: Duration, _: &tracing::Span| {
+                    if access_log {
+                        tracing::info!(
+                            status = r.status().as_u16(),
+                            latency_us = latency.as_micros() as u64,
+                            "answered"
+                        );
+                    }
+                }),
         )
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, SequentialRequestId))
+}
+
+/// Request ids for requests that bring none: a random prefix drawn once
+/// per process and a counter, `<prefix>-<n>`. Unique without a system
+/// call per request (a v4 UUID reads the system's random source each
+/// time).
+#[derive(Clone, Copy)]
+struct SequentialRequestId;
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let prefix =
+            PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{prefix}-{n}"))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
@@ -182,7 +209,7 @@ async fn observe(State(body_read_timeout): State<Duration>, req: Request, next: 
     } else {
         req.map(|b| Counted::wrap(Stalling::wrap(b, body_read_timeout), Direction::In))
     };
-    let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT);
+    let in_flight = crate::metrics::in_flight();
     in_flight.increment(1.0);
     let response = next.run(req).await;
     in_flight.decrement(1.0);
@@ -195,7 +222,7 @@ async fn observe(State(body_read_timeout): State<Duration>, req: Request, next: 
         crate::metrics::REQUESTS,
         "route" => route,
         "method" => method,
-        "status" => response.status().as_u16().to_string(),
+        "status" => crate::metrics::status_label(response.status()),
     )
     .increment(1);
     metrics::histogram!(crate::metrics::REQUEST_SECONDS, "route" => route, "method" => method)
@@ -386,8 +413,9 @@ fn upload_admission(
             ))),
         };
     }
+    // A mount may fall back to opening a session, so it counts too.
     let opens_session = matches!((route, method), (Route::UploadStart { .. }, &Method::POST))
-        && query_param(query, "mount").is_none();
+        && query_param(query, "digest").is_none();
     if opens_session && app.state.read().uploads.len() >= app.limits.upload_sessions_max {
         return Err(too_many(format!(
             "{} upload sessions are open; finish or cancel some",
@@ -674,7 +702,7 @@ mod tests {
     #[tokio::test]
     async fn starting_answers_health_not_readiness() {
         let gate = Arc::new(Gate::default());
-        let router = front(gate.clone(), Duration::from_secs(1));
+        let router = front(gate.clone(), Duration::from_secs(1), true);
         let (status, body, _) = get(&router, "/healthz").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
         let (status, body, _) = get(&router, "/readyz").await;
