@@ -57,6 +57,11 @@ struct Probe {
 /// Parses `body` pushed with `content_type` (the header's media type,
 /// parameters removed; `None` when absent).
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
+    // JSON is UTF-8; serde_json does not check the values of fields it
+    // ignores, so check the whole body before storing it.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ManifestError::Json(format!("body is not UTF-8: {e}")));
+    }
     let probe: Probe =
         serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
     let media_type = match (content_type, &probe.media_type) {

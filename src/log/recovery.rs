@@ -256,7 +256,7 @@ pub fn read_log(
         if options.skip_covered_segments && !is_last {
             // A sealed segment ends where the next one starts.
             let next_first_seq = segments[index + 1].0;
-            if next_first_seq <= options.replay_after + 1 {
+            if next_first_seq <= options.replay_after.saturating_add(1) {
                 report.segments_skipped += 1;
                 continue;
             }
@@ -342,7 +342,7 @@ fn read_segment(
         report.last_crc = header.prev_crc;
         note_replay_point(report, options);
     } else {
-        if header.first_seq != report.last_seq + 1 {
+        if report.last_seq.checked_add(1) != Some(header.first_seq) {
             return Err(corrupt(
                 16,
                 format!(
@@ -402,12 +402,13 @@ fn read_segment(
             }
         };
         let h = record.header;
-        if h.seq != report.last_seq + 1 {
+        // A record after one numbered u64::MAX cannot be numbered at all.
+        if report.last_seq.checked_add(1) != Some(h.seq) {
             return Err(corrupt(
                 offset as u64,
                 format!(
                     "sequence gap: expected {}, found {}",
-                    report.last_seq + 1,
+                    report.last_seq.wrapping_add(1),
                     h.seq
                 ),
             ));

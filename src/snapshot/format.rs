@@ -22,6 +22,10 @@
 use std::io::{self, Write};
 
 use crate::log::format::PAYLOAD_CONFIG;
+
+/// The largest snapshot payload decoded (and so the largest allocation a
+/// length prefix in one can ask for).
+const SNAPSHOT_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024 * 1024;
 use crate::projection::State;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"FERROSNP";
@@ -165,7 +169,10 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), SnapshotFormatErr
     let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
     // The payload checksum verified, so lengths inside it are the writer's;
     // bincode still never reads past the slice.
-    let (state, used) = bincode::serde::decode_from_slice::<State, _>(payload, PAYLOAD_CONFIG)
+    // A limit, so a length prefix is checked before anything is allocated
+    // for it: a damaged (or crafted) one must fail, not abort the process.
+    let config = PAYLOAD_CONFIG.with_limit::<SNAPSHOT_PAYLOAD_BYTES_MAX>();
+    let (state, used) = bincode::serde::decode_from_slice::<State, _>(payload, config)
         .map_err(|e| SnapshotFormatError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(SnapshotFormatError::Trailing((payload.len() - used) as u64));
