@@ -48,6 +48,9 @@ const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
+/// How often histogram samples are folded into buckets without a scrape.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Figures of the startup, set once.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Startup {
@@ -73,6 +76,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(h) => {
                     describe();
+                    spawn_upkeep(h.clone());
                     Some(h)
                 }
                 Err(e) => {
@@ -82,6 +86,21 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Histogram samples pile up in the recorder until they are folded into
+/// their buckets: by a scrape, or by this upkeep, so that a registry
+/// nobody scrapes does not grow without bound.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("ferro-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started");
+    }
 }
 
 fn describe() {
