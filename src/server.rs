@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::router::{front, Gate};
+use crate::api::front::{front, Gate};
 use crate::api::{App, PastStates, UploadSessions};
 use crate::auth::Auth;
 use crate::blobs::{is_upload_id, BlobStore};

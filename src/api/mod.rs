@@ -2,6 +2,8 @@
 //! the projection and the blob store.
 //!
 //! - `router`: the whole URL table and the dispatch from a parsed path;
+//! - `front`: request ids, tracing, metrics and the readiness gate around
+//!   it; `access`: access control and upload admission per request;
 //! - `path`: the one parser of OCI paths; `ranges`: Range/Content-Range;
 //! - `error`: the one error type and its spec JSON form;
 //! - `body`: bounded reading and streaming of request bodies;
@@ -13,8 +15,10 @@
 //! `Command` and submit it to the writer. Reads take the projection's read
 //! lock for a lookup and release it before any I/O.
 
+mod access;
 pub mod body;
 pub mod error;
+pub mod front;
 pub mod path;
 pub mod ranges;
 pub mod router;
