@@ -382,3 +382,44 @@ async fn anonymous_pull_lets_anyone_read_but_not_write() {
     .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn garbage_collection_needs_delete_everywhere() {
+    let (server, _dir) = start(true);
+    let http = client();
+    for cred in [Cred::None, BOB, CAROL] {
+        let r = send(
+            &http,
+            &server.url,
+            Method::POST,
+            "/v2/_ferro/gc/run?dry_run=true",
+            cred,
+        )
+        .await;
+        let status = r.status();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+            "{status}"
+        );
+    }
+    let r = send(
+        &http,
+        &server.url,
+        Method::POST,
+        "/v2/_ferro/gc/run?dry_run=true",
+        ALICE,
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    // A _ferro endpoint this registry does not have: closed to all but
+    // those who may do everything, then unknown.
+    let r = send(
+        &http,
+        &server.url,
+        Method::GET,
+        "/v2/_ferro/nothing/here",
+        BOB,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}

@@ -12,8 +12,9 @@ use super::App;
 use crate::auth::{Action, Caller, Need, Refusal};
 
 /// What a route needs of its caller (see `auth`). Reads need pull, writes
-/// push, deletes delete; the catalog and the registry-wide event feed
-/// their own; `/v2/` and extension discovery only an authenticated caller.
+/// push, deletes delete; the catalog, the registry-wide event feed and
+/// garbage collection their own; `/v2/` and extension discovery only an
+/// authenticated caller.
 pub(super) fn need(route: &Route, method: &Method, query: &str) -> Need {
     let on = |repo: &str, action: Action| Need::Repository {
         repo: repo.to_owned(),
@@ -40,8 +41,18 @@ pub(super) fn need(route: &Route, method: &Method, query: &str) -> Need {
             ("ferro", Some(repo), "history" | "asof") => on(repo.as_str(), Action::Pull),
             ("ferro", None, "events") => match query_param(query, "repo") {
                 Some(repo) => on(&repo, Action::Pull),
-                None => Need::Everything,
+                None => Need::Everywhere(Action::Pull),
             },
+            ("ferro", None, "docs") | ("oci", _, _) => Need::Authenticated,
+            // Garbage collection deletes from every repository; and any
+            // `_ferro` endpoint not named here is refused to all but those
+            // who may do everything, until it is (closed by default).
+            ("ferro", None, _) => Need::Everywhere(Action::Delete),
+            ("ferro", Some(repo), _) => Need::Repository {
+                repo: repo.to_string(),
+                actions: Action::ALL.to_vec(),
+            },
+            // Unknown extensions: answered 404 once authenticated.
             _ => Need::Authenticated,
         },
     }
@@ -79,7 +90,7 @@ fn refuse(app: &App, need: &Need, refusal: Refusal, headers: &HeaderMap) -> ApiE
                 .map(|a| serde_json::json!({"Type": "repository", "Name": repo, "Action": a.as_str()}))
                 .collect(),
         ),
-        Need::Catalog | Need::Everything => {
+        Need::Catalog | Need::Everywhere(_) => {
             serde_json::json!([{"Type": "registry", "Name": "catalog", "Action": "*"}])
         }
         Need::Authenticated => serde_json::Value::Null,
@@ -129,7 +140,7 @@ pub(super) fn without_unreadable_mount(app: &App, caller: &Caller, query: &str) 
     }
     let readable = match query_param(query, "from") {
         Some(from) => app.auth.permits(caller, &from, Action::Pull),
-        None => app.auth.pulls_everywhere(caller),
+        None => app.auth.everywhere(caller, Action::Pull),
     };
     if readable {
         return None;
@@ -212,7 +223,17 @@ mod tests {
                 query,
             )
         };
-        assert_eq!(feed(""), Need::Everything);
+        assert_eq!(feed(""), Need::Everywhere(Action::Pull));
+        let gc = Route::Extension {
+            repo: None,
+            extension: "ferro".into(),
+            component: "gc".into(),
+            module: "run".into(),
+        };
+        assert_eq!(
+            need(&gc, &Method::POST, ""),
+            Need::Everywhere(Action::Delete)
+        );
         assert_eq!(feed("repo=a/b"), pull);
     }
 }

@@ -66,9 +66,11 @@ pub enum Need {
     /// `registry:catalog:*`); the listing is then filtered to what the
     /// caller may pull.
     Catalog,
-    /// The registry-wide event feed, which names every repository: an
-    /// authenticated caller whose rules grant pull on `**`.
-    Everything,
+    /// A registry-wide operation: an authenticated caller whose rules grant
+    /// the action on `**` (pull for the event feed, which names every
+    /// repository; delete for garbage collection). A token must also carry
+    /// `registry:catalog:*`.
+    Everywhere(Action),
 }
 
 impl Need {
@@ -86,7 +88,7 @@ impl Need {
                 names.extend(actions.iter().map(|a| a.as_str()));
                 Some(format!("repository:{repo}:{}", names.join(",")))
             }
-            Need::Catalog | Need::Everything => Some("registry:catalog:*".into()),
+            Need::Catalog | Need::Everywhere(_) => Some("registry:catalog:*".into()),
         }
     }
 }
@@ -349,9 +351,10 @@ impl Auth {
                 .allows(caller.user.as_deref(), repo, Action::Pull)
     }
 
-    /// Whether `caller` may pull every repository (a rule on `**`).
-    pub fn pulls_everywhere(&self, caller: &Caller) -> bool {
-        !self.enabled() || self.rules.allows_pull_everywhere(caller.user.as_deref())
+    /// Whether `caller` may do `action` on every repository (a rule on
+    /// `**`).
+    pub fn everywhere(&self, caller: &Caller, action: Action) -> bool {
+        !self.enabled() || self.rules.allows_everywhere(caller.user.as_deref(), action)
     }
 
     fn has_catalog_scope(caller: &Caller) -> bool {
@@ -394,17 +397,17 @@ impl Auth {
                 }
                 Ok(())
             }
-            Need::Catalog | Need::Everything if caller.user.is_none() => Err(if anonymous {
+            Need::Catalog | Need::Everywhere(_) if caller.user.is_none() => Err(if anonymous {
                 Refusal::Unauthenticated
             } else {
                 Refusal::InsufficientScope
             }),
-            Need::Catalog | Need::Everything if !Self::has_catalog_scope(caller) => {
+            Need::Catalog | Need::Everywhere(_) if !Self::has_catalog_scope(caller) => {
                 Err(Refusal::InsufficientScope)
             }
             Need::Catalog => Ok(()),
-            Need::Everything if self.pulls_everywhere(caller) => Ok(()),
-            Need::Everything => Err(Refusal::Denied),
+            Need::Everywhere(action) if self.everywhere(caller, *action) => Ok(()),
+            Need::Everywhere(_) => Err(Refusal::Denied),
         }
     }
 
@@ -563,10 +566,16 @@ mod tests {
         );
         let bob = auth.identify(Some(&basic("bob", "b"))).await.unwrap();
         assert_eq!(auth.check(&bob, &push("app")), Err(Refusal::Denied));
-        assert_eq!(auth.check(&bob, &Need::Everything), Err(Refusal::Denied));
+        assert_eq!(
+            auth.check(&bob, &Need::Everywhere(Action::Pull)),
+            Err(Refusal::Denied)
+        );
         let alice = auth.identify(Some(&basic("alice", "a"))).await.unwrap();
         assert_eq!(auth.check(&alice, &push("app")), Ok(()));
-        assert_eq!(auth.check(&alice, &Need::Everything), Ok(()));
+        assert_eq!(
+            auth.check(&alice, &Need::Everywhere(Action::Delete)),
+            Ok(())
+        );
         assert_eq!(
             auth.challenge(&push("app"), Refusal::Unauthenticated, "http://h"),
             "Basic realm=\"ferro\""

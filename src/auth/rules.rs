@@ -116,16 +116,17 @@ impl Rules {
         }
     }
 
-    /// Whether `user` may pull every repository, present and future (a
-    /// rule with the pattern `**`): what the registry-wide event feed
-    /// needs, since it names every repository.
-    pub fn allows_pull_everywhere(&self, user: Option<&str>) -> bool {
+    /// Whether `user` may do `action` on every repository, present and
+    /// future (a rule with the pattern `**`): what registry-wide
+    /// operations need (the event feed names every repository; garbage
+    /// collection deletes from all of them).
+    pub fn allows_everywhere(&self, user: Option<&str>, action: Action) -> bool {
         match user {
             None => false,
             Some(_) if self.rules.is_empty() => true,
             Some(user) => self
                 .applying_to(user)
-                .any(|r| r.matches_all && r.actions.contains(&Action::Pull)),
+                .any(|r| r.matches_all && r.actions.contains(&action)),
         }
     }
 }
@@ -168,8 +169,9 @@ mod tests {
         assert!(!r.allows(Some("bob"), "app/web", Action::Pull));
         assert!(r.allows(Some("carol"), "public/x", Action::Pull));
         assert!(!r.allows(None, "public/x", Action::Pull));
-        assert!(r.allows_pull_everywhere(Some("root")));
-        assert!(!r.allows_pull_everywhere(Some("alice")));
+        assert!(r.allows_everywhere(Some("root"), Action::Pull));
+        assert!(!r.allows_everywhere(Some("root"), Action::Delete));
+        assert!(!r.allows_everywhere(Some("alice"), Action::Pull));
     }
 
     #[test]
@@ -178,7 +180,7 @@ mod tests {
         assert!(r.allows(Some("x"), "a", Action::Delete));
         assert!(r.allows(None, "a", Action::Pull));
         assert!(!r.allows(None, "a", Action::Push));
-        assert!(!r.allows_pull_everywhere(None));
+        assert!(!r.allows_everywhere(None, Action::Pull));
     }
 
     #[test]
