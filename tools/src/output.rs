@@ -114,20 +114,8 @@ impl LogProgress {
     }
 }
 
-/// A commit time as RFC 3339, UTC.
-pub fn rfc3339(time_unix_ns: u64) -> String {
-    jiff::Timestamp::from_nanosecond(time_unix_ns as i128)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| format!("@{time_unix_ns}ns"))
-}
-
-/// Parses an RFC 3339 time (any offset) into nanoseconds since the epoch.
-pub fn parse_time(s: &str) -> Result<u64, String> {
-    let t: jiff::Timestamp = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2025-11-27T09:00:00Z: {e}"))?;
-    u64::try_from(t.as_nanosecond()).map_err(|_| format!("{s:?} is before 1970"))
-}
+// Times are written and read as the server does.
+pub use ferro::timefmt::{parse_rfc3339 as parse_time, rfc3339};
 
 /// The data directory for a read-only command: it must exist; nothing is
 /// created and the lock is not taken.

@@ -13,9 +13,7 @@ use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, Exit};
 use crate::export;
-use crate::output::{
-    locked_data_dir, parse_time, read_only_layout, rfc3339, say, LogProgress, Out,
-};
+use crate::output::{locked_data_dir, read_only_layout, rfc3339, say, LogProgress, Out};
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -33,10 +31,7 @@ pub fn parse_at(s: &str) -> Result<AsOf, String> {
     if s.eq_ignore_ascii_case("end") || s.eq_ignore_ascii_case("latest") {
         return Ok(AsOf::End);
     }
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().map(AsOf::Seq).map_err(|e| format!("{s:?}: {e}"));
-    }
-    parse_time(s).map(AsOf::TimeUnixNs)
+    ferro::timefmt::parse_as_of(s)
 }
 
 #[derive(Serialize)]
