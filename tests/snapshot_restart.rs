@@ -4,13 +4,10 @@
 //! the state.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{client, sha256, TestServer, FERRO};
+use common::{client, sha256, TestServer};
 use ferro::datadir::Layout;
 use ferro::log::recovery::{self, RecoveryMode, ReplayFrom};
 use ferro::projection::State;
@@ -19,54 +16,11 @@ use ferro::snapshot::{self, format::encode_state};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// Starts `ferro serve` like `TestServer::start`, but keeps the lines it
-/// logs before listening (startup: which snapshot, which were rejected).
+/// Starts `ferro serve` and returns the lines it logged before listening
+/// (startup: which snapshot, which were rejected).
 fn start_keeping_startup_log(data_dir: &Path, extra: &[&str]) -> (TestServer, Vec<String>) {
-    let mut child = Command::new(FERRO)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferro");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut startup = Vec::new();
-    let addr = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                if let Some(i) = line.find("listening on http://") {
-                    break line[i + "listening on http://".len()..].trim().to_owned();
-                }
-                startup.push(line);
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("ferro did not start:\n{}", startup.join("\n"));
-            }
-        }
-    };
-    let server = TestServer {
-        child,
-        addr,
-        data_dir: data_dir.to_owned(),
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        log: rx,
-    };
+    let mut server = TestServer::start(data_dir, extra);
+    let startup = std::mem::take(&mut server.startup_log);
     (server, startup)
 }
 

@@ -18,6 +18,8 @@ pub struct TestServer {
     pub extra_args: Vec<String>,
     /// Lines the server wrote to stderr after it started listening.
     pub log: mpsc::Receiver<String>,
+    /// Lines it wrote before (startup: snapshot used or rejected, replay).
+    pub startup_log: Vec<String>,
 }
 
 impl TestServer {
@@ -73,6 +75,7 @@ impl TestServer {
             data_dir: data_dir.to_owned(),
             extra_args,
             log: rx,
+            startup_log: seen,
         }
     }
 
