@@ -18,6 +18,7 @@
 
 mod common;
 
+use ferro::storage::sim::Rng;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,21 +38,6 @@ use ferro::projection::State;
 use ferro::{snapshot, startup};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// splitmix64: deterministic per seed, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn options(segment_bytes_max: u64) -> WriterOptions {
     WriterOptions {

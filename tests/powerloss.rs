@@ -27,6 +27,7 @@
 //! `FERRO_POWERLOSS_TRIALS=2000 cargo test --release --test powerloss --
 //! --nocapture` is the long mode (the default is 100 trials, 3 crashes each).
 
+use ferro::storage::sim::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,25 +54,6 @@ const TASKS: usize = 3;
 const STEPS_PER_TASK: usize = 10;
 const EPOCHS: usize = 3;
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// splitmix64: deterministic per seed, no dependency.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// What the test knows must survive.
 #[derive(Default)]
