@@ -40,9 +40,10 @@ pub struct Config {
     pub delete_enabled: bool,
     /// `"text"` (the default) or `"json"` (one object per line).
     pub log_format: LogFormat,
-    /// One log line per request (status, latency), with its request id.
-    /// Off saves some 10% of throughput on small requests and a few
-    /// hundred bytes of log per request.
+    /// One log line per request (method, path, status, latency), with its
+    /// request id. Off by default: every write is already in the event
+    /// log with its actor, and the line costs about a quarter of the CPU
+    /// of a small read (a HEAD by tag: ~10 µs without, ~13 µs with).
     pub access_log: bool,
     pub limits: Limits,
     pub snapshots: SnapshotConfig,
@@ -239,7 +240,7 @@ impl Default for Config {
             recovery: RecoveryMode::TolerateTornTail,
             delete_enabled: true,
             log_format: LogFormat::Text,
-            access_log: true,
+            access_log: false,
             limits: Limits::default(),
             snapshots: SnapshotConfig::default(),
             history: HistoryConfig::default(),

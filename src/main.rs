@@ -62,7 +62,10 @@ struct ServeArgs {
     /// Log lines as text or as JSON objects [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// No log line per request (the access log).
+    /// One log line per request (the access log; off by default).
+    #[arg(long, conflicts_with = "no_access_log")]
+    access_log: bool,
+    /// No log line per request (the default; overrides the config file).
     #[arg(long)]
     no_access_log: bool,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
@@ -150,6 +153,9 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     c.apply_env(std::env::vars()).map_err(|e| e.to_string())?;
     if let Some(v) = args.log_format {
         c.log_format = v;
+    }
+    if args.access_log {
+        c.access_log = true;
     }
     if args.no_access_log {
         c.access_log = false;
@@ -239,12 +245,22 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
 /// Log lines to stderr, as text or JSON; `RUST_LOG` filters (default
 /// `info`). Every line of a request carries its span (request id, method,
 /// path).
-fn init_logging(format: LogFormat) {
+///
+/// Lines are written by a thread of their own through a buffer, so a
+/// request never waits for a `write(2)` to stderr (the access log wrote
+/// one per request), and lines that arrive together go out in one write.
+/// It blocks rather than drops when 128k lines are waiting. The guard
+/// flushes what is left when it is dropped, at the end of `main`.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ferro-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -256,6 +272,7 @@ fn init_logging(format: LogFormat) {
             .with_span_list(false)
             .init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -282,7 +299,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    let _log_flushed_at_exit = init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

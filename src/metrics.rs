@@ -21,6 +21,7 @@
 //! - `ferro_startup_replay_seconds`, `ferro_startup_snapshot_load_seconds`,
 //!   `ferro_startup_seconds`, `ferro_ready`
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -31,6 +32,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body::Frame;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
 
 use crate::log::LogWriter;
 use crate::projection::StateSummary;
@@ -128,6 +130,35 @@ fn describe() {
 pub fn in_flight() -> &'static metrics::Gauge {
     static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
     GAUGE.get_or_init(|| metrics::gauge!(IN_FLIGHT))
+}
+
+/// Counts and times one answered request.
+///
+/// The counter and histogram handles are looked up in the recorder once
+/// per (route, method, status) and kept: a lookup through the `metrics`
+/// macros builds and hashes the key on every call.
+pub fn record_request(
+    route: &'static str,
+    method: &'static str,
+    status: axum::http::StatusCode,
+    elapsed: Duration,
+) {
+    type Key = (&'static str, &'static str, u16);
+    type Handles = (metrics::Counter, metrics::Histogram);
+    static HANDLES: OnceLock<RwLock<HashMap<Key, Handles>>> = OnceLock::new();
+    let table = HANDLES.get_or_init(Default::default);
+    let key = (route, method, status.as_u16());
+    let seen = table.read().get(&key).cloned();
+    let (counter, histogram) = seen.unwrap_or_else(|| {
+        let handles = (
+            metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)),
+            metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
+        );
+        table.write().insert(key, handles.clone());
+        handles
+    });
+    counter.increment(1);
+    histogram.record(elapsed.as_secs_f64());
 }
 
 /// A status as a label, without an allocation for the usual ones.
@@ -289,9 +320,37 @@ pub struct Counted {
     direction: Direction,
 }
 
+/// Response bodies up to this size, whole in memory, are counted when
+/// the response leaves the handler rather than as they are sent.
+const COUNT_AT_ONCE_BYTES_MAX: u64 = 64 * 1024;
+
 impl Counted {
     pub fn wrap(inner: Body, direction: Direction) -> Body {
         Body::new(Counted { inner, direction })
+    }
+
+    /// Counts a response's body: small bodies of known size at once, the
+    /// rest (streams, large blobs) as they are sent, so a transfer cut
+    /// short counts what went out.
+    pub fn wrap_response(response: axum::response::Response) -> axum::response::Response {
+        match http_body::Body::size_hint(response.body()).exact() {
+            Some(0) => response,
+            Some(n) if n <= COUNT_AT_ONCE_BYTES_MAX => {
+                counter_of(Direction::Out).increment(n);
+                response
+            }
+            _ => response.map(|b| Counted::wrap(b, Direction::Out)),
+        }
+    }
+}
+
+/// The byte counter of a direction, looked up once.
+fn counter_of(direction: Direction) -> &'static metrics::Counter {
+    static IN: OnceLock<metrics::Counter> = OnceLock::new();
+    static OUT: OnceLock<metrics::Counter> = OnceLock::new();
+    match direction {
+        Direction::In => IN.get_or_init(|| metrics::counter!(REQUEST_BYTES)),
+        Direction::Out => OUT.get_or_init(|| metrics::counter!(RESPONSE_BYTES)),
     }
 }
 
@@ -306,11 +365,7 @@ impl http_body::Body for Counted {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                let name = match self.direction {
-                    Direction::In => REQUEST_BYTES,
-                    Direction::Out => RESPONSE_BYTES,
-                };
-                metrics::counter!(name).increment(data.len() as u64);
+                counter_of(self.direction).increment(data.len() as u64);
             }
         }
         polled

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -22,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::front::{front, Gate};
+use crate::api::front::{front, Front, Gate};
 use crate::api::{App, PastStates, UploadSessions};
 use crate::auth::Auth;
 use crate::blobs::{is_upload_id, BlobStore};
@@ -318,7 +317,7 @@ pub async fn run(
 /// left. HTTP/1.1 only; request heads are bounded in size
 /// (`header_bytes_max`) and time (`header_read_timeout_ms`, which also
 /// bounds a TLS handshake).
-async fn serve(listener: Listener, app: Router, limits: Limits, stop: CancellationToken) {
+async fn serve(listener: Listener, app: Front, limits: Limits, stop: CancellationToken) {
     let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

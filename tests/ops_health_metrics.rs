@@ -139,7 +139,7 @@ async fn health_readiness_and_metrics_move_with_requests() {
 #[tokio::test]
 async fn request_ids_in_and_out_and_in_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Ferro::start(dir.path(), None, &[], &[]);
+    let server = Ferro::start(dir.path(), None, &["--access-log"], &[]);
     let http = client();
     let r = http
         .get(server.url("/v2/nothing/manifests/here"))
@@ -173,7 +173,12 @@ async fn request_ids_in_and_out_and_in_the_log() {
 #[tokio::test]
 async fn json_logs_carry_the_request_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Ferro::start(dir.path(), None, &["--log-format", "json"], &[]);
+    let server = Ferro::start(
+        dir.path(),
+        None,
+        &["--log-format", "json", "--access-log"],
+        &[],
+    );
     let http = client();
     let r = http
         .put(server.url("/v2/app/manifests/v1"))
@@ -297,9 +302,9 @@ fn print_defaults_lists_every_setting() {
 }
 
 #[tokio::test]
-async fn the_access_log_can_be_switched_off() {
+async fn the_access_log_is_off_unless_asked_for() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Ferro::start(dir.path(), None, &["--no-access-log"], &[]);
+    let server = Ferro::start(dir.path(), None, &[], &[]);
     let r = client()
         .get(server.url("/v2/"))
         .header("x-request-id", "quiet-1")

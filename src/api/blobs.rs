@@ -117,7 +117,7 @@ pub async fn delete(
         ));
     }
     app.writer
-        .submit(ctx.actor.clone(), Command::UnlinkBlob { repo, digest })
+        .submit(ctx.actor(), Command::UnlinkBlob { repo, digest })
         .await?;
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

@@ -5,28 +5,30 @@
 //! `/metrics`; and the [`Gate`] that answers 503 until the registry is
 //! ready.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::HttpBody as _;
-use axum::extract::{Request, State};
+use axum::body::{Body, HttpBody};
+use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use tower::ServiceExt as _;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use axum::{BoxError, Router};
+use bytes::Bytes;
+use tower::{Service, ServiceExt as _};
+use tracing::Instrument as _;
 
 use super::error::{ApiError, ErrorCode};
 use super::router::router;
 use super::stall::Stalling;
 use super::App;
 use crate::metrics::{Counted, Direction};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The label of a request's route in metrics, set by the handler that
 /// answered it.
@@ -64,67 +66,167 @@ impl Gate {
 /// Everything the server answers, with request ids, tracing, metrics and
 /// the stalled-body timeout around it. With `access_log`, one line per
 /// request (status, latency) at the end of it.
-pub fn front(gate: Arc<Gate>, body_read_timeout: Duration, access_log: bool) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_page))
-        .fallback(forward)
-        .with_state(gate)
-        .layer(middleware::from_fn_with_state(body_read_timeout, observe))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!(
-                        "request",
-                        id = %id,
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                    )
-                })
-                .on_request(())
-                .on_failure(())
-                .on_response(move |r: &Response, latency: Duration, _: &tracing::Span| {
-                    if access_log {
-                        tracing::info!(
-                            status = r.status().as_u16(),
-                            latency_us = latency.as_micros() as u64,
-                            "answered"
-                        );
-                    }
-                }),
-        )
-        .layer(SetRequestIdLayer::new(request_id, SequentialRequestId))
+///
+/// One hand-written pass rather than a stack of layers and an outer
+/// router: every request goes through it, and each layer cost a future,
+/// an allocation or a lookup of its own (a HEAD by tag took about twice
+/// the CPU of the route itself).
+pub fn front(gate: Arc<Gate>, body_read_timeout: Duration, access_log: bool) -> Front {
+    Front {
+        shared: Arc::new(Shared {
+            gate,
+            body_read_timeout,
+            access_log,
+        }),
+    }
+}
+
+/// The service [`front`] makes; cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct Front {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    gate: Arc<Gate>,
+    body_read_timeout: Duration,
+    access_log: bool,
+}
+
+impl<B> Service<axum::http::Request<B>> for Front
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { Ok(shared.answer(req.map(Body::new)).await) })
+    }
+}
+
+impl Shared {
+    /// Request id in, span around, metrics and access log after, id out.
+    async fn answer(&self, mut req: Request) -> Response {
+        let started = Instant::now();
+        let id = match req.headers().get(REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = make_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let method = method_label(req.method());
+        let span = tracing::info_span!(
+            "request",
+            id = %id.to_str().unwrap_or(""),
+            method = %method,
+            path = %req.uri().path(),
+        );
+        let req = if req.body().is_end_stream() {
+            req
+        } else {
+            req.map(|b| Counted::wrap(Stalling::wrap(b, self.body_read_timeout), Direction::In))
+        };
+        let in_flight = crate::metrics::in_flight();
+        in_flight.increment(1.0);
+        let (route, mut response) = self.route(req).instrument(span.clone()).await;
+        in_flight.decrement(1.0);
+        let elapsed = started.elapsed();
+        let route = response
+            .extensions()
+            .get::<RouteLabel>()
+            .map_or(route, |r| r.0);
+        crate::metrics::record_request(route, method, response.status(), elapsed);
+        if self.access_log {
+            span.in_scope(|| {
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency_us = elapsed.as_micros() as u64,
+                    "answered"
+                )
+            });
+        }
+        response.headers_mut().insert(REQUEST_ID, id);
+        Counted::wrap_response(response)
+    }
+
+    /// The fixed endpoints, or the registry once the gate is open. The
+    /// label is the route's for metrics unless the registry's handler
+    /// sets its own.
+    async fn route(&self, req: Request) -> (&'static str, Response) {
+        let fixed = match req.uri().path() {
+            "/healthz" => Some("healthz"),
+            "/readyz" => Some("readyz"),
+            "/metrics" => Some("metrics"),
+            _ => None,
+        };
+        if let Some(label) = fixed {
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                let r = (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    [(header::ALLOW, "GET, HEAD")],
+                )
+                    .into_response();
+                return (label, r);
+            }
+            let mut r = match label {
+                "healthz" => "ok".into_response(),
+                "readyz" => readyz(&self.gate),
+                _ => metrics_page(&self.gate),
+            };
+            if req.method() == Method::HEAD {
+                *r.body_mut() = Body::empty();
+            }
+            return (label, r);
+        }
+        let label = if req.uri().path() == "/auth/token" {
+            "token"
+        } else {
+            "other"
+        };
+        let r = match self.gate.ready.get() {
+            Some((router, _)) => router.clone().oneshot(req).await.into_response(),
+            None => {
+                let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+        };
+        (label, r)
+    }
 }
 
 /// Request ids for requests that bring none: a random prefix drawn once
 /// per process and a counter, `<prefix>-<n>`. Unique without a system
 /// call per request (a v4 UUID reads the system's random source each
 /// time).
-#[derive(Clone, Copy)]
-struct SequentialRequestId;
-
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        static PREFIX: OnceLock<String> = OnceLock::new();
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let prefix =
-            PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{prefix}-{n}"))
-            .ok()
-            .map(RequestId::new)
-    }
+fn make_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // 12 hex digits, a dash and at most 20 digits: no allocation but the
+    // header value's own.
+    let mut buf = [0u8; 40];
+    let mut w = &mut buf[..];
+    let _ = std::io::Write::write_fmt(&mut w, format_args!("{prefix}-{n}"));
+    let len = 40 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).expect("hex, dash and digits")
 }
 
-async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
+fn readyz(gate: &Gate) -> Response {
     if gate.is_ready() {
         "ready".into_response()
     } else if gate.app().is_some() {
@@ -138,7 +240,7 @@ async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
     }
 }
 
-async fn metrics_page(State(gate): State<Arc<Gate>>) -> Response {
+fn metrics_page(gate: &Gate) -> Response {
     let text = match gate.app() {
         Some(app) => {
             let summary = app.state.read().summary();
@@ -147,58 +249,6 @@ async fn metrics_page(State(gate): State<Arc<Gate>>) -> Response {
         None => crate::metrics::render(None),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-async fn forward(State(gate): State<Arc<Gate>>, req: Request) -> Response {
-    match gate.ready.get() {
-        Some((router, _)) => router.clone().oneshot(req).await.into_response(),
-        None => {
-            let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")
-                .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
-    }
-}
-
-/// Counts and times every request, counts body bytes both ways, and fails
-/// request bodies that stall.
-async fn observe(State(body_read_timeout): State<Duration>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let fixed = match req.uri().path() {
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        "/auth/token" => "token",
-        _ => "other",
-    };
-    let req = if req.body().is_end_stream() {
-        req
-    } else {
-        req.map(|b| Counted::wrap(Stalling::wrap(b, body_read_timeout), Direction::In))
-    };
-    let in_flight = crate::metrics::in_flight();
-    in_flight.increment(1.0);
-    let response = next.run(req).await;
-    in_flight.decrement(1.0);
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map(|r| r.0)
-        .unwrap_or(fixed);
-    metrics::counter!(
-        crate::metrics::REQUESTS,
-        "route" => route,
-        "method" => method,
-        "status" => crate::metrics::status_label(response.status()),
-    )
-    .increment(1);
-    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    response.map(|b| Counted::wrap(b, Direction::Out))
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -221,7 +271,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::HeaderMap;
 
-    async fn get(router: &Router, path: &str) -> (StatusCode, String, HeaderMap) {
+    async fn get(router: &Front, path: &str) -> (StatusCode, String, HeaderMap) {
         let request = Request::get(path).body(Body::empty()).expect("request");
         let r = router.clone().oneshot(request).await.expect("infallible");
         let status = r.status();

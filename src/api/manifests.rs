@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::body::read_limited;
@@ -22,7 +22,7 @@ pub fn get(
     reference: &Reference,
     head: bool,
 ) -> ApiResult<Response> {
-    let (digest, media_type, body) = {
+    let response = {
         let r = state.repo(repo).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NameUnknown,
@@ -40,28 +40,36 @@ pub fn get(
             .manifests
             .get(digest)
             .ok_or_else(|| ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"))?;
-        (digest.clone(), m.media_type.clone(), m.body.clone())
+        let mut response = if head {
+            Body::empty().into_response()
+        } else {
+            Body::from(m.body.clone()).into_response()
+        };
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len()));
+        if let Ok(v) = HeaderValue::from_str(&m.media_type) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        digest_headers(h, digest);
+        response
     };
-    let mut response = if head {
-        Body::empty().into_response()
-    } else {
-        Body::from(body.clone()).into_response()
-    };
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Ok(v) = HeaderValue::from_str(&media_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    digest_headers(h, &digest);
     Ok(response)
 }
 
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+
 pub fn digest_headers(h: &mut HeaderMap, digest: &Digest) {
     if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
-        h.insert("Docker-Content-Digest", v);
+        h.insert(CONTENT_DIGEST, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-        h.insert(header::ETAG, v);
+    // `"<digest>"`, built on the stack: the longest digest is sha512's.
+    let mut etag = [b'"'; 2 + 7 + 128];
+    let d = digest.as_str().as_bytes();
+    if d.len() + 2 <= etag.len() {
+        etag[1..1 + d.len()].copy_from_slice(d);
+        if let Ok(v) = HeaderValue::from_bytes(&etag[..d.len() + 2]) {
+            h.insert(header::ETAG, v);
+        }
     }
 }
 
@@ -141,7 +149,7 @@ pub async fn put(
         artifact_type: parsed.artifact_type,
         tags: tags.clone(),
     };
-    app.writer.submit(ctx.actor.clone(), command).await?;
+    app.writer.submit(ctx.actor(), command).await?;
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("/v2/{repo}/manifests/{digest}")) {
@@ -195,6 +203,6 @@ pub async fn delete(
         Reference::Digest(digest) => Command::DeleteManifest { repo, digest },
         Reference::Tag(tag) => Command::DeleteTag { repo, tag },
     };
-    app.writer.submit(ctx.actor.clone(), command).await?;
+    app.writer.submit(ctx.actor(), command).await?;
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

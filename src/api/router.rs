@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, HttpBody as _};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -32,10 +32,25 @@ use super::{blobs, ext, listing, manifests, referrers, token, uploads, App};
 use crate::auth::Caller;
 use crate::events::Actor;
 
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
 /// Who is asking: recorded as the actor of the events a request causes.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    pub actor: Actor,
+    /// The authenticated user, `None` when anonymous.
+    pub user: Option<String>,
+    pub peer: SocketAddr,
+}
+
+impl RequestContext {
+    /// The actor of the events this request causes (the peer address is
+    /// only formatted for requests that write).
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user: self.user.clone(),
+            peer: Some(self.peer.to_string()),
+        }
+    }
 }
 
 /// The registry's routes, once it is ready.
@@ -89,9 +104,7 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut ctx = RequestContext {
-        actor: Actor::anonymous(Some(peer.to_string())),
-    };
+    let mut ctx = RequestContext { user: None, peer };
     let query = uri.query().unwrap_or("");
     let mut label = "not_found";
     // Only a body that has bytes to come needs watching (GET and HEAD
@@ -112,7 +125,7 @@ async fn dispatch(
             match authorize(&app, &route, &method, query, &headers).await {
                 Err(refused) => refused.into_response(),
                 Ok(caller) => {
-                    ctx.actor.user = caller.user.clone();
+                    ctx.user = caller.user.clone();
                     let rewritten = without_unreadable_mount(&app, &caller, query);
                     let query = rewritten.as_deref().unwrap_or(query);
                     serve_route(&app, &ctx, &caller, route, &method, query, &headers, body).await
@@ -125,10 +138,7 @@ async fn dispatch(
     }
     response.extensions_mut().insert(RouteLabel(label));
     let h = response.headers_mut();
-    h.insert(
-        "Docker-Distribution-API-Version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     if let Some(tail) = tail {
         let expects_continue = headers
             .get(header::EXPECT)

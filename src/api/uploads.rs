@@ -98,7 +98,7 @@ pub async fn start(
             digest: digest.clone(),
             from,
         };
-        match app.writer.submit(ctx.actor.clone(), command).await {
+        match app.writer.submit(ctx.actor(), command).await {
             Ok(_) => return Ok(blob_created(&repo, &digest)),
             // Cannot mount: open an ordinary session instead (the spec's 202).
             Err(SubmitError::Rejected(Rejection::MountSourceMissing)) => {}
@@ -112,7 +112,7 @@ pub async fn start(
     let id = new_upload_id();
     app.writer
         .submit(
-            ctx.actor.clone(),
+            ctx.actor(),
             Command::StartUpload {
                 repo: repo.clone(),
                 upload: id.clone(),
@@ -156,7 +156,7 @@ async fn monolithic(
     };
     app.writer
         .submit(
-            ctx.actor.clone(),
+            ctx.actor(),
             Command::LinkUploadedBlob {
                 repo: repo.clone(),
                 digest: digest.clone(),
@@ -385,7 +385,7 @@ pub async fn patch(
             length,
             crc32,
         };
-        if let Err(e) = app.writer.submit(ctx.actor.clone(), command).await {
+        if let Err(e) = app.writer.submit(ctx.actor(), command).await {
             cut_back(&staging, offset).await;
             return Err(e.into());
         }
@@ -472,7 +472,7 @@ pub async fn finish(
                 // nothing is stored (distribution does the same).
                 app.writer
                     .submit(
-                        ctx.actor.clone(),
+                        ctx.actor(),
                         Command::CancelUpload {
                             upload: id.clone(),
                             reason: CancelReason::DigestMismatch,
@@ -494,7 +494,7 @@ pub async fn finish(
         size,
         last_chunk: Some(last_chunk),
     };
-    app.writer.submit(ctx.actor.clone(), command).await?;
+    app.writer.submit(ctx.actor(), command).await?;
     drop(session);
     app.sessions.remove(&id);
     Ok(blob_created(&repo, &digest))
@@ -517,7 +517,7 @@ pub async fn cancel(
     upload_size(app, &repo, &id)?;
     app.writer
         .submit(
-            ctx.actor.clone(),
+            ctx.actor(),
             Command::CancelUpload {
                 upload: id.clone(),
                 reason: CancelReason::ClientDeleted,

@@ -101,7 +101,7 @@ async fn submit(
     command: Command,
     digest: &Digest,
 ) -> ApiResult<Response> {
-    let committed = app.writer.submit(ctx.actor.clone(), command).await?;
+    let committed = app.writer.submit(ctx.actor(), command).await?;
     let status = if committed.seq.is_some() {
         StatusCode::CREATED
     } else {
