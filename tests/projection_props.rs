@@ -567,6 +567,11 @@ impl Observed {
                 Some(_) => Outcome::Logged,
                 None => Outcome::Rejected("UploadUnknown"),
             },
+            // Not generated: the manifest policy's re-check has its own
+            // tests (`commands::tests`, `tests/gc_untagged.rs`).
+            Command::CollectManifests { .. } | Command::RecordGcRun(_) => {
+                unreachable!("no op resolves to {command:?}")
+            }
         }
     }
 }
@@ -1112,6 +1117,15 @@ fn arb_event() -> impl Strategy<Value = Event> {
                 subject,
                 referrer,
             }
+        }),
+        any::<[u64; 7]>().prop_map(|n| Event::GcCompleted {
+            mark_seq: n[0],
+            manifests_deleted: n[1],
+            blobs_deleted: n[2],
+            bytes_freed: n[3],
+            orphans_removed: n[4],
+            orphan_bytes_freed: n[5],
+            duration_ms: n[6],
         }),
     ]
 }
