@@ -178,6 +178,7 @@ fn collect(dir: &Path, dry_run: bool) {
     let options = GcOptions {
         retention: Retention::For(Duration::ZERO),
         grace: Duration::ZERO,
+        untagged_older_than: None,
         dry_run,
     };
     let started = Instant::now();

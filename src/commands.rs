@@ -92,6 +92,33 @@ pub enum Command {
         mark_seq: u64,
         blobs: Vec<Collectable>,
     },
+    /// Garbage collection's untagged-manifest policy: delete manifests of
+    /// `repo` that a mark phase found untagged, put at or before record
+    /// `put_seq_max`, and needed by no kept manifest. `plan` re-checks
+    /// each one against the current state: one tagged since, put again
+    /// since, or reachable from any manifest this command does not delete
+    /// (see `Repo::reachable_manifests`) is kept. The rest go as a
+    /// manifest DELETE would remove them.
+    CollectManifests {
+        repo: RepoName,
+        put_seq_max: u64,
+        digests: Vec<Digest>,
+    },
+    /// Garbage collection: put a finished run's figures on the record.
+    RecordGcRun(GcRun),
+}
+
+/// The figures of a finished garbage collection run (see
+/// `Event::GcCompleted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcRun {
+    pub mark_seq: u64,
+    pub manifests_deleted: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub orphans_removed: u64,
+    pub orphan_bytes_freed: u64,
+    pub duration_ms: u64,
 }
 
 /// A blob the mark phase found unreferenced.
@@ -221,6 +248,24 @@ impl Command {
                         .chain(c.linked_in.iter().map(|r| key(("b", r, &c.digest))))
                 })
                 .collect(),
+            Command::CollectManifests { repo, digests, .. } => {
+                // A put that tags one of them, references one as a child
+                // or names one as its subject holds its ("m", repo, d).
+                let mut k: Vec<Key> = digests.iter().map(|d| key(("m", repo, d))).collect();
+                // The references it drops, as for a manifest DELETE.
+                if let Some(r) = state.repo(repo) {
+                    k.extend(
+                        digests
+                            .iter()
+                            .filter_map(|d| r.manifests.get(d))
+                            .flat_map(|m| &m.blobs)
+                            .map(|b| key(("B", b))),
+                    );
+                }
+                k
+            }
+            // Reads and writes nothing the others touch.
+            Command::RecordGcRun(_) => Vec::new(),
         }
     }
 
@@ -481,6 +526,20 @@ impl Command {
                 }])
             }
             Command::CollectBlobs { mark_seq, blobs } => Ok(plan_collect(state, *mark_seq, blobs)),
+            Command::CollectManifests {
+                repo,
+                put_seq_max,
+                digests,
+            } => Ok(plan_collect_manifests(state, repo, *put_seq_max, digests)),
+            Command::RecordGcRun(run) => Ok(vec![Event::GcCompleted {
+                mark_seq: run.mark_seq,
+                manifests_deleted: run.manifests_deleted,
+                blobs_deleted: run.blobs_deleted,
+                bytes_freed: run.bytes_freed,
+                orphans_removed: run.orphans_removed,
+                orphan_bytes_freed: run.orphan_bytes_freed,
+                duration_ms: run.duration_ms,
+            }]),
         }
     }
 }
@@ -525,4 +584,157 @@ fn plan_collect(state: &State, mark_seq: u64, blobs: &[Collectable]) -> Vec<Even
         });
     }
     events
+}
+
+/// The events that delete those of `digests` that are still untagged, put
+/// at or before `put_seq_max`, and unreachable from every manifest of
+/// `repo` this command does not delete. Tagged manifests are never
+/// deleted here, so the events are those of a manifest DELETE of an
+/// untagged manifest: one `ManifestDeleted` each.
+fn plan_collect_manifests(
+    state: &State,
+    repo: &RepoName,
+    put_seq_max: u64,
+    digests: &[Digest],
+) -> Vec<Event> {
+    let Some(r) = state.repo(repo) else {
+        return Vec::new(); // the repository is gone, and its manifests with it
+    };
+    let listed: std::collections::HashSet<&Digest> = digests.iter().collect();
+    // Everything not listed is a root, whatever its age: only a manifest
+    // the mark chose can go, and only if nothing left behind needs it.
+    let kept = r.reachable_manifests(|d, m| !listed.contains(d) || m.put_seq > put_seq_max);
+    let mut seen = std::collections::HashSet::new();
+    digests
+        .iter()
+        .filter(|d| seen.insert(*d))
+        .filter(|d| r.manifests.contains_key(*d) && !kept.contains(d))
+        .map(|d| {
+            debug_assert!(
+                !r.tags.values().any(|t| t == d),
+                "a tagged manifest is kept"
+            );
+            Event::ManifestDeleted {
+                repo: repo.clone(),
+                digest: d.clone(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::events::Entry;
+
+    fn d(i: u8) -> Digest {
+        Digest::parse(&format!("sha256:{}", format!("{i:02x}").repeat(32))).unwrap()
+    }
+
+    fn put(
+        repo: &RepoName,
+        i: u8,
+        children: &[u8],
+        subject: Option<u8>,
+        tag: Option<&str>,
+    ) -> Command {
+        Command::PutManifest {
+            repo: repo.clone(),
+            digest: d(i),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            body: Bytes::from(vec![i]),
+            blobs: Vec::new(),
+            manifests: children.iter().map(|c| d(*c)).collect(),
+            subject: subject.map(d),
+            artifact_type: None,
+            tags: tag.map(|t| Tag::parse(t).unwrap()).into_iter().collect(),
+        }
+    }
+
+    fn run(state: &mut State, command: &Command) -> Vec<Event> {
+        let events = command.plan(state).unwrap();
+        if !events.is_empty() {
+            let entry = Entry {
+                actor: crate::events::Actor::system(),
+                events: events.clone(),
+            };
+            state.apply(state.last_seq + 1, state.last_seq + 1, &entry);
+        }
+        events
+    }
+
+    fn deleted(events: &[Event]) -> Vec<Digest> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::ManifestDeleted { digest, .. } => digest.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn collecting_manifests_rechecks_tags_puts_and_references() {
+        let app = RepoName::parse("app").unwrap();
+        let mut state = State::default();
+        for i in 1..=4 {
+            run(&mut state, &put(&app, i, &[], None, None));
+        }
+        let mark_seq = state.last_seq;
+        let collect = Command::CollectManifests {
+            repo: app.clone(),
+            put_seq_max: mark_seq,
+            digests: (1..=4).map(d).collect(),
+        };
+        // After the mark: 1 tagged, 2 becomes a child of a new index, 3
+        // gets a referrer, 4 is left alone.
+        run(
+            &mut state,
+            &Command::SetTag {
+                repo: app.clone(),
+                tag: Tag::parse("v1").unwrap(),
+                digest: d(1),
+            },
+        );
+        run(&mut state, &put(&app, 10, &[2], None, None));
+        run(&mut state, &put(&app, 11, &[], Some(3), None));
+        assert_eq!(deleted(&run(&mut state, &collect)), [d(4)]);
+        assert!(state.repo(&app).unwrap().manifests.contains_key(&d(1)));
+        // Planned again, nothing is left to delete.
+        assert!(collect.plan(&state).unwrap().is_empty());
+    }
+
+    #[test]
+    fn collecting_manifests_keeps_what_an_unlisted_or_newer_manifest_needs() {
+        let app = RepoName::parse("app").unwrap();
+        let mut state = State::default();
+        run(&mut state, &put(&app, 2, &[], None, None));
+        run(&mut state, &put(&app, 1, &[2], None, None));
+        run(&mut state, &put(&app, 3, &[], None, None));
+        run(&mut state, &put(&app, 4, &[], Some(3), None));
+        let put_seq_max = state.last_seq;
+        // 3 is re-put after the mark (a new media type logs a new put).
+        let mut again = put(&app, 3, &[], None, None);
+        if let Command::PutManifest { media_type, .. } = &mut again {
+            *media_type = "application/vnd.oci.image.manifest.v1+json".into();
+        }
+        run(&mut state, &again);
+        // The index 1 is not listed: its child 2 stays. 3 is newer than
+        // the cutoff: its referrer 4 stays with it.
+        let collect = Command::CollectManifests {
+            repo: app.clone(),
+            put_seq_max,
+            digests: vec![d(2), d(3), d(4)],
+        };
+        assert!(collect.plan(&state).unwrap().is_empty());
+        // Listed together, the index and its child both go.
+        let collect = Command::CollectManifests {
+            repo: app.clone(),
+            put_seq_max,
+            digests: vec![d(1), d(2), d(2)],
+        };
+        assert_eq!(deleted(&collect.plan(&state).unwrap()), [d(1), d(2)]);
+    }
 }

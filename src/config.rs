@@ -503,9 +503,34 @@ mod tests {
             "[auth.token]",
             "lifetime_secs",
             "[auth.token.external]",
+            "[gc]",
+            "untagged_manifests_older_than = \"off\"",
         ] {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn untagged_manifest_policy_setting() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(Config::default().gc.untagged_manifests_older_than, None);
+        let c: Config = toml::from_str("[gc]\nuntagged_manifests_older_than = \"30d\"\n").unwrap();
+        assert_eq!(c.gc.untagged_manifests_older_than, Some(30 * day));
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let c: Config = toml::from_str("[gc]\nuntagged_manifests_older_than = \"off\"\n").unwrap();
+        assert_eq!(c.gc.untagged_manifests_older_than, None);
+        assert!(toml::from_str::<Config>("[gc]\nuntagged_manifests_older_than = \"old\"").is_err());
+        let mut c = Config::default();
+        c.apply_env([(
+            "FERRO_GC__UNTAGGED_MANIFESTS_OLDER_THAN".to_owned(),
+            "1s".to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(
+            c.gc.untagged_manifests_older_than,
+            Some(std::time::Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -151,6 +151,24 @@ pub enum Event {
         subject: Digest,
         referrer: Digest,
     },
+    /// A garbage collection run finished (dry runs are not logged): what
+    /// it did, for the record. It changes nothing in the state; the
+    /// deletions themselves are the `ManifestDeleted`, `BlobUnlinked` and
+    /// `BlobDeleted` events logged before it.
+    GcCompleted {
+        /// The sequence number the run's blob mark phase read the state at.
+        mark_seq: u64,
+        /// Untagged manifests deleted by the age policy.
+        manifests_deleted: u64,
+        blobs_deleted: u64,
+        /// Bytes of those blobs.
+        bytes_freed: u64,
+        /// Files in the store that no event accounted for, removed.
+        orphans_removed: u64,
+        orphan_bytes_freed: u64,
+        /// Wall time of the whole run.
+        duration_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,10 +199,11 @@ impl Event {
             Event::UploadCompleted { .. } => "upload_completed",
             Event::UploadCancelled { .. } => "upload_cancelled",
             Event::ReferrerRegistered { .. } => "referrer_registered",
+            Event::GcCompleted { .. } => "gc_completed",
         }
     }
 
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "manifest_put",
         "tag_set",
         "tag_deleted",
@@ -197,6 +216,7 @@ impl Event {
         "upload_completed",
         "upload_cancelled",
         "referrer_registered",
+        "gc_completed",
     ];
 
     /// The repository the event concerns, when it concerns one.
@@ -213,7 +233,8 @@ impl Event {
             Event::BlobDeleted { .. }
             | Event::UploadChunk { .. }
             | Event::UploadCompleted { .. }
-            | Event::UploadCancelled { .. } => None,
+            | Event::UploadCancelled { .. }
+            | Event::GcCompleted { .. } => None,
         }
     }
 }

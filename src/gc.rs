@@ -1,6 +1,14 @@
-//! Garbage collection: deletes blobs that no retained manifest references.
+//! Garbage collection: deletes blobs that no retained manifest references,
+//! and, when the policy is set, untagged manifests older than an age.
 //!
-//! A run has two phases.
+//! A run first applies the untagged-manifest policy
+//! (`gc.untagged_manifests_older_than`, off by default; see
+//! [`mark_untagged`]): in each repository, the manifests put at or before
+//! `now - age` that neither a tag nor a younger manifest reaches (as a
+//! child of an index, as the subject of a referrer, or as a referrer of a
+//! reached manifest) go through [`Command::CollectManifests`], whose
+//! `plan` re-checks them against the current state. Then the blobs, in
+//! two phases.
 //!
 //! - **Mark**, on a copy of the state at `mark_seq`, reading only. A blob
 //!   is kept when a retained manifest references it, or when it was linked
@@ -20,6 +28,13 @@
 //!   (see `blobs::DigestLocks`), so an upload of the same bytes cannot
 //!   commit its file in between and log a link to a file about to vanish.
 //!
+//! A manifest deleted by the policy is still in the history: while its
+//! put or its life is inside the retention window it is retained like any
+//! other, so its blobs go only once the window has passed it.
+//!
+//! A real run ends with `Event::GcCompleted` on the record (its figures),
+//! and every run updates the `ferro_gc_*` metrics.
+//!
 //! Crash safety: a crash leaves either the blob (nothing logged), or a
 //! logged deletion and a file without an event, an orphan. Each run also
 //! removes orphan files (not in the state, unmodified for the grace
@@ -38,7 +53,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::BlobStore;
-use crate::commands::{Collectable, Command};
+use crate::commands::{Collectable, Command, GcRun};
 use crate::compaction::Retention;
 use crate::datadir::Layout;
 use crate::events::{Actor, Event};
@@ -48,11 +63,18 @@ use crate::oci::{Digest, RepoName};
 use crate::projection::State;
 use crate::replay::{self, AsOf, ReplayError};
 
+mod untagged;
+pub use untagged::{mark_untagged, UntaggedMarked};
+
 /// Blobs per `CollectBlobs` command: one log record each, small enough
 /// that a batch's lock stripes are held only briefly.
 pub const COLLECT_BATCH_BLOBS_MAX: usize = 512;
 /// Most blobs a report lists by name (the counts cover all of them).
 pub const REPORT_LISTED_BLOBS_MAX: usize = 10_000;
+/// Manifests per `CollectManifests` command (one log record each).
+pub const COLLECT_BATCH_MANIFESTS_MAX: usize = 512;
+/// Most manifests a report lists by name (the counts cover all of them).
+pub const REPORT_LISTED_MANIFESTS_MAX: usize = 10_000;
 
 /// The `[gc]` section of the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +90,11 @@ pub struct GcConfig {
     /// manifest references them yet (a push in progress), e.g. `"1h"`.
     #[serde(with = "duration_text")]
     pub grace: Duration,
+    /// Delete untagged manifests put at least this long ago, e.g. `"30d"`
+    /// (see [`mark_untagged`] for what counts as untagged); `"off"` (the
+    /// default) keeps every manifest.
+    #[serde(with = "optional_duration_text")]
+    pub untagged_manifests_older_than: Option<Duration>,
 }
 
 impl Default for GcConfig {
@@ -76,6 +103,7 @@ impl Default for GcConfig {
             enabled: false,
             interval: Duration::from_secs(6 * 3600),
             grace: Duration::from_secs(3600),
+            untagged_manifests_older_than: None,
         }
     }
 }
@@ -96,12 +124,51 @@ mod duration_text {
     }
 }
 
+/// An optional duration: `"off"` for none (TOML has no null).
+mod optional_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            None => s.serialize_str(super::OFF),
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_optional_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How an unset optional duration is spelled.
+const OFF: &str = "off";
+
+/// `"off"` (or `"none"`, or empty) for none, else a duration as
+/// [`parse_duration`] reads it.
+pub fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "" | OFF | "none" => Ok(None),
+        _ => parse_duration(s).map(Some),
+    }
+}
+
+fn optional_duration_label(d: Option<Duration>) -> String {
+    match d {
+        None => OFF.to_owned(),
+        Some(d) => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// The collector as the server holds it, with its settings.
 #[derive(Clone)]
 pub struct GcService {
     pub collector: Arc<Collector>,
     pub grace: Duration,
     pub retention: Retention,
+    pub untagged_older_than: Option<Duration>,
 }
 
 impl GcService {
@@ -110,6 +177,7 @@ impl GcService {
             collector: Arc::new(collector),
             grace: config.grace,
             retention,
+            untagged_older_than: config.untagged_manifests_older_than,
         }
     }
 
@@ -117,6 +185,7 @@ impl GcService {
         GcOptions {
             retention: self.retention,
             grace: self.grace,
+            untagged_older_than: self.untagged_older_than,
             dry_run,
         }
     }
@@ -134,6 +203,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub struct GcOptions {
     pub retention: Retention,
     pub grace: Duration,
+    /// Delete untagged manifests put at least this long ago (`None`: keep
+    /// them all).
+    pub untagged_older_than: Option<Duration>,
     /// Only report what would go.
     pub dry_run: bool,
 }
@@ -143,6 +215,14 @@ pub struct GcOptions {
 pub struct CollectedBlob {
     pub digest: Digest,
     pub size: u64,
+}
+
+/// A manifest deleted by the untagged policy (or, in a dry run, that would
+/// be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CollectedManifest {
+    pub repo: RepoName,
+    pub digest: Digest,
 }
 
 /// The outcome of one run: logged, returned by the endpoint and by
@@ -155,6 +235,14 @@ pub struct GcReport {
     pub mark_seq: u64,
     pub retention: String,
     pub grace_s: u64,
+    /// The untagged-manifest policy: `"off"` or its age.
+    pub untagged_manifests_older_than: String,
+    /// Untagged manifests the policy found, deleted (in a dry run: that
+    /// would be).
+    pub manifests_deleted: u64,
+    /// Found by the policy but tagged, put again or referenced before
+    /// their deletion was planned: kept.
+    pub manifests_kept_by_recheck: u64,
     /// Manifests whose blobs were kept (live, or in the retention window).
     pub manifests_retained: u64,
     /// Blobs in the store at the mark.
@@ -179,6 +267,10 @@ pub struct GcReport {
     /// [`REPORT_LISTED_BLOBS_MAX`].
     pub blobs: Vec<CollectedBlob>,
     pub blobs_listed_truncated: bool,
+    /// The manifests deleted (or that would be), at most
+    /// [`REPORT_LISTED_MANIFESTS_MAX`].
+    pub manifests: Vec<CollectedManifest>,
+    pub manifests_listed_truncated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +326,23 @@ impl Collector {
     pub async fn run(&self, options: &GcOptions) -> Result<GcReport, GcError> {
         let _running = self.running.try_lock().map_err(|_| GcError::Busy)?;
         let started = Instant::now();
+        let started_unix_ns = unix_ns(SystemTime::now());
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            started_unix_ns,
+            retention: options.retention.to_string(),
+            grace_s: options.grace.as_secs(),
+            untagged_manifests_older_than: optional_duration_label(options.untagged_older_than),
+            ..GcReport::default()
+        };
+        if let Some(age) = options.untagged_older_than {
+            let cutoff_unix_ns = started_unix_ns.saturating_sub(age.as_nanos() as u64);
+            self.collect_manifests(cutoff_unix_ns, options.dry_run, &mut report)
+                .await?;
+        }
+        // The blob mark runs on the state after those deletions, which it
+        // reads as history like any other (the retention window).
+        let mark_started = Instant::now();
         let now_unix_ns = unix_ns(SystemTime::now());
         let mark_state = self.state.read().clone();
         let layout = self.layout.clone();
@@ -243,20 +352,12 @@ impl Collector {
         })
         .await
         .map_err(|e| GcError::Task(e.to_string()))??;
-        let mark_ms = started.elapsed().as_millis() as u64;
-        let mut report = GcReport {
-            dry_run: options.dry_run,
-            started_unix_ns: now_unix_ns,
-            mark_seq: marked.mark_seq,
-            retention: options.retention.to_string(),
-            grace_s: options.grace.as_secs(),
-            manifests_retained: marked.manifests_retained,
-            blobs_examined: marked.blobs_examined,
-            blobs_unreferenced: marked.unreferenced.len() as u64,
-            records_scanned: marked.records_scanned,
-            mark_ms,
-            ..GcReport::default()
-        };
+        report.mark_seq = marked.mark_seq;
+        report.manifests_retained = marked.manifests_retained;
+        report.blobs_examined = marked.blobs_examined;
+        report.blobs_unreferenced = marked.unreferenced.len() as u64;
+        report.records_scanned = marked.records_scanned;
+        report.mark_ms = mark_started.elapsed().as_millis() as u64;
         let sweep_started = Instant::now();
         if options.dry_run {
             for (c, size) in &marked.unreferenced {
@@ -270,11 +371,17 @@ impl Collector {
             .await?;
         report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
         report.total_ms = started.elapsed().as_millis() as u64;
+        if !options.dry_run {
+            self.record(&report).await;
+        }
         tracing::info!(
             dry_run = report.dry_run,
             mark_seq = report.mark_seq,
             retention = %report.retention,
             grace_s = report.grace_s,
+            untagged_manifests_older_than = %report.untagged_manifests_older_than,
+            manifests_deleted = report.manifests_deleted,
+            manifests_kept_by_recheck = report.manifests_kept_by_recheck,
             manifests_retained = report.manifests_retained,
             blobs_examined = report.blobs_examined,
             blobs_unreferenced = report.blobs_unreferenced,
@@ -288,8 +395,31 @@ impl Collector {
             total_ms = report.total_ms,
             "garbage collection finished"
         );
+        crate::metrics::record_gc(&report);
         *self.last_report.lock() = Some(report.clone());
         Ok(report)
+    }
+
+    /// Puts the run's figures on the record. The deletions are logged
+    /// already; a summary that cannot be logged (the writer stopping) is
+    /// only a warning.
+    async fn record(&self, report: &GcReport) {
+        let run = GcRun {
+            mark_seq: report.mark_seq,
+            manifests_deleted: report.manifests_deleted,
+            blobs_deleted: report.blobs_deleted,
+            bytes_freed: report.bytes_freed,
+            orphans_removed: report.orphans_removed,
+            orphan_bytes_freed: report.orphan_bytes_freed,
+            duration_ms: report.total_ms,
+        };
+        if let Err(e) = self
+            .writer
+            .submit(Actor::system(), Command::RecordGcRun(run))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot log the garbage collection's summary");
+        }
     }
 
     async fn sweep(&self, marked: &Marked, report: &mut GcReport) -> Result<(), GcError> {
@@ -387,6 +517,18 @@ impl Collector {
 }
 
 impl GcReport {
+    fn note_manifest_deleted(&mut self, repo: &RepoName, digest: &Digest) {
+        self.manifests_deleted += 1;
+        if self.manifests.len() < REPORT_LISTED_MANIFESTS_MAX {
+            self.manifests.push(CollectedManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            });
+        } else {
+            self.manifests_listed_truncated = true;
+        }
+    }
+
     fn note_deleted(&mut self, digest: &Digest, size: u64) {
         self.blobs_deleted += 1;
         self.bytes_freed += size;
@@ -608,6 +750,7 @@ pub fn spawn_schedule(
             let options = GcOptions {
                 retention,
                 grace: config.grace,
+                untagged_older_than: config.untagged_manifests_older_than,
                 dry_run: false,
             };
             match collector.run(&options).await {

@@ -205,7 +205,8 @@ fn change_of(event: &Event) -> Option<Change> {
         | Event::UploadStarted { .. }
         | Event::UploadChunk { .. }
         | Event::UploadCompleted { .. }
-        | Event::UploadCancelled { .. } => return None,
+        | Event::UploadCancelled { .. }
+        | Event::GcCompleted { .. } => return None,
     })
 }
 

@@ -7,6 +7,15 @@
 //! - `ferro_http_requests_in_flight`
 //! - `ferro_auth_refusals_total{reason}`, `ferro_uploads_expired_total`
 //!
+//! Garbage collection reports each run as it ends (see [`record_gc`]):
+//! - `ferro_gc_runs_total{dry_run}`
+//! - `ferro_gc_last_run_timestamp_seconds`, `ferro_gc_last_duration_seconds`
+//!   (of the last run, dry or not)
+//! - `ferro_gc_manifests_deleted_total`, `ferro_gc_blobs_deleted_total`,
+//!   `ferro_gc_bytes_freed_total`, `ferro_gc_orphans_removed_total`,
+//!   `ferro_gc_orphan_bytes_freed_total` (real runs only: a dry run
+//!   deletes nothing)
+//!
 //! The log writer and the projection keep their own figures
 //! (`WriterStats`, `LogTip`, `State::summary`); they are read at scrape
 //! time and rendered here, so a scrape costs nothing between scrapes and
@@ -44,6 +53,14 @@ pub const RESPONSE_BYTES: &str = "ferro_http_response_bytes_total";
 pub const IN_FLIGHT: &str = "ferro_http_requests_in_flight";
 pub const AUTH_REFUSALS: &str = "ferro_auth_refusals_total";
 pub const UPLOADS_EXPIRED: &str = "ferro_uploads_expired_total";
+pub const GC_RUNS: &str = "ferro_gc_runs_total";
+pub const GC_LAST_RUN_TIMESTAMP: &str = "ferro_gc_last_run_timestamp_seconds";
+pub const GC_LAST_DURATION: &str = "ferro_gc_last_duration_seconds";
+pub const GC_MANIFESTS_DELETED: &str = "ferro_gc_manifests_deleted_total";
+pub const GC_BLOBS_DELETED: &str = "ferro_gc_blobs_deleted_total";
+pub const GC_BYTES_FREED: &str = "ferro_gc_bytes_freed_total";
+pub const GC_ORPHANS_REMOVED: &str = "ferro_gc_orphans_removed_total";
+pub const GC_ORPHAN_BYTES_FREED: &str = "ferro_gc_orphan_bytes_freed_total";
 
 /// Latency buckets, in seconds: from a cached HEAD to a large upload.
 const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
@@ -124,6 +141,56 @@ fn describe() {
         "Requests refused by access control, by reason"
     );
     describe_counter!(UPLOADS_EXPIRED, "Idle uploads cancelled by expiry");
+    describe_counter!(GC_RUNS, "Garbage collection runs finished, by dry_run");
+    describe_gauge!(
+        GC_LAST_RUN_TIMESTAMP,
+        Unit::Seconds,
+        "When the last garbage collection run started (Unix time)"
+    );
+    describe_gauge!(
+        GC_LAST_DURATION,
+        Unit::Seconds,
+        "How long the last garbage collection run took"
+    );
+    describe_counter!(
+        GC_MANIFESTS_DELETED,
+        "Untagged manifests deleted by garbage collection"
+    );
+    describe_counter!(GC_BLOBS_DELETED, "Blobs deleted by garbage collection");
+    describe_counter!(
+        GC_BYTES_FREED,
+        Unit::Bytes,
+        "Bytes of the blobs deleted by garbage collection"
+    );
+    describe_counter!(
+        GC_ORPHANS_REMOVED,
+        "Blob files no event accounted for, removed by garbage collection"
+    );
+    describe_counter!(
+        GC_ORPHAN_BYTES_FREED,
+        Unit::Bytes,
+        "Bytes of the orphan blob files removed"
+    );
+}
+
+/// Counts a finished garbage collection run.
+pub fn record_gc(report: &crate::gc::GcReport) {
+    let dry_run = if report.dry_run { "true" } else { "false" };
+    metrics::counter!(GC_RUNS, "dry_run" => dry_run).increment(1);
+    metrics::gauge!(GC_LAST_RUN_TIMESTAMP).set(report.started_unix_ns as f64 / 1e9);
+    metrics::gauge!(GC_LAST_DURATION).set(report.total_ms as f64 / 1e3);
+    if report.dry_run {
+        return;
+    }
+    for (name, value) in [
+        (GC_MANIFESTS_DELETED, report.manifests_deleted),
+        (GC_BLOBS_DELETED, report.blobs_deleted),
+        (GC_BYTES_FREED, report.bytes_freed),
+        (GC_ORPHANS_REMOVED, report.orphans_removed),
+        (GC_ORPHAN_BYTES_FREED, report.orphan_bytes_freed),
+    ] {
+        metrics::counter!(name).increment(value);
+    }
 }
 
 /// The in-flight gauge, looked up once (a lookup hashes the key).

@@ -480,6 +480,21 @@ fn story() -> Vec<ExpectedRecord> {
             size: app_config_v1.size(),
         }],
     );
+    // 28. The collection's summary, on the record (appended with
+    // `GcCompleted`; records 1-27 are unchanged).
+    s.command(
+        150,
+        Actor::system(),
+        Command::RecordGcRun(ferro::commands::GcRun {
+            mark_seq: 26,
+            manifests_deleted: 0,
+            blobs_deleted: 1,
+            bytes_freed: app_config_v1.size(),
+            orphans_removed: 0,
+            orphan_bytes_freed: 0,
+            duration_ms: 150,
+        }),
+    );
     s.records
 }
 
@@ -929,7 +944,7 @@ fn payload_encoding_matches_the_document() {
     bad_option[0] = 2;
     assert!(ferro::log::format::decode_payload(&bad_option).is_err());
     let mut bad_variant = hand.clone();
-    bad_variant[6] = 12;
+    bad_variant[6] = Event::KINDS.len() as u8;
     assert!(ferro::log::format::decode_payload(&bad_variant).is_err());
     let mut bad_repo = hand.clone();
     let at = hand.iter().position(|&b| b == b'a').unwrap();

@@ -296,6 +296,7 @@ fn print_defaults_lists_every_setting() {
         "anonymous_pull = false",
         "[auth.token]",
         "[auth.token.external]",
+        "untagged_manifests_older_than = \"off\"",
     ] {
         assert!(text.contains(key), "{key} missing:\n{text}");
     }

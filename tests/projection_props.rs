@@ -567,6 +567,11 @@ impl Observed {
                 Some(_) => Outcome::Logged,
                 None => Outcome::Rejected("UploadUnknown"),
             },
+            // Not generated: the manifest policy's re-check has its own
+            // tests (`commands::tests`, `tests/gc_untagged.rs`).
+            Command::CollectManifests { .. } | Command::RecordGcRun(_) => {
+                unreachable!("no op resolves to {command:?}")
+            }
         }
     }
 }
@@ -1001,6 +1006,60 @@ fn a_tag_delete_sees_the_manifest_delete_before_it_in_the_same_group_commit() {
     assert_eq!(live.last_seq, 3);
 }
 
+/// The untagged-manifest policy's deletion, queued in one group commit
+/// behind a tag set on the manifest, an index put over another, and a
+/// referrer put onto a third: each is planned first (they share the
+/// manifest's key), so all three manifests are kept; the fourth, which
+/// nothing touched, goes.
+#[test]
+fn collecting_manifests_sees_a_tag_an_index_and_a_referrer_queued_before_it() {
+    // `plan` checks no body: synthetic manifests without blobs will do.
+    let put = |name: &str, children: Vec<Digest>, subject: Option<Digest>, tags: Vec<Tag>| {
+        let body = Bytes::from(name.to_owned());
+        Command::PutManifest {
+            repo: repo(0),
+            digest: Digest::sha256_of(&body),
+            media_type: IMAGE.into(),
+            body,
+            blobs: vec![],
+            manifests: children,
+            subject,
+            artifact_type: None,
+            tags,
+        }
+    };
+    let digest = |name: &str| Digest::sha256_of(name.as_bytes());
+    let images = ["one", "two", "three", "four"];
+    let mut commands: Vec<Command> = images
+        .iter()
+        .map(|n| put(n, vec![], None, vec![]))
+        .collect();
+    commands.extend([
+        Command::SetTag {
+            repo: repo(0),
+            tag: tag(0),
+            digest: digest("one"),
+        },
+        put("index", vec![digest("two")], None, vec![tag(1)]),
+        put("referrer", vec![], Some(digest("three")), vec![tag(2)]),
+        Command::CollectManifests {
+            repo: repo(0),
+            put_seq_max: u64::MAX,
+            digests: images.iter().map(|n| digest(n)).collect(),
+        },
+    ]);
+    let (outcomes, live) = in_one_group_commit(&commands);
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Logged),
+        "{outcomes:?}"
+    );
+    let kept = &live.repos[&repo(0)].manifests;
+    for n in &images[..3] {
+        assert!(kept.contains_key(&digest(n)), "{n}");
+    }
+    assert!(!kept.contains_key(&digest("four")));
+}
+
 // ---------------------------------------------------------------------------
 // Encoding round trips.
 
@@ -1112,6 +1171,15 @@ fn arb_event() -> impl Strategy<Value = Event> {
                 subject,
                 referrer,
             }
+        }),
+        any::<[u64; 7]>().prop_map(|n| Event::GcCompleted {
+            mark_seq: n[0],
+            manifests_deleted: n[1],
+            blobs_deleted: n[2],
+            bytes_freed: n[3],
+            orphans_removed: n[4],
+            orphan_bytes_freed: n[5],
+            duration_ms: n[6],
         }),
     ]
 }

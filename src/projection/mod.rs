@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::events::{Entry, Event, UploadId};
 use crate::oci::{Digest, RepoName, Tag};
 
+mod reach;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StateFields")]
 pub struct State {
@@ -311,6 +313,8 @@ impl State {
                     .or_default()
                     .insert(referrer.clone());
             }
+            // On the record only: the run's deletions are their own events.
+            Event::GcCompleted { .. } => {}
         }
     }
 

@@ -35,7 +35,7 @@ pub struct DumpArgs {
     /// Only events of this kind (repeatable): manifest_put, tag_set,
     /// tag_deleted, manifest_deleted, blob_linked, blob_unlinked,
     /// blob_deleted, upload_started, upload_chunk, upload_completed,
-    /// upload_cancelled, referrer_registered.
+    /// upload_cancelled, referrer_registered, gc_completed.
     #[arg(long = "kind", value_name = "KIND", value_parser = parse_kind)]
     pub kinds: Vec<&'static str>,
 }

@@ -24,6 +24,13 @@ pub struct GcArgs {
     /// manifest references them.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = gc::parse_duration)]
     pub grace: Duration,
+    /// Also delete untagged manifests put at least this long ago (those no
+    /// tag reaches through an index or a referrer); "off" keeps them all.
+    /// Use the server's `gc.untagged_manifests_older_than`.
+    // Spelled out so that clap takes the whole `Option` from the parser
+    // ("off" is `None`) instead of making the flag optional.
+    #[arg(long, value_name = "DURATION", default_value = "off", value_parser = gc::parse_optional_duration)]
+    pub untagged_older_than: std::option::Option<Duration>,
     /// List what would be deleted and how many bytes it frees; change
     /// nothing.
     #[arg(long)]
@@ -36,6 +43,7 @@ pub fn run(data_dir: &Path, args: &GcArgs, out: &Out) -> CtlResult<Exit> {
     let options = GcOptions {
         retention: args.retain,
         grace: args.grace,
+        untagged_older_than: args.untagged_older_than,
         dry_run: args.dry_run,
     };
     let spinner = out.spinner(if args.dry_run {
@@ -56,11 +64,25 @@ pub fn run(data_dir: &Path, args: &GcArgs, out: &Out) -> CtlResult<Exit> {
 
 fn print_text(r: &GcReport) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
+    for m in &r.manifests {
+        say!("{verb} manifest {}@{}", m.repo, m.digest);
+    }
+    if r.manifests_listed_truncated {
+        say!("(list cut at {} manifests)", r.manifests.len());
+    }
     for b in &r.blobs {
         say!("{verb} {} ({} bytes)", b.digest, b.size);
     }
     if r.blobs_listed_truncated {
         say!("(list cut at {} blobs)", r.blobs.len());
+    }
+    if r.untagged_manifests_older_than != "off" {
+        say!(
+            "{verb} {} untagged manifests older than {}; {} kept by the re-check",
+            r.manifests_deleted,
+            r.untagged_manifests_older_than,
+            r.manifests_kept_by_recheck
+        );
     }
     say!(
         "{verb} {} of {} blobs, {} bytes; {} orphan files, {} bytes; {} kept by the re-check; \

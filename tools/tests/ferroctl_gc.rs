@@ -146,3 +146,63 @@ fn ferroctl_gc_keeps_history_by_default_and_refuses_beside_a_server() {
     );
     assert!(text.contains("would delete 2 of 2 blobs"), "{text}");
 }
+
+#[test]
+fn ferroctl_gc_deletes_untagged_manifests_when_asked_and_logs_its_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, &[]);
+    let v1 = push_image(&server, "app", "latest", "one");
+    let v2 = push_image(&server, "app", "latest", "two");
+    server.stop();
+
+    let gc = ["gc", "--retain", "0s", "--grace", "0s"];
+    let text = ctl(
+        &dir,
+        &[&gc[..], &["--dry-run", "--untagged-older-than", "0s"]].concat(),
+    )
+    .expect(0)
+    .stdout;
+    assert!(
+        text.contains(&format!("would delete manifest app@{}", v1.digest)),
+        "{text}"
+    );
+    assert!(!text.contains(&v2.digest), "{text}");
+    // Off by default: nothing untagged goes.
+    let report = ctl(&dir, &[&["--json"][..], &gc].concat()).expect(0).json();
+    assert_eq!(report["manifests_deleted"], 0, "{report}");
+    assert_eq!(report["untagged_manifests_older_than"], "off");
+    let report = ctl(
+        &dir,
+        &[&["--json"][..], &gc, &["--untagged-older-than", "0s"]].concat(),
+    )
+    .expect(0)
+    .json();
+    assert_eq!(report["manifests_deleted"], 1, "{report}");
+    assert_eq!(report["manifests"][0]["digest"], v1.digest.as_str());
+    // Retention 0s: v1's blobs go in the same run.
+    assert_eq!(report["blobs_deleted"], 2, "{report}");
+
+    // Each real run left its summary on the record.
+    let dump = ctl(&dir, &["dump", "--kind", "gc_completed"])
+        .expect(0)
+        .stdout;
+    let summaries: Vec<&str> = dump.lines().filter(|l| l.contains("GcCompleted")).collect();
+    assert_eq!(summaries.len(), 2, "{dump}");
+    assert!(summaries[1].contains(r#""manifests_deleted":1"#), "{dump}");
+
+    let server = Server::start(&dir, &[]);
+    let status = |digest: &str| {
+        client()
+            .get(server.url(&format!("/v2/app/manifests/{digest}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(&v1.digest), 404);
+    assert_eq!(status(&v2.digest), 200);
+    assert_eq!(blob_status(&server, "app", &v2.layer), 200);
+    server.stop();
+}
