@@ -22,8 +22,8 @@
 //! - `empty`: a fresh data directory, the baseline;
 //! - `log`: the log alone, every record replayed (threshold snapshots
 //!   off, so nothing but the replay runs); it is then stopped with
-//!   SIGTERM and writes its shutdown snapshot, whose peak is read while it
-//!   exits;
+//!   SIGTERM and writes its shutdown snapshot; the run's peak (`VmHWM`,
+//!   replay included) is read until it exits;
 //! - `snapshot`: restarted on that snapshot, nothing left to replay.
 //!
 //! Each run checks that tags resolve (`HEAD /v2/<repo>/manifests/<tag>`
@@ -110,14 +110,21 @@ fn main() {
     server.check_tags(&built.samples);
     let shutdown_hwm_kib = server.stop();
     report("log", &from_log, &baseline, &sizes);
+    let snapshot_bytes: Vec<u64> = std::fs::read_dir(Layout::new(&data).snapshots_dir())
+        .expect("the snapshots directory")
+        .map(|f| {
+            f.expect("a directory entry")
+                .metadata()
+                .expect("metadata")
+                .len()
+        })
+        .collect();
+    assert_eq!(snapshot_bytes.len(), 1, "the shutdown snapshot was written");
     println!(
-        "          shutdown snapshot: peak {:>7.1} MiB",
+        "          then SIGTERM: a {:.0} MB shutdown snapshot; the run's peak {:.1} MiB",
+        snapshot_bytes[0] as f64 / 1e6,
         mib(shutdown_hwm_kib)
     );
-    let snapshots = std::fs::read_dir(Layout::new(&data).snapshots_dir())
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert!(snapshots > 0, "the shutdown snapshot was written");
 
     let mut server = Server::start(&data);
     let from_snapshot = server.measure();
