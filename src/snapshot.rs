@@ -17,10 +17,9 @@ pub mod format;
 pub mod scheduler;
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use serde::Serialize;
 
 pub use format::{SnapshotFormatError, SnapshotHeader, SNAPSHOT_HEADER_BYTES, SNAPSHOT_VERSION};
@@ -133,18 +132,14 @@ pub struct LoadedSnapshot {
 /// Reads, checks and decodes a snapshot file.
 pub fn load(file: &SnapshotFile) -> Result<LoadedSnapshot, SnapshotError> {
     let path = &file.path;
-    let f = File::open(path).map_err(SnapshotError::io(path))?;
-    // SAFETY: snapshot files are never modified after their rename into
-    // place; they are only ever replaced by a rename or removed whole.
-    let map = unsafe { Mmap::map(&f) }.map_err(SnapshotError::io(path))?;
-    let (header, state) = format::decode(&map).map_err(SnapshotError::format(path))?;
-    if header.seq != file.seq {
-        return Err(SnapshotError::NameMismatch {
-            path: path.clone(),
-            named: file.seq,
-            header: header.seq,
-        });
-    }
+    // Read, not mapped: see `format::check_read`. Snapshot files are never
+    // modified after their rename into place (only replaced by a rename or
+    // removed whole), so the bytes decoded are the bytes checked.
+    let header = check(file)?;
+    let mut f = File::open(path).map_err(SnapshotError::io(path))?;
+    f.seek(SeekFrom::Start(SNAPSHOT_HEADER_BYTES as u64))
+        .map_err(SnapshotError::io(path))?;
+    let state = format::decode_read(&header, f).map_err(SnapshotError::format(path))?;
     Ok(LoadedSnapshot {
         path: path.clone(),
         header,
@@ -156,10 +151,9 @@ pub fn load(file: &SnapshotFile) -> Result<LoadedSnapshot, SnapshotError> {
 /// decoding the state.
 pub fn check(file: &SnapshotFile) -> Result<SnapshotHeader, SnapshotError> {
     let path = &file.path;
-    let f = File::open(path).map_err(SnapshotError::io(path))?;
-    // SAFETY: as in `load`.
-    let map = unsafe { Mmap::map(&f) }.map_err(SnapshotError::io(path))?;
-    let header = format::check(&map).map_err(SnapshotError::format(path))?;
+    let mut f = File::open(path).map_err(SnapshotError::io(path))?;
+    let len = f.metadata().map_err(SnapshotError::io(path))?.len();
+    let header = format::check_read(&mut f, len).map_err(SnapshotError::format(path))?;
     if header.seq != file.seq {
         return Err(SnapshotError::NameMismatch {
             path: path.clone(),

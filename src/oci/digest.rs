@@ -2,7 +2,11 @@
 //! registers with a fixed encoding are accepted: `sha256` (64 lower-case hex
 //! digits) and `sha512` (128). Anything else is rejected before it is used.
 
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -48,45 +52,74 @@ impl DigestAlgorithm {
 
 /// A canonical digest string such as `sha256:e3b0…`.
 ///
+/// Shared, not copied, by `clone`: the projection holds one allocation per
+/// distinct digest however many tags, manifests and indexes name it (see
+/// `projection`), and a copy of the state copies no digest text.
+///
 /// # Invariants
 /// The algorithm is `sha256` or `sha512` and the encoding is exactly that
 /// algorithm's length in lower-case hex.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Digest(String);
+pub struct Digest(Arc<str>);
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Digest, DigestError> {
-        let (alg, enc) = s.split_once(':').ok_or(DigestError::Syntax)?;
-        let algorithm = match alg {
-            "sha256" => DigestAlgorithm::Sha256,
-            "sha512" => DigestAlgorithm::Sha512,
-            other => {
-                // Still check the generic grammar so a bad string reads as
-                // bad syntax rather than an unknown algorithm.
-                let ok = !other.is_empty()
-                    && other.bytes().all(|b| {
-                        b.is_ascii_lowercase()
-                            || b.is_ascii_digit()
-                            || matches!(b, b'+' | b'.' | b'_' | b'-')
-                    });
-                return Err(if ok {
-                    DigestError::UnsupportedAlgorithm(other.chars().take(32).collect())
-                } else {
-                    DigestError::Syntax
-                });
-            }
-        };
-        let hex_ok = enc.len() == algorithm.hex_len()
-            && enc
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !hex_ok {
-            return Err(DigestError::Encoding(algorithm.hex_len()));
-        }
-        Ok(Digest(s.to_owned()))
+        check(s)?;
+        Ok(Digest(Arc::from(s)))
     }
 
+    /// [`Digest::parse`], returning the copy decoded earlier when inside
+    /// [`share_decoded`].
+    fn parse_decoded(s: &str) -> Result<Digest, DigestError> {
+        check(s)?;
+        Ok(DECODED.with(|decoded| match decoded.borrow_mut().as_mut() {
+            None => Digest(Arc::from(s)),
+            Some(seen) => match seen.get(s) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = Digest(Arc::from(s));
+                    seen.insert(d.clone());
+                    d
+                }
+            },
+        }))
+    }
+}
+
+/// Checks the grammar of a digest string.
+fn check(s: &str) -> Result<(), DigestError> {
+    let (alg, enc) = s.split_once(':').ok_or(DigestError::Syntax)?;
+    let algorithm = match alg {
+        "sha256" => DigestAlgorithm::Sha256,
+        "sha512" => DigestAlgorithm::Sha512,
+        other => {
+            // Still check the generic grammar so a bad string reads as
+            // bad syntax rather than an unknown algorithm.
+            let ok = !other.is_empty()
+                && other.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || matches!(b, b'+' | b'.' | b'_' | b'-')
+                });
+            return Err(if ok {
+                DigestError::UnsupportedAlgorithm(other.chars().take(32).collect())
+            } else {
+                DigestError::Syntax
+            });
+        }
+    };
+    let hex_ok = enc.len() == algorithm.hex_len()
+        && enc
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok {
+        return Err(DigestError::Encoding(algorithm.hex_len()));
+    }
+    Ok(())
+}
+
+impl Digest {
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         let mut h = DigestAlgorithm::Sha256.hasher();
@@ -118,6 +151,12 @@ impl Digest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether both are the one shared allocation (not only equal): what
+    /// the projection's sharing of digests is tested with.
+    pub fn shares_text_with(&self, other: &Digest) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl fmt::Display for Digest {
@@ -126,11 +165,62 @@ impl fmt::Display for Digest {
     }
 }
 
+/// `Hash`, `Eq` and `Ord` are the string's, so a set of digests can be
+/// searched by `&str`.
+impl Borrow<str> for Digest {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Digest::parse(&s).map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a digest string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+                Digest::parse_decoded(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
+}
+
+thread_local! {
+    /// The digests deserialized so far inside [`share_decoded`] on this
+    /// thread (`None` outside).
+    static DECODED: RefCell<Option<HashSet<Digest>>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with the digests it deserializes on this thread shared:
+/// equal digests come back as one allocation, and a copy is never made
+/// only to be dropped. Decoding a `State` goes through here (see
+/// `projection`), so a state read from a snapshot holds each digest once,
+/// as one built by `apply` does. Nested calls share the outermost scope.
+pub fn share_decoded<T>(decode: impl FnOnce() -> T) -> T {
+    struct Scope {
+        outermost: bool,
+    }
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if self.outermost {
+                DECODED.with(|decoded| *decoded.borrow_mut() = None);
+            }
+        }
+    }
+    let outermost = DECODED.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        let outermost = decoded.is_none();
+        if outermost {
+            *decoded = Some(HashSet::new());
+        }
+        outermost
+    });
+    let _scope = Scope { outermost };
+    decode()
 }
 
 /// An incremental hasher for one of the supported algorithms. sha2 picks the
@@ -161,7 +251,7 @@ impl Hasher {
             Hasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
             Hasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
         };
-        Digest(s)
+        Digest(Arc::from(s))
     }
 }
 

@@ -8,5 +8,5 @@
 mod digest;
 mod name;
 
-pub use digest::{Digest, DigestAlgorithm, DigestError, Hasher};
+pub use digest::{share_decoded, Digest, DigestAlgorithm, DigestError, Hasher};
 pub use name::{NameError, Reference, ReferenceError, RepoName, Tag};

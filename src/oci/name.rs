@@ -112,7 +112,7 @@ impl<'de> Deserialize<'de> for RepoName {
 /// Matches `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Tag(String);
+pub struct Tag(Box<str>);
 
 impl Tag {
     pub fn parse(s: &str) -> Result<Tag, NameError> {
@@ -125,7 +125,7 @@ impl Tag {
         if !b[1..].iter().all(|&x| rest_ok(x)) {
             return Err(NameError::Tag);
         }
-        Ok(Tag(s.to_owned()))
+        Ok(Tag(Box::from(s)))
     }
 
     pub fn as_str(&self) -> &str {

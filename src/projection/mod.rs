@@ -4,8 +4,17 @@
 //! always: `apply` reads nothing but its arguments, and events are checked
 //! by the writer (see `commands`) before they are logged, so `apply` never
 //! fails. Readers hold the state's read lock only for a lookup.
+//!
+//! Memory: a digest is stored once however many places name it. `apply`
+//! takes the copy the state already holds (a blob's from `State::blobs`, a
+//! manifest's from its repository's `manifests`) rather than the event's,
+//! so a tag costs its name and a shared pointer, and a manifest's blob
+//! list points at the blobs' own digests. Decoding a state (a snapshot)
+//! shares every equal digest as it reads them (`oci::share_decoded`).
+//! Sharing is invisible to equality and to the snapshot bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,14 +24,16 @@ use crate::oci::{Digest, RepoName, Tag};
 
 mod reach;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StateFields")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct State {
     /// Sequence number of the last entry applied (0: none).
     pub last_seq: u64,
     /// Commit time of that entry.
     pub last_time_unix_ns: u64,
-    pub repos: BTreeMap<RepoName, Repo>,
+    /// Each repository behind an `Arc`, copied on write: a copy of the
+    /// state (a snapshot's, a collection's mark) shares every repository
+    /// until `apply` changes it, so it costs the map, not the contents.
+    pub repos: BTreeMap<RepoName, Arc<Repo>>,
     /// Blobs whose bytes are in the store, with their sizes.
     pub blobs: BTreeMap<Digest, u64>,
     pub uploads: BTreeMap<UploadId, Upload>,
@@ -34,14 +45,21 @@ pub struct State {
 }
 
 /// The serialized fields of [`State`], in order: deserialization goes
-/// through here so the derived index is rebuilt once the state is read.
+/// through here, sharing equal digests as it reads them, so the derived
+/// index is rebuilt once the state is read.
 #[derive(Deserialize)]
 struct StateFields {
     last_seq: u64,
     last_time_unix_ns: u64,
-    repos: BTreeMap<RepoName, Repo>,
+    repos: BTreeMap<RepoName, Arc<Repo>>,
     blobs: BTreeMap<Digest, u64>,
     uploads: BTreeMap<UploadId, Upload>,
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<State, D::Error> {
+        crate::oci::share_decoded(|| StateFields::deserialize(d)).map(State::from)
+    }
 }
 
 impl From<StateFields> for State {
@@ -189,21 +207,22 @@ impl State {
                 subject,
                 artifact_type,
             } => {
-                for b in blobs {
+                let blobs: Vec<Digest> = blobs.iter().map(|b| shared(&self.blobs, b)).collect();
+                for b in &blobs {
                     self.blob_use.touch(b, seq).manifest_refs += 1;
                 }
-                let replaced = self.repo_mut(repo).manifests.insert(
-                    digest.clone(),
-                    Manifest {
-                        media_type: media_type.clone(),
-                        body: body.clone(),
-                        blobs: blobs.clone(),
-                        manifests: manifests.clone(),
-                        subject: subject.clone(),
-                        artifact_type: artifact_type.clone(),
-                        put_seq: seq,
-                    },
-                );
+                let r = self.repo_mut(repo);
+                let manifest = Manifest {
+                    media_type: media_type.clone(),
+                    body: body.clone(),
+                    blobs,
+                    manifests: manifests.iter().map(|m| shared(&r.manifests, m)).collect(),
+                    subject: subject.as_ref().map(|s| shared(&r.manifests, s)),
+                    artifact_type: artifact_type.clone(),
+                    put_seq: seq,
+                };
+                // A replaced manifest keeps its key, which its tags share.
+                let replaced = r.manifests.insert(digest.clone(), manifest);
                 for b in replaced.iter().flat_map(|m| &m.blobs) {
                     self.blob_use.release(b);
                 }
@@ -211,7 +230,9 @@ impl State {
             Event::TagSet {
                 repo, tag, digest, ..
             } => {
-                self.repo_mut(repo).tags.insert(tag.clone(), digest.clone());
+                let r = self.repo_mut(repo);
+                let digest = shared(&r.manifests, digest);
+                r.tags.insert(tag.clone(), digest);
             }
             Event::TagDeleted { repo, tag, .. } => {
                 self.edit_repo(repo, |r| {
@@ -240,6 +261,7 @@ impl State {
             Event::BlobLinked {
                 repo, digest, size, ..
             } => {
+                let digest = &shared(&self.blobs, digest);
                 let newly = self
                     .repo_mut(repo)
                     .blobs
@@ -307,11 +329,10 @@ impl State {
                 subject,
                 referrer,
             } => {
-                self.repo_mut(repo)
-                    .referrers
-                    .entry(subject.clone())
-                    .or_default()
-                    .insert(referrer.clone());
+                let r = self.repo_mut(repo);
+                let subject = shared(&r.manifests, subject);
+                let referrer = shared(&r.manifests, referrer);
+                r.referrers.entry(subject).or_default().insert(referrer);
             }
             // On the record only: the run's deletions are their own events.
             Event::GcCompleted { .. } => {}
@@ -321,15 +342,16 @@ impl State {
     fn repo_mut(&mut self, name: &RepoName) -> &mut Repo {
         // Look up first: `entry` would clone the name on every event.
         if !self.repos.contains_key(name) {
-            self.repos.insert(name.clone(), Repo::default());
+            self.repos.insert(name.clone(), Arc::default());
         }
-        self.repos.get_mut(name).expect("inserted above")
+        Arc::make_mut(self.repos.get_mut(name).expect("inserted above"))
     }
 
     /// Edits a repository that may not exist, and removes it if the edit
     /// left it empty (the invariant on [`Repo`]).
     fn edit_repo(&mut self, name: &RepoName, edit: impl FnOnce(&mut Repo)) {
         if let Some(r) = self.repos.get_mut(name) {
+            let r = Arc::make_mut(r);
             edit(r);
             if r.is_empty() {
                 self.repos.remove(name);
@@ -358,7 +380,7 @@ impl State {
     }
 
     pub fn repo(&self, name: &RepoName) -> Option<&Repo> {
-        self.repos.get(name)
+        self.repos.get(name).map(|r| &**r)
     }
 
     /// Counts for logs and metrics.
@@ -377,6 +399,13 @@ impl State {
     }
 }
 
+/// The copy of `digest` that `map` holds as a key, else `digest`'s own:
+/// how equal digests come to share one allocation.
+fn shared<V>(map: &BTreeMap<Digest, V>, digest: &Digest) -> Digest {
+    map.get_key_value(digest)
+        .map_or_else(|| digest.clone(), |(k, _)| k.clone())
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StateSummary {
     pub repositories: u64,
@@ -384,4 +413,128 @@ pub struct StateSummary {
     pub manifests: u64,
     pub blobs: u64,
     pub uploads: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Actor, LinkSource};
+
+    fn entry(events: Vec<Event>) -> Entry {
+        Entry {
+            actor: Actor::system(),
+            events,
+        }
+    }
+
+    /// A blob linked in two repositories, a manifest over it in one, two
+    /// tags and a referrer: every copy of a digest is one allocation.
+    fn sample() -> (State, Digest, Digest) {
+        let repo = RepoName::parse("a/b").unwrap();
+        let other = RepoName::parse("c").unwrap();
+        let blob = Digest::sha256_of(b"layer");
+        let manifest = Digest::sha256_of(b"manifest");
+        let referrer = Digest::sha256_of(b"signature");
+        let link = |repo: &RepoName| Event::BlobLinked {
+            repo: repo.clone(),
+            digest: Digest::parse(blob.as_str()).unwrap(),
+            size: 5,
+            source: LinkSource::Upload { upload: None },
+        };
+        let put = |digest: &Digest, subject: Option<&Digest>| Event::ManifestPut {
+            repo: repo.clone(),
+            digest: Digest::parse(digest.as_str()).unwrap(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            body: Bytes::from_static(b"{}"),
+            blobs: vec![Digest::parse(blob.as_str()).unwrap()],
+            manifests: vec![],
+            subject: subject.map(|s| Digest::parse(s.as_str()).unwrap()),
+            artifact_type: None,
+        };
+        let tag = |name: &str| Event::TagSet {
+            repo: repo.clone(),
+            tag: Tag::parse(name).unwrap(),
+            digest: Digest::parse(manifest.as_str()).unwrap(),
+            previous: None,
+        };
+        let mut state = State::default();
+        let entries = [
+            entry(vec![link(&repo)]),
+            entry(vec![link(&other)]),
+            entry(vec![put(&manifest, None), tag("latest")]),
+            entry(vec![tag("v1")]),
+            entry(vec![
+                put(&referrer, Some(&manifest)),
+                Event::ReferrerRegistered {
+                    repo: repo.clone(),
+                    subject: Digest::parse(manifest.as_str()).unwrap(),
+                    referrer: Digest::parse(referrer.as_str()).unwrap(),
+                },
+            ]),
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            state.apply(i as u64 + 1, i as u64, e);
+        }
+        (state, blob, manifest)
+    }
+
+    fn assert_shared(state: &State, blob: &Digest, manifest: &Digest) {
+        let (stored_blob, _) = state.blobs.get_key_value(blob).unwrap();
+        let (used_blob, _) = state.blob_use.0.get_key_value(blob).unwrap();
+        assert!(used_blob.shares_text_with(stored_blob));
+        for r in state.repos.values() {
+            let (linked, _) = r.blobs.get_key_value(blob).unwrap();
+            assert!(linked.shares_text_with(stored_blob));
+        }
+        let r = state.repo(&RepoName::parse("a/b").unwrap()).unwrap();
+        let (key, _) = r.manifests.get_key_value(manifest).unwrap();
+        for m in r.manifests.values() {
+            assert!(m.blobs[0].shares_text_with(stored_blob));
+        }
+        assert_eq!(r.tags.len(), 2);
+        for d in r.tags.values() {
+            assert!(d.shares_text_with(key));
+        }
+        let (subject, referrers) = r.referrers.iter().next().unwrap();
+        assert!(subject.shares_text_with(key));
+        let referrer = referrers.iter().next().unwrap();
+        let (referrer_key, m) = r.manifests.get_key_value(referrer).unwrap();
+        assert!(referrer.shares_text_with(referrer_key));
+        assert!(m.subject.as_ref().unwrap().shares_text_with(key));
+    }
+
+    #[test]
+    fn apply_shares_equal_digests() {
+        let (state, blob, manifest) = sample();
+        assert_shared(&state, &blob, &manifest);
+    }
+
+    #[test]
+    fn a_snapshot_load_shares_them_too() {
+        let (state, blob, manifest) = sample();
+        let bytes = crate::snapshot::format::encode_state(&state).unwrap();
+        let (loaded, _): (State, usize) =
+            bincode::serde::decode_from_slice(&bytes, crate::log::format::PAYLOAD_CONFIG).unwrap();
+        assert_eq!(loaded, state);
+        assert_shared(&loaded, &blob, &manifest);
+    }
+
+    #[test]
+    fn a_copy_shares_repositories_until_one_changes() {
+        let (mut state, _, _) = sample();
+        let copy = state.clone();
+        let name = RepoName::parse("a/b").unwrap();
+        let other = RepoName::parse("c").unwrap();
+        assert!(Arc::ptr_eq(&state.repos[&name], &copy.repos[&name]));
+        let untag = entry(vec![Event::TagDeleted {
+            repo: name.clone(),
+            tag: Tag::parse("v1").unwrap(),
+            digest: Digest::sha256_of(b"manifest"),
+        }]);
+        state.apply(state.last_seq + 1, 9, &untag);
+        assert!(!Arc::ptr_eq(&state.repos[&name], &copy.repos[&name]));
+        assert!(Arc::ptr_eq(&state.repos[&other], &copy.repos[&other]));
+        assert_eq!(state.repos[&name].tags.len(), 1);
+        assert_eq!(copy.repos[&name].tags.len(), 2);
+    }
 }

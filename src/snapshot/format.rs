@@ -19,7 +19,7 @@
 //! Invariant: a snapshot whose checks fail is never used; the log is the
 //! truth and a snapshot only a cache of it.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use crate::log::format::PAYLOAD_CONFIG;
 
@@ -177,6 +177,86 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), SnapshotFormatErr
     if used != payload.len() {
         return Err(SnapshotFormatError::Trailing((payload.len() - used) as u64));
     }
+    matches_header(&header, &state)?;
+    Ok((header, state))
+}
+
+/// [`check`], reading `file` (positioned at its start, `len` bytes long)
+/// through a small buffer. Pages of a mapped file count in the process's
+/// resident set while mapped; read this way, checking a snapshot does not
+/// grow it by the file's size.
+pub fn check_read<R: Read>(file: &mut R, len: u64) -> Result<SnapshotHeader, SnapshotFormatError> {
+    let mut head = [0u8; SNAPSHOT_HEADER_BYTES];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    let header = SnapshotHeader::decode(&head[..filled])?;
+    if len != header.file_bytes() {
+        return Err(SnapshotFormatError::Length {
+            expected: header.file_bytes(),
+            actual: len,
+        });
+    }
+    let mut crc = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    let mut payload = file.take(header.payload_len);
+    let mut read = 0u64;
+    loop {
+        match payload.read(&mut buffer)? {
+            0 => break,
+            n => {
+                crc.update(&buffer[..n]);
+                read += n as u64;
+            }
+        }
+    }
+    if read != header.payload_len {
+        // The file shrank since its length was read.
+        return Err(SnapshotFormatError::Length {
+            expected: header.file_bytes(),
+            actual: SNAPSHOT_HEADER_BYTES as u64 + read,
+        });
+    }
+    let computed = crc.finalize();
+    if computed != header.payload_crc {
+        return Err(SnapshotFormatError::PayloadChecksum {
+            stored: header.payload_crc,
+            computed,
+        });
+    }
+    Ok(header)
+}
+
+/// [`decode`] after [`check_read`]: decodes the payload that `payload`
+/// holds next (the bytes after the header), read through a buffer.
+pub fn decode_read<R: Read>(
+    header: &SnapshotHeader,
+    payload: R,
+) -> Result<State, SnapshotFormatError> {
+    let config = PAYLOAD_CONFIG.with_limit::<SNAPSHOT_PAYLOAD_BYTES_MAX>();
+    let mut counting = CountingReader {
+        inner: io::BufReader::with_capacity(READ_BUFFER_BYTES, payload.take(header.payload_len)),
+        bytes: 0,
+    };
+    let state: State = bincode::serde::decode_from_std_read(&mut counting, config)
+        .map_err(|e| SnapshotFormatError::Decode(e.to_string()))?;
+    if counting.bytes != header.payload_len {
+        return Err(SnapshotFormatError::Trailing(
+            header.payload_len.saturating_sub(counting.bytes),
+        ));
+    }
+    matches_header(header, &state)?;
+    Ok(state)
+}
+
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// The state is the one the header describes.
+fn matches_header(header: &SnapshotHeader, state: &State) -> Result<(), SnapshotFormatError> {
     if state.last_seq != header.seq || state.last_time_unix_ns != header.time_unix_ns {
         return Err(SnapshotFormatError::StateMismatch {
             header_seq: header.seq,
@@ -185,7 +265,21 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), SnapshotFormatErr
             state_time: state.last_time_unix_ns,
         });
     }
-    Ok((header, state))
+    Ok(())
+}
+
+/// Counts the bytes read through it: what the decoder consumed.
+struct CountingReader<R: Read> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// The payload bytes of `state`: what a snapshot stores, and what "the
@@ -331,5 +425,31 @@ mod tests {
             decode(&longer),
             Err(SnapshotFormatError::Length { .. })
         ));
+    }
+
+    /// [`check_read`] then [`decode_read`], as `snapshot::load` does.
+    fn decode_by_reading(bytes: &[u8]) -> Result<(SnapshotHeader, State), SnapshotFormatError> {
+        let header = check_read(&mut &bytes[..], bytes.len() as u64)?;
+        let state = decode_read(&header, &bytes[SNAPSHOT_HEADER_BYTES..])?;
+        Ok((header, state))
+    }
+
+    #[test]
+    fn reading_agrees_with_decoding_the_bytes() {
+        let bytes = encoded(&state());
+        let (header, state) = decode_by_reading(&bytes).unwrap();
+        let (decoded_header, decoded_state) = decode(&bytes).unwrap();
+        assert_eq!(header, decoded_header);
+        assert_eq!(state, decoded_state);
+        for i in 0..bytes.len() {
+            let mut c = bytes.clone();
+            c[i] ^= 0x04;
+            assert!(decode_by_reading(&c).is_err(), "flip at {i} undetected");
+        }
+        for cut in 0..bytes.len() {
+            let cut = &bytes[..cut];
+            let read = decode_by_reading(cut).map(|_| ()).unwrap_err().to_string();
+            assert_eq!(read, decode(cut).map(|_| ()).unwrap_err().to_string());
+        }
     }
 }
