@@ -31,10 +31,12 @@
 //! are the whole difference from the empty server divided by the count:
 //! each figure carries the other's cost too.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Child, Command as Process};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -331,37 +333,7 @@ impl Server {
     /// shutdown snapshot stays on) and waits until it listens.
     fn start(dir: &Path) -> Server {
         let started = Instant::now();
-        let mut child = Process::new(env!("CARGO_BIN_EXE_ferro"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-access-log"])
-            .args([
-                "--snapshot-every-records",
-                "0",
-                "--snapshot-every-bytes",
-                "0",
-            ])
-            .arg("--data-dir")
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferro");
-        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("ferro exited before listening")
-                .expect("read ferro's log");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                break addr.parse().expect("a socket address");
-            }
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = support::spawn_ferro(dir);
         Server {
             child,
             addr,

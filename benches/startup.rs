@@ -27,9 +27,10 @@
 //! `binary` (the real `ferro serve`, from spawn until it logs that it
 //! listens, snapshots disabled so the data set does not change).
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -271,27 +272,7 @@ fn open_and_close(dir: &Path) -> u64 {
 
 /// Spawns `ferro serve` and waits for it to listen; kills it.
 fn serve_until_listening(dir: &Path) {
-    let mut child = Process::new(env!("CARGO_BIN_EXE_ferro"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args([
-            "--snapshot-every-records",
-            "0",
-            "--snapshot-every-bytes",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferro");
-    let stderr = child.stderr.take().unwrap();
-    for line in BufReader::new(stderr).lines() {
-        if line.unwrap().contains("listening on http://") {
-            break;
-        }
-    }
+    let (mut child, _) = support::spawn_ferro(dir);
     // SIGKILL: no shutdown snapshot, the data set stays as it is.
     child.kill().unwrap();
     child.wait().unwrap();

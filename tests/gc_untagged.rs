@@ -9,6 +9,7 @@ mod support;
 
 use std::time::Duration;
 
+use common::metrics_sample as sample;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use support::*;
@@ -73,16 +74,6 @@ fn listed(report: &Value) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// The value of the first sample of `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|want| l.contains(want))
-        })
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test]

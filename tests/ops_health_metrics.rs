@@ -2,21 +2,13 @@
 //! out and in the log lines of their request; JSON logs; settings from
 //! FERRO_* variables; `ferro config --print-defaults` complete.
 mod auth_support;
+mod common;
 
 use std::time::Duration;
 
 use auth_support::*;
+use common::metrics_sample as sample;
 use reqwest::{Method, StatusCode};
-
-/// The value of the first sample of `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|want| l.contains(want))
-        })
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 async fn metrics(http: &reqwest::Client, server: &Ferro) -> String {
     let r = send(http, &server.url, Method::GET, "/metrics", Cred::None).await;

@@ -122,3 +122,14 @@ pub fn client() -> reqwest::Client {
 pub fn sha256(bytes: &[u8]) -> String {
     ferro::oci::Digest::sha256_of(bytes).to_string()
 }
+
+/// The value of the first sample of `name` in a Prometheus text page whose
+/// labels include every one of `labels` (`key="value"` strings).
+pub fn metrics_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|want| l.contains(want))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
