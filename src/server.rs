@@ -273,6 +273,7 @@ pub async fn run(
             config.limits.uploads_concurrent_max,
         )),
         gc: Some(gc_service),
+        shutdown: stop.clone(),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -436,6 +437,7 @@ pub async fn run_read_only(
     );
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
+    let stop = CancellationToken::new();
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: log::LogWriter::detached(state.last_seq, replayed.crc),
@@ -450,10 +452,10 @@ pub async fn run_read_only(
         tls: listener.tls.is_some(),
         upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         gc: None,
+        shutdown: stop.clone(),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);
-    let stop = CancellationToken::new();
     let serving = tokio::spawn(serve(
         listener,
         front(

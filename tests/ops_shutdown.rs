@@ -239,3 +239,36 @@ async fn an_in_flight_request_finishes_and_a_stalled_one_cannot_hold_the_shutdow
         "the stalled chunk was never acknowledged"
     );
 }
+
+/// A feed long-poll waiting for a commit does not hold the shutdown: it is
+/// answered (with an empty page) as soon as the shutdown starts, well
+/// before the drain timeout, and the exit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_feed_long_poll_ends_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Ferro::start(
+        dir.path(),
+        None,
+        &["--shutdown-drain-timeout-secs", "30"],
+        &[],
+    );
+    let url = format!("{}/v2/_ferro/events/feed?after=0&wait=60", server.url);
+    let polling = tokio::spawn(async move {
+        let r = client().get(url).send().await.unwrap();
+        let status = r.status();
+        (status, r.text().await.unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!polling.is_finished(), "the long-poll is waiting");
+    let started = Instant::now();
+    let status = server.terminate(Duration::from_secs(40));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the shutdown waited {:?} for the long-poll",
+        started.elapsed()
+    );
+    let (status, body) = polling.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!server.log_text().contains("after the drain timeout"));
+}

@@ -73,6 +73,10 @@ pub struct App {
     /// Garbage collection (absent when serving a past state). Its
     /// `collector.last_report()` is the last run's report, for metrics.
     pub gc: Option<crate::gc::GcService>,
+    /// Cancelled when the server starts shutting down: requests that wait
+    /// on purpose (the feed's long-poll) end early instead of holding the
+    /// graceful drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

@@ -105,7 +105,11 @@ pub async fn get(app: &Arc<App>, query: &str) -> ApiResult<Response> {
         tokio::pin!(notified);
         notified.as_mut().enable();
         if tip.seq() <= q.after {
-            let _ = tokio::time::timeout(q.wait, notified).await;
+            // A shutdown ends the wait: the page is whatever is committed.
+            tokio::select! {
+                _ = tokio::time::timeout(q.wait, notified) => {}
+                _ = app.shutdown.cancelled() => {}
+            }
         }
     }
     // Committed means applied: the state's last sequence number.
