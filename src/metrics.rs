@@ -25,7 +25,8 @@
 //! - `ferro_log_group_commits_total`, `ferro_log_group_commit_records_max`
 //!   (records per group commit: `records_total / group_commits_total` is
 //!   the mean batch size)
-//! - `ferro_log_fsync_seconds` (summary: `_sum` and `_count`)
+//! - `ferro_log_fsync_seconds`, `ferro_log_group_commit_records`
+//!   (histograms, recorded by the writer thread as it goes)
 //! - `ferro_state_repositories`, `_manifests`, `_tags`, `_blobs`, `_uploads`
 //! - `ferro_startup_replay_seconds`, `ferro_startup_snapshot_load_seconds`,
 //!   `ferro_startup_seconds`, `ferro_ready`
@@ -53,6 +54,8 @@ pub const RESPONSE_BYTES: &str = "ferro_http_response_bytes_total";
 pub const IN_FLIGHT: &str = "ferro_http_requests_in_flight";
 pub const AUTH_REFUSALS: &str = "ferro_auth_refusals_total";
 pub const UPLOADS_EXPIRED: &str = "ferro_uploads_expired_total";
+pub const LOG_FSYNC_SECONDS: &str = "ferro_log_fsync_seconds";
+pub const LOG_GROUP_COMMIT_RECORDS: &str = "ferro_log_group_commit_records";
 pub const GC_RUNS: &str = "ferro_gc_runs_total";
 pub const GC_LAST_RUN_TIMESTAMP: &str = "ferro_gc_last_run_timestamp_seconds";
 pub const GC_LAST_DURATION: &str = "ferro_gc_last_duration_seconds";
@@ -66,6 +69,15 @@ pub const GC_ORPHAN_BYTES_FREED: &str = "ferro_gc_orphan_bytes_freed_total";
 const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
+
+/// fdatasync buckets, in seconds: from a write-back cache to a busy disk.
+const FSYNC_BUCKETS_SECONDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.25, 1.0,
+];
+
+/// Records per group commit.
+const GROUP_COMMIT_BUCKETS: [f64; 10] =
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 /// How often histogram samples are folded into buckets without a scrape.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -91,10 +103,21 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                     Matcher::Full(REQUEST_SECONDS.into()),
                     &LATENCY_BUCKETS_SECONDS,
                 )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(LOG_FSYNC_SECONDS.into()),
+                    &FSYNC_BUCKETS_SECONDS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(LOG_GROUP_COMMIT_RECORDS.into()),
+                    &GROUP_COMMIT_BUCKETS,
+                )
                 .ok()?;
             match builder.install_recorder() {
                 Ok(h) => {
                     describe();
+                    log_histograms();
                     spawn_upkeep(h.clone());
                     Some(h)
                 }
@@ -141,6 +164,15 @@ fn describe() {
         "Requests refused by access control, by reason"
     );
     describe_counter!(UPLOADS_EXPIRED, "Idle uploads cancelled by expiry");
+    describe_histogram!(
+        LOG_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time of each fdatasync of the log"
+    );
+    describe_histogram!(
+        LOG_GROUP_COMMIT_RECORDS,
+        "Records written by each group commit (one write, at most one fdatasync)"
+    );
     describe_counter!(GC_RUNS, "Garbage collection runs finished, by dry_run");
     describe_gauge!(
         GC_LAST_RUN_TIMESTAMP,
@@ -191,6 +223,29 @@ pub fn record_gc(report: &crate::gc::GcReport) {
     ] {
         metrics::counter!(name).increment(value);
     }
+}
+
+/// One fdatasync of the log, from the writer thread (the handle is looked
+/// up once).
+pub fn record_log_fsync(took: Duration) {
+    log_histograms().0.record(took.as_secs_f64());
+}
+
+/// One group commit of `records` records, from the writer thread.
+pub fn record_group_commit(records: usize) {
+    log_histograms().1.record(records as f64);
+}
+
+/// The log writer's histograms, registered by `install` so that they are
+/// on the page (empty) before the first commit.
+fn log_histograms() -> &'static (metrics::Histogram, metrics::Histogram) {
+    static H: OnceLock<(metrics::Histogram, metrics::Histogram)> = OnceLock::new();
+    H.get_or_init(|| {
+        (
+            metrics::histogram!(LOG_FSYNC_SECONDS),
+            metrics::histogram!(LOG_GROUP_COMMIT_RECORDS),
+        )
+    })
 }
 
 /// The in-flight gauge, looked up once (a lookup hashes the key).
@@ -339,15 +394,6 @@ pub fn render(live: Option<(&LogWriter, StateSummary)>) -> String {
         "gauge",
         "Most records written by one group commit",
         stats.largest_batch.to_string(),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ferro_log_fsync_seconds Time spent in fdatasync of the log\n\
-         # TYPE ferro_log_fsync_seconds summary\n\
-         ferro_log_fsync_seconds_sum {}\n\
-         ferro_log_fsync_seconds_count {}",
-        stats.fsync_total_us as f64 / 1e6,
-        stats.fsyncs
     );
     for (name, help, value) in [
         (

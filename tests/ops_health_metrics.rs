@@ -81,6 +81,20 @@ async fn health_readiness_and_metrics_move_with_requests() {
     assert!(sample(&after, "ferro_log_fsync_seconds_sum", &[]).unwrap() > 0.0);
     assert!(sample(&after, "ferro_log_group_commits_total", &[]).unwrap() >= 4.0);
     assert!(sample(&after, "ferro_log_group_commit_records_max", &[]).unwrap() >= 1.0);
+    // Histograms: every group commit of at most 1024 records, and each
+    // fsync under a minute, are in the top bucket.
+    assert!(sample(&after, "ferro_log_group_commit_records_count", &[]).unwrap() >= 4.0);
+    assert_eq!(
+        sample(
+            &after,
+            "ferro_log_group_commit_records_bucket",
+            &["le=\"1024\""]
+        ),
+        sample(&after, "ferro_log_group_commit_records_count", &[])
+    );
+    assert!(
+        sample(&after, "ferro_log_fsync_seconds_bucket", &["le=\"+Inf\""]).unwrap() > fsyncs_before
+    );
     assert!(sample(&after, "ferro_log_appended_bytes_total", &[]).unwrap() > 0.0);
     assert_eq!(
         sample(

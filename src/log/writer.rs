@@ -533,6 +533,7 @@ impl Worker {
             s.entries += planned.len() as u64;
             s.largest_batch = s.largest_batch.max(planned.len() as u64);
         }
+        crate::metrics::record_group_commit(planned.len());
         for (i, p) in planned.drain(..).enumerate() {
             let _ = p.reply.send(Ok(Committed {
                 seq: Some(first_seq + i as u64),
@@ -552,9 +553,12 @@ impl Worker {
             Ok(()) => {
                 self.dirty = false;
                 self.synced_len = len;
+                let took = started.elapsed();
                 let mut s = self.stats.lock();
                 s.fsyncs += 1;
-                s.fsync_total_us += started.elapsed().as_micros() as u64;
+                s.fsync_total_us += took.as_micros() as u64;
+                drop(s);
+                crate::metrics::record_log_fsync(took);
                 Ok(())
             }
             Err(e) => {
