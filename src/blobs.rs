@@ -19,6 +19,8 @@
 //! Boundary: paths are built only from a validated [`Digest`] or an upload
 //! id this module generated and validated (32 lower-case hex digits).
 
+pub mod read;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
