@@ -19,6 +19,7 @@
 //! Boundary: paths are built only from a validated [`Digest`] or an upload
 //! id this module generated and validated (32 lower-case hex digits).
 
+pub mod cache;
 pub mod read;
 
 use std::collections::HashSet;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use self::cache::SmallBlobCache;
 use crate::datadir::Layout;
 use crate::fsutil::ensure_dir_durable_with;
 use crate::oci::{Digest, DigestAlgorithm, Hasher};
@@ -46,6 +48,7 @@ pub struct BlobStore {
     /// and their parent fsynced, or fsynced after it found them).
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
     locks: Arc<DigestLocks>,
+    small_blobs: Arc<SmallBlobCache>,
 }
 
 /// Striped per-digest locks: a digest maps to one of
@@ -125,7 +128,13 @@ impl BlobStore {
             fs,
             durable_dirs: Arc::default(),
             locks: Arc::new(DigestLocks::default()),
+            small_blobs: Arc::default(),
         }
+    }
+
+    /// The cache of small blobs shared by every clone of this store.
+    pub fn small_blobs(&self) -> &SmallBlobCache {
+        &self.small_blobs
     }
 
     /// The per-digest locks shared by every clone of this store.

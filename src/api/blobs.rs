@@ -2,8 +2,11 @@
 //!
 //! Blobs are served only from repositories they are linked into. The
 //! bytes come from [`BlobStore::read_range`](crate::blobs::BlobStore):
-//! small ones read in one blocking task, large ones memory-mapped piece
-//! by piece and streamed without a copy (page cache, not the heap).
+//! small ones read in one blocking task (and whole small blobs kept in a
+//! bounded cache, [`SmallBlobCache`](crate::blobs::cache::SmallBlobCache),
+//! consulted only after the repository's link to the blob is checked),
+//! large ones memory-mapped piece by piece and streamed without a copy
+//! (page cache, not the heap).
 
 use std::sync::Arc;
 
@@ -59,13 +62,31 @@ pub async fn get(
     let body = if head {
         Body::empty()
     } else {
+        // A whole small blob may be in memory already.
+        let whole = start == 0 && len == size;
+        let cached = whole.then(|| app.store.small_blobs().get(digest)).flatten();
+        if let Some(bytes) = cached {
+            return Ok(blob_response(
+                status,
+                Body::from(bytes),
+                digest,
+                start,
+                len,
+                size,
+            ));
+        }
         let store = app.store.clone();
         let d = digest.clone();
         let read = tokio::task::spawn_blocking(move || store.read_range(&d, start, len))
             .await
             .map_err(ApiError::internal)?;
         match read {
-            Ok(BlobRange::InMemory(bytes)) => Body::from(bytes),
+            Ok(BlobRange::InMemory(bytes)) => {
+                if whole {
+                    app.store.small_blobs().insert(digest, bytes.clone());
+                }
+                Body::from(bytes)
+            }
             Ok(BlobRange::Mapped(range)) => {
                 Body::from_stream(futures_util::stream::iter(range.pieces()))
             }
@@ -77,6 +98,19 @@ pub async fn get(
             Err(e) => return Err(e.into()),
         }
     };
+    Ok(blob_response(status, body, digest, start, len, size))
+}
+
+/// The answer to a blob GET or HEAD: `body` is bytes `start..start + len`
+/// of a blob of `size` bytes.
+fn blob_response(
+    status: StatusCode,
+    body: Body,
+    digest: &Digest,
+    start: u64,
+    len: u64,
+    size: u64,
+) -> Response {
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -92,7 +126,7 @@ pub async fn get(
         );
     }
     digest_headers(h, digest);
-    Ok(response)
+    response
 }
 
 pub async fn delete(
