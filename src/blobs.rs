@@ -39,6 +39,10 @@ use crate::storage::{self, FileHandle, FileSystem, Fs, OpenMode};
 /// Size of the buffers used to read and write blob bytes.
 pub const IO_BUFFER_BYTES: usize = 1024 * 1024;
 
+/// A staging file's dirty pages are handed to the disk each time this
+/// much more was written to it ([`FileHandle::start_writeback`]).
+pub const WRITEBACK_STEP_BYTES: u64 = 8 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     blobs_dir: PathBuf,
@@ -308,7 +312,13 @@ impl StagingWriter {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.crc.update(bytes);
+        let before = self.written;
         self.written += bytes.len() as u64;
+        // Start the disk on what was written so far every few MiB, so the
+        // sync that ends the chunk or the upload finds little left to do.
+        if before / WRITEBACK_STEP_BYTES != self.written / WRITEBACK_STEP_BYTES {
+            self.file.start_writeback()?;
+        }
         Ok(())
     }
 }
