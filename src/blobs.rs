@@ -10,6 +10,10 @@
 //! `uploads/` (the staging file's name), before its event is logged: an
 //! acknowledged chunk survives power loss.
 //!
+//! The 256 prefix directories of sha256 blobs are made (durably) at
+//! startup ([`BlobStore::prepare_dirs`]), so a commit does not create or
+//! fsync a directory; one missing later is made on the commit's way.
+//!
 //! Every change goes through the store's [`FileSystem`] seam.
 //!
 //! A blob's commit (rename into the store, then logging the link) and its
@@ -32,7 +36,7 @@ use parking_lot::Mutex;
 
 use self::cache::SmallBlobCache;
 use crate::datadir::Layout;
-use crate::fsutil::ensure_dir_durable_with;
+use crate::fsutil::{create_dir_all_durable_with, ensure_dir_durable_with};
 use crate::oci::{Digest, DigestAlgorithm, Hasher};
 use crate::storage::{self, FileHandle, FileSystem, Fs, OpenMode};
 
@@ -187,8 +191,46 @@ impl BlobStore {
             self.fs.remove_file(staging)?;
             return self.fs.sync_dir(dir);
         }
-        self.fs.rename(staging, &target)?;
+        match self.fs.rename(staging, &target) {
+            // The directory went away after it was made durable (removed
+            // by hand): make it again, durably, and retry once.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_dir() => {
+                self.durable_dirs.lock().remove(dir);
+                self.ensure_durable_dir(dir)?;
+                self.fs.rename(staging, &target)?;
+            }
+            other => other?,
+        }
         self.fs.sync_dir(dir)
+    }
+
+    /// Creates the prefix directories of sha256 blobs (`blobs/sha256/00`
+    /// to `ff`) that are missing and makes all of them durable, so that
+    /// committing a blob neither creates nor fsyncs a directory (other
+    /// algorithms still get theirs on first use). Two directory fsyncs
+    /// when none was missing: a directory found here may have been
+    /// created by a process killed before it fsynced the parent.
+    pub fn prepare_dirs(&self) -> io::Result<()> {
+        let alg_dir = self.blobs_dir.join(DigestAlgorithm::Sha256.name());
+        create_dir_all_durable_with(&*self.fs, &alg_dir)?;
+        let prefixes: Vec<PathBuf> = (0..=u8::MAX)
+            .map(|b| alg_dir.join(format!("{b:02x}")))
+            .collect();
+        for dir in &prefixes {
+            if dir.is_dir() {
+                continue;
+            }
+            match self.fs.create_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        self.fs.sync_dir(&alg_dir)?;
+        self.fs.sync_dir(&self.blobs_dir)?;
+        let mut durable = self.durable_dirs.lock();
+        durable.insert(alg_dir);
+        durable.extend(prefixes);
+        Ok(())
     }
 
     /// Fsyncs a staging file just written and commits it as `digest`
@@ -320,5 +362,51 @@ impl StagingWriter {
             self.file.start_writeback()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim::SimFs;
+
+    fn staged(store: &BlobStore, bytes: &[u8]) -> (StagingWriter, Digest) {
+        let path = store.staging_path(&new_upload_id());
+        let mut w = store.open_staging(&path, 0).unwrap();
+        w.write(bytes).unwrap();
+        (w, Digest::sha256_of(bytes))
+    }
+
+    #[test]
+    fn prepared_prefix_directories_are_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let sim = SimFs::new(root.path()).unwrap();
+        let layout = Layout::new(root.path());
+        let fs: Fs = Arc::new(sim.clone());
+        crate::fsutil::create_dir_all_durable_with(&*fs, &layout.uploads_dir()).unwrap();
+        let store = BlobStore::new_with_fs(&layout, fs);
+        store.prepare_dirs().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        sim.durable_image().materialize(out.path()).unwrap();
+        for prefix in ["00", "7f", "ff"] {
+            assert!(out.path().join("blobs/sha256").join(prefix).is_dir());
+        }
+    }
+
+    #[test]
+    fn a_missing_prefix_directory_is_made_again_by_the_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        std::fs::create_dir_all(layout.uploads_dir()).unwrap();
+        let store = BlobStore::new(&layout);
+        store.prepare_dirs().unwrap();
+        let (w, digest) = staged(&store, b"some bytes");
+        let dir = store.blob_path(&digest).parent().unwrap().to_owned();
+        std::fs::remove_dir(&dir).unwrap();
+        store.commit_staging(w, &digest).unwrap();
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest)).unwrap(),
+            b"some bytes"
+        );
     }
 }

@@ -389,8 +389,16 @@ fn run_epoch(
         sim.add_fault(fault);
     }
     let fs: Fs = Arc::new(sim.clone());
+    let store = BlobStore::new_with_fs(&layout, fs.clone());
+    // Half the runs make the blob prefix directories up front, as the
+    // server does at startup; the others make each on first use.
+    let prepare_dirs = rng.below(2) == 0;
     // The uploads directory exists, as `DataDir::open` makes it.
     let started = ferro::fsutil::create_dir_all_durable_with(&*fs, &layout.uploads_dir())
+        .and_then(|()| match prepare_dirs {
+            true => store.prepare_dirs(),
+            false => Ok(()),
+        })
         .map_err(|e| startup::StartupError::Log(e.into()))
         .and_then(|()| {
             startup::open_with_fs(
@@ -424,7 +432,7 @@ fn run_epoch(
     let ctx = Arc::new(Ctx {
         writer: opened.writer.clone(),
         state: opened.state.clone(),
-        store: BlobStore::new_with_fs(&layout, fs.clone()),
+        store,
         sim: sim.clone(),
         scheduler,
         model: model.clone(),
