@@ -1,5 +1,8 @@
 //! The blob store: content-addressed files under `blobs/`, and the staging
-//! files of uploads under `uploads/`.
+//! files of uploads: a session's under `uploads/`, a one-shot upload's (a
+//! whole blob in one request) beside the blob's final name
+//! (`<hex>.<upload id>.staging`), so that concurrent pushes do not all
+//! create files in one directory and the commit is a rename within one.
 //!
 //! Commit order (the log depends on it): the staging file is written and
 //! fsynced, renamed to `blobs/<alg>/<2 hex>/<hex>`, the directory fsynced,
@@ -112,6 +115,17 @@ impl DigestLocks {
     }
 }
 
+/// The suffix of one-shot staging files (`<hex>.<upload id>.staging`).
+pub const ONE_SHOT_STAGING_SUFFIX: &str = ".staging";
+
+/// The hex digest a file name of a one-shot staging file starts with
+/// (`<hex>.<upload id>.staging`), or `None` for any other name.
+pub fn staging_leftover_digest(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(ONE_SHOT_STAGING_SUFFIX)?;
+    let (hex, id) = stem.split_once('.')?;
+    is_upload_id(id).then_some(hex)
+}
+
 /// Whether `s` is an upload id this store could have generated.
 pub fn is_upload_id(s: &str) -> bool {
     s.len() == 32
@@ -165,6 +179,31 @@ impl BlobStore {
     pub fn staging_path(&self, id: &str) -> PathBuf {
         debug_assert!(is_upload_id(id), "upload ids are validated before use");
         self.uploads_dir.join(id)
+    }
+
+    /// The staging file of a one-shot upload of `digest` (a whole blob in
+    /// one request): beside the blob's final name, so that creating it
+    /// spreads over the prefix directories instead of contending for
+    /// `uploads/`, and its commit is a rename within one directory.
+    /// Named `<hex>.<id>.staging`; garbage collection removes one left
+    /// behind by a crash ([`staging_leftover_digest`]).
+    ///
+    /// # Panics (debug)
+    /// If `id` is not an upload id.
+    pub fn one_shot_staging_path(&self, digest: &Digest, id: &str) -> PathBuf {
+        debug_assert!(is_upload_id(id), "upload ids are generated or validated");
+        let mut path = self.blob_path(digest);
+        path.set_file_name(format!("{}.{id}{ONE_SHOT_STAGING_SUFFIX}", digest.hex()));
+        path
+    }
+
+    /// Opens a new one-shot staging file for `digest`
+    /// ([`BlobStore::one_shot_staging_path`]), making its directory first
+    /// if it is missing.
+    pub fn open_one_shot_staging(&self, path: &Path) -> io::Result<StagingWriter> {
+        let dir = path.parent().expect("staging paths have a parent");
+        self.ensure_durable_dir(dir)?;
+        self.open_staging(path, 0)
     }
 
     pub fn uploads_dir(&self) -> &Path {

@@ -149,11 +149,11 @@ impl Ctx {
     async fn monolithic(&self, repo: &RepoName, bytes: Vec<u8>) -> Result<(), Outcome> {
         let digest = Digest::sha256_of(&bytes);
         let store = self.store.clone();
-        let staging = store.staging_path(&new_upload_id());
+        let staging = store.one_shot_staging_path(&digest, &new_upload_id());
         let d = digest.clone();
         let size = bytes.len() as u64;
         let r = tokio::task::spawn_blocking(move || {
-            let mut w = store.open_staging(&staging, 0)?;
+            let mut w = store.open_one_shot_staging(&staging)?;
             w.write(&bytes)?;
             store.commit_staging(w, &d)
         })
@@ -593,6 +593,11 @@ fn check_store_files(dir: &Path) -> Result<(), String> {
             check_store_files(&path)?;
         } else {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if ferro::blobs::staging_leftover_digest(&name).is_some() {
+                // A one-shot upload's staging file cut short by the crash:
+                // never named by an event, removed by garbage collection.
+                continue;
+            }
             let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
             if Digest::sha256_of(&bytes).hex() != name {
                 return Err(format!(
