@@ -1,5 +1,8 @@
 //! The blob store: content-addressed files under `blobs/`, and the staging
-//! files of uploads under `uploads/`.
+//! files of uploads: a session's under `uploads/`, a one-shot upload's (a
+//! whole blob in one request) beside the blob's final name
+//! (`<hex>.<upload id>.staging`), so that concurrent pushes do not all
+//! create files in one directory and the commit is a rename within one.
 //!
 //! Commit order (the log depends on it): the staging file is written and
 //! fsynced, renamed to `blobs/<alg>/<2 hex>/<hex>`, the directory fsynced,
@@ -10,6 +13,10 @@
 //! `uploads/` (the staging file's name), before its event is logged: an
 //! acknowledged chunk survives power loss.
 //!
+//! The 256 prefix directories of sha256 blobs are made (durably) at
+//! startup ([`BlobStore::prepare_dirs`]), so a commit does not create or
+//! fsync a directory; one missing later is made on the commit's way.
+//!
 //! Every change goes through the store's [`FileSystem`] seam.
 //!
 //! A blob's commit (rename into the store, then logging the link) and its
@@ -19,6 +26,9 @@
 //! Boundary: paths are built only from a validated [`Digest`] or an upload
 //! id this module generated and validated (32 lower-case hex digits).
 
+pub mod cache;
+pub mod read;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
@@ -27,13 +37,18 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use self::cache::SmallBlobCache;
 use crate::datadir::Layout;
-use crate::fsutil::ensure_dir_durable_with;
+use crate::fsutil::{create_dir_all_durable_with, ensure_dir_durable_with};
 use crate::oci::{Digest, DigestAlgorithm, Hasher};
 use crate::storage::{self, FileHandle, FileSystem, Fs, OpenMode};
 
 /// Size of the buffers used to read and write blob bytes.
 pub const IO_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// A staging file's dirty pages are handed to the disk each time this
+/// much more was written to it ([`FileHandle::start_writeback`]).
+pub const WRITEBACK_STEP_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -44,6 +59,7 @@ pub struct BlobStore {
     /// and their parent fsynced, or fsynced after it found them).
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
     locks: Arc<DigestLocks>,
+    small_blobs: Arc<SmallBlobCache>,
 }
 
 /// Striped per-digest locks: a digest maps to one of
@@ -99,6 +115,17 @@ impl DigestLocks {
     }
 }
 
+/// The suffix of one-shot staging files (`<hex>.<upload id>.staging`).
+pub const ONE_SHOT_STAGING_SUFFIX: &str = ".staging";
+
+/// The hex digest a file name of a one-shot staging file starts with
+/// (`<hex>.<upload id>.staging`), or `None` for any other name.
+pub fn staging_leftover_digest(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(ONE_SHOT_STAGING_SUFFIX)?;
+    let (hex, id) = stem.split_once('.')?;
+    is_upload_id(id).then_some(hex)
+}
+
 /// Whether `s` is an upload id this store could have generated.
 pub fn is_upload_id(s: &str) -> bool {
     s.len() == 32
@@ -123,7 +150,13 @@ impl BlobStore {
             fs,
             durable_dirs: Arc::default(),
             locks: Arc::new(DigestLocks::default()),
+            small_blobs: Arc::default(),
         }
+    }
+
+    /// The cache of small blobs shared by every clone of this store.
+    pub fn small_blobs(&self) -> &SmallBlobCache {
+        &self.small_blobs
     }
 
     /// The per-digest locks shared by every clone of this store.
@@ -146,6 +179,31 @@ impl BlobStore {
     pub fn staging_path(&self, id: &str) -> PathBuf {
         debug_assert!(is_upload_id(id), "upload ids are validated before use");
         self.uploads_dir.join(id)
+    }
+
+    /// The staging file of a one-shot upload of `digest` (a whole blob in
+    /// one request): beside the blob's final name, so that creating it
+    /// spreads over the prefix directories instead of contending for
+    /// `uploads/`, and its commit is a rename within one directory.
+    /// Named `<hex>.<id>.staging`; garbage collection removes one left
+    /// behind by a crash ([`staging_leftover_digest`]).
+    ///
+    /// # Panics (debug)
+    /// If `id` is not an upload id.
+    pub fn one_shot_staging_path(&self, digest: &Digest, id: &str) -> PathBuf {
+        debug_assert!(is_upload_id(id), "upload ids are generated or validated");
+        let mut path = self.blob_path(digest);
+        path.set_file_name(format!("{}.{id}{ONE_SHOT_STAGING_SUFFIX}", digest.hex()));
+        path
+    }
+
+    /// Opens a new one-shot staging file for `digest`
+    /// ([`BlobStore::one_shot_staging_path`]), making its directory first
+    /// if it is missing.
+    pub fn open_one_shot_staging(&self, path: &Path) -> io::Result<StagingWriter> {
+        let dir = path.parent().expect("staging paths have a parent");
+        self.ensure_durable_dir(dir)?;
+        self.open_staging(path, 0)
     }
 
     pub fn uploads_dir(&self) -> &Path {
@@ -172,8 +230,46 @@ impl BlobStore {
             self.fs.remove_file(staging)?;
             return self.fs.sync_dir(dir);
         }
-        self.fs.rename(staging, &target)?;
+        match self.fs.rename(staging, &target) {
+            // The directory went away after it was made durable (removed
+            // by hand): make it again, durably, and retry once.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_dir() => {
+                self.durable_dirs.lock().remove(dir);
+                self.ensure_durable_dir(dir)?;
+                self.fs.rename(staging, &target)?;
+            }
+            other => other?,
+        }
         self.fs.sync_dir(dir)
+    }
+
+    /// Creates the prefix directories of sha256 blobs (`blobs/sha256/00`
+    /// to `ff`) that are missing and makes all of them durable, so that
+    /// committing a blob neither creates nor fsyncs a directory (other
+    /// algorithms still get theirs on first use). Two directory fsyncs
+    /// when none was missing: a directory found here may have been
+    /// created by a process killed before it fsynced the parent.
+    pub fn prepare_dirs(&self) -> io::Result<()> {
+        let alg_dir = self.blobs_dir.join(DigestAlgorithm::Sha256.name());
+        create_dir_all_durable_with(&*self.fs, &alg_dir)?;
+        let prefixes: Vec<PathBuf> = (0..=u8::MAX)
+            .map(|b| alg_dir.join(format!("{b:02x}")))
+            .collect();
+        for dir in &prefixes {
+            if dir.is_dir() {
+                continue;
+            }
+            match self.fs.create_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        self.fs.sync_dir(&alg_dir)?;
+        self.fs.sync_dir(&self.blobs_dir)?;
+        let mut durable = self.durable_dirs.lock();
+        durable.insert(alg_dir);
+        durable.extend(prefixes);
+        Ok(())
     }
 
     /// Fsyncs a staging file just written and commits it as `digest`
@@ -297,7 +393,59 @@ impl StagingWriter {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.crc.update(bytes);
+        let before = self.written;
         self.written += bytes.len() as u64;
+        // Start the disk on what was written so far every few MiB, so the
+        // sync that ends the chunk or the upload finds little left to do.
+        if before / WRITEBACK_STEP_BYTES != self.written / WRITEBACK_STEP_BYTES {
+            self.file.start_writeback()?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim::SimFs;
+
+    fn staged(store: &BlobStore, bytes: &[u8]) -> (StagingWriter, Digest) {
+        let path = store.staging_path(&new_upload_id());
+        let mut w = store.open_staging(&path, 0).unwrap();
+        w.write(bytes).unwrap();
+        (w, Digest::sha256_of(bytes))
+    }
+
+    #[test]
+    fn prepared_prefix_directories_are_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let sim = SimFs::new(root.path()).unwrap();
+        let layout = Layout::new(root.path());
+        let fs: Fs = Arc::new(sim.clone());
+        crate::fsutil::create_dir_all_durable_with(&*fs, &layout.uploads_dir()).unwrap();
+        let store = BlobStore::new_with_fs(&layout, fs);
+        store.prepare_dirs().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        sim.durable_image().materialize(out.path()).unwrap();
+        for prefix in ["00", "7f", "ff"] {
+            assert!(out.path().join("blobs/sha256").join(prefix).is_dir());
+        }
+    }
+
+    #[test]
+    fn a_missing_prefix_directory_is_made_again_by_the_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        std::fs::create_dir_all(layout.uploads_dir()).unwrap();
+        let store = BlobStore::new(&layout);
+        store.prepare_dirs().unwrap();
+        let (w, digest) = staged(&store, b"some bytes");
+        let dir = store.blob_path(&digest).parent().unwrap().to_owned();
+        std::fs::remove_dir(&dir).unwrap();
+        store.commit_staging(w, &digest).unwrap();
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest)).unwrap(),
+            b"some bytes"
+        );
     }
 }

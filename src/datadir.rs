@@ -6,7 +6,9 @@
 //! <data>/log/<first seq>.log           log segments
 //! <data>/snapshots/<seq>.snap          snapshots
 //! <data>/blobs/<alg>/<2 hex>/<hex>     blob bytes, content-addressed
-//! <data>/uploads/<upload id>           staging files of uploads in progress
+//! <data>/blobs/<alg>/<2 hex>/<hex>.<upload id>.staging
+//!                                      staging files of one-shot uploads
+//! <data>/uploads/<upload id>           staging files of upload sessions
 //! ```
 
 use std::fs::{File, OpenOptions, TryLockError};

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::BlobStore;
+use crate::blobs::{staging_leftover_digest, BlobStore};
 use crate::commands::{Collectable, Command, GcRun};
 use crate::compaction::Retention;
 use crate::datadir::Layout;
@@ -481,7 +481,7 @@ impl Collector {
             let state = self.state.read();
             files
                 .into_iter()
-                .filter(|f| !state.blobs.contains_key(&f.digest))
+                .filter(|f| f.leftover || !state.blobs.contains_key(&f.digest))
                 .filter(|f| f.modified_unix_ns <= cutoff_unix_ns)
                 .collect()
         };
@@ -494,7 +494,7 @@ impl Collector {
             // An upload may be between committing this file and logging
             // its link: under the lock, the state is final for it.
             let _guard = self.store.locks().lock([&f.digest]).await;
-            if self.state.read().blobs.contains_key(&f.digest) {
+            if !f.leftover && self.state.read().blobs.contains_key(&f.digest) {
                 continue;
             }
             let path = f.path.clone();
@@ -668,10 +668,15 @@ struct BlobFile {
     digest: Digest,
     size: u64,
     modified_unix_ns: u64,
+    /// A one-shot staging file left behind by a crash
+    /// (`<hex>.<upload id>.staging`), not the blob itself.
+    leftover: bool,
 }
 
 /// Every file of the store whose path spells a digest
-/// (`<alg>/<2 hex>/<hex>`); anything else is left alone.
+/// (`<alg>/<2 hex>/<hex>`), and one-shot staging files
+/// (`<alg>/<2 hex>/<hex>.<upload id>.staging`); anything else is left
+/// alone.
 fn list_blob_files(blobs_dir: &Path) -> std::io::Result<Vec<BlobFile>> {
     let mut files = Vec::new();
     let algorithms = match std::fs::read_dir(blobs_dir) {
@@ -697,10 +702,12 @@ fn list_blob_files(blobs_dir: &Path) -> std::io::Result<Vec<BlobFile>> {
                     continue;
                 }
                 let name = file.file_name().to_string_lossy().into_owned();
-                let Ok(digest) = Digest::parse(&format!("{alg_name}:{name}")) else {
+                let leftover = staging_leftover_digest(&name);
+                let hex = leftover.unwrap_or(&name);
+                let Ok(digest) = Digest::parse(&format!("{alg_name}:{hex}")) else {
                     continue;
                 };
-                if !name.starts_with(&*prefix.file_name().to_string_lossy()) {
+                if !hex.starts_with(&*prefix.file_name().to_string_lossy()) {
                     continue;
                 }
                 files.push(BlobFile {
@@ -708,6 +715,7 @@ fn list_blob_files(blobs_dir: &Path) -> std::io::Result<Vec<BlobFile>> {
                     digest,
                     size: meta.len(),
                     modified_unix_ns: meta.modified().map(unix_ns).unwrap_or(u64::MAX),
+                    leftover: leftover.is_some(),
                 });
             }
         }

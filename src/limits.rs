@@ -25,6 +25,11 @@ pub const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 1024;
 pub const CREDENTIAL_CACHE_SECS: u64 = 300;
 /// Most `scope` values one token request may name.
 pub const TOKEN_SCOPES_MAX: usize = 32;
+/// Most bytes of small blobs kept in memory for GET
+/// (`blobs::cache::SmallBlobCache`).
+pub const SMALL_BLOB_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Locks the small-blob cache is split over.
+pub const SMALL_BLOB_CACHE_SHARDS: usize = 16;
 
 /// Limits an operator may tune.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -221,6 +221,11 @@ pub async fn run(
         "replayed the log"
     );
     let store = BlobStore::new(&layout);
+    if let Err(e) = store.prepare_dirs() {
+        stop.cancel();
+        let _ = serving.await;
+        return Err(e.into());
+    }
     let writer = opened.writer.clone();
     if let Durability::Interval { interval_ms } = config.log_durability() {
         log::writer::spawn_interval_sync(writer.clone(), Duration::from_millis(interval_ms));

@@ -72,6 +72,9 @@ async fn delete_blob() {
     let reg = Registry::start(&[]);
     let digest = reg.push_blob("r", b"to be deleted").await;
     reg.push_blob("s", b"to be deleted").await;
+    // Read first, so the blob is in the small-blob cache when it goes.
+    let r = reg.get(&format!("/v2/r/blobs/{digest}")).await;
+    assert_eq!(r.bytes().await.unwrap(), &b"to be deleted"[..]);
     let r = reg.delete(&format!("/v2/r/blobs/{digest}")).await;
     assert_eq!(r.status(), 202);
     let r = reg.get(&format!("/v2/r/blobs/{digest}")).await;

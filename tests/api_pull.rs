@@ -238,6 +238,44 @@ async fn blob_ranges() {
     }
 }
 
+/// Blobs above the in-memory size are served from memory maps, a few
+/// MiB at a time: whole, and ranges inside one piece and across pieces.
+#[tokio::test]
+async fn large_blob_ranges() {
+    let reg = Registry::start(&[]);
+    let size = 9 * 1024 * 1024 + 123;
+    let bytes = pseudo_random_bytes(size, 11);
+    let digest = reg.push_blob("r", &bytes).await;
+    let path = format!("/v2/r/blobs/{digest}");
+    let r = reg.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "content-length"),
+        Some(size.to_string().as_str())
+    );
+    assert!(r.bytes().await.unwrap() == bytes, "the whole blob");
+    let piece = 4 * 1024 * 1024;
+    let cases: &[(usize, usize)] = &[
+        (1, 70_000),
+        (piece - 100, piece + 100_000),
+        (100, size - 1),
+        (size - 70_000, size - 1),
+    ];
+    for &(start, end) in cases {
+        let r = reg
+            .request(reqwest::Method::GET, &path)
+            .header("Range", format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206, "{start}-{end}");
+        assert!(
+            r.bytes().await.unwrap() == bytes[start..=end],
+            "{start}-{end}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unsatisfiable_range_is_416_with_honest_length() {
     let reg = Registry::start(&[]);

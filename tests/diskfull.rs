@@ -407,7 +407,8 @@ fn http_pushes_fail_with_5xx_on_a_full_disk_and_work_once_space_is_back() {
         assert_eq!(push_blob(b"before".to_vec()).await, 201);
 
         // The blob store's disk is full: the upload fails, nothing logged.
-        sim.add_fault(Fault::always(FaultOp::Write, ENOSPC).on("uploads/"));
+        // (A one-shot upload stages its bytes beside the blob, in blobs/.)
+        sim.add_fault(Fault::always(FaultOp::Write, ENOSPC).on("blobs/"));
         let status = push_blob(vec![7u8; 4096]).await;
         assert!((500..600).contains(&status), "{status}");
         sim.clear_faults();

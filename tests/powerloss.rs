@@ -149,11 +149,11 @@ impl Ctx {
     async fn monolithic(&self, repo: &RepoName, bytes: Vec<u8>) -> Result<(), Outcome> {
         let digest = Digest::sha256_of(&bytes);
         let store = self.store.clone();
-        let staging = store.staging_path(&new_upload_id());
+        let staging = store.one_shot_staging_path(&digest, &new_upload_id());
         let d = digest.clone();
         let size = bytes.len() as u64;
         let r = tokio::task::spawn_blocking(move || {
-            let mut w = store.open_staging(&staging, 0)?;
+            let mut w = store.open_one_shot_staging(&staging)?;
             w.write(&bytes)?;
             store.commit_staging(w, &d)
         })
@@ -389,8 +389,16 @@ fn run_epoch(
         sim.add_fault(fault);
     }
     let fs: Fs = Arc::new(sim.clone());
+    let store = BlobStore::new_with_fs(&layout, fs.clone());
+    // Half the runs make the blob prefix directories up front, as the
+    // server does at startup; the others make each on first use.
+    let prepare_dirs = rng.below(2) == 0;
     // The uploads directory exists, as `DataDir::open` makes it.
     let started = ferro::fsutil::create_dir_all_durable_with(&*fs, &layout.uploads_dir())
+        .and_then(|()| match prepare_dirs {
+            true => store.prepare_dirs(),
+            false => Ok(()),
+        })
         .map_err(|e| startup::StartupError::Log(e.into()))
         .and_then(|()| {
             startup::open_with_fs(
@@ -424,7 +432,7 @@ fn run_epoch(
     let ctx = Arc::new(Ctx {
         writer: opened.writer.clone(),
         state: opened.state.clone(),
-        store: BlobStore::new_with_fs(&layout, fs.clone()),
+        store,
         sim: sim.clone(),
         scheduler,
         model: model.clone(),
@@ -585,6 +593,11 @@ fn check_store_files(dir: &Path) -> Result<(), String> {
             check_store_files(&path)?;
         } else {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if ferro::blobs::staging_leftover_digest(&name).is_some() {
+                // A one-shot upload's staging file cut short by the crash:
+                // never named by an event, removed by garbage collection.
+                continue;
+            }
             let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
             if Digest::sha256_of(&bytes).hex() != name {
                 return Err(format!(

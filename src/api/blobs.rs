@@ -1,28 +1,27 @@
 //! `/v2/<name>/blobs/<digest>`: GET, HEAD (with `Range`), DELETE.
 //!
-//! Blobs are served only from repositories they are linked into, and
-//! streamed from disk: never more than one buffer of a blob in memory.
+//! Blobs are served only from repositories they are linked into. The
+//! bytes come from [`BlobStore::read_range`](crate::blobs::BlobStore):
+//! small ones read in one blocking task (and whole small blobs kept in a
+//! bounded cache, [`SmallBlobCache`](crate::blobs::cache::SmallBlobCache),
+//! consulted only after the repository's link to the blob is checked),
+//! large ones memory-mapped piece by piece and streamed without a copy
+//! (page cache, not the heap).
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
 use super::ranges::{parse_range, ByteRange};
 use super::router::RequestContext;
 use super::App;
+use crate::blobs::read::BlobRange;
 use crate::commands::Command;
 use crate::oci::{Digest, RepoName};
-
-/// Blobs up to this size are read in one go and sent as one buffer.
-const SMALL_BLOB_BYTES: u64 = 64 * 1024;
-const STREAM_BUFFER_BYTES: usize = 256 * 1024;
 
 fn blob_unknown() -> ApiError {
     ApiError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
@@ -60,32 +59,58 @@ pub async fn get(
             return Ok(r);
         }
     };
-    let path = app.store.blob_path(digest);
     let body = if head {
         Body::empty()
     } else {
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
+        // A whole small blob may be in memory already.
+        let whole = start == 0 && len == size;
+        let cached = whole.then(|| app.store.small_blobs().get(digest)).flatten();
+        if let Some(bytes) = cached {
+            return Ok(blob_response(
+                status,
+                Body::from(bytes),
+                digest,
+                start,
+                len,
+                size,
+            ));
+        }
+        let store = app.store.clone();
+        let d = digest.clone();
+        let read = tokio::task::spawn_blocking(move || store.read_range(&d, start, len))
+            .await
+            .map_err(ApiError::internal)?;
+        match read {
+            Ok(BlobRange::InMemory(bytes)) => {
+                if whole {
+                    app.store.small_blobs().insert(digest, bytes.clone());
+                }
+                Body::from(bytes)
+            }
+            Ok(BlobRange::Mapped(range)) => {
+                Body::from_stream(futures_util::stream::iter(range.pieces()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let path = app.store.blob_path(digest);
                 tracing::error!(path = %path.display(), %digest, "blob in the state has no file");
                 return Err(blob_unknown());
             }
             Err(e) => return Err(e.into()),
-        };
-        if start > 0 {
-            file.seek(SeekFrom::Start(start)).await?;
-        }
-        if len <= SMALL_BLOB_BYTES {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact(&mut buf).await?;
-            Body::from(buf)
-        } else {
-            Body::from_stream(ReaderStream::with_capacity(
-                file.take(len),
-                STREAM_BUFFER_BYTES,
-            ))
         }
     };
+    Ok(blob_response(status, body, digest, start, len, size))
+}
+
+/// The answer to a blob GET or HEAD: `body` is bytes `start..start + len`
+/// of a blob of `size` bytes.
+fn blob_response(
+    status: StatusCode,
+    body: Body,
+    digest: &Digest,
+    start: u64,
+    len: u64,
+    size: u64,
+) -> Response {
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -101,7 +126,7 @@ pub async fn get(
         );
     }
     digest_headers(h, digest);
-    Ok(response)
+    response
 }
 
 pub async fn delete(

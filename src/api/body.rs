@@ -1,6 +1,6 @@
 //! Request bodies: read whole (small, bounded) or streamed to a staging
-//! file in large blocks, hashing as they go, never holding more than two
-//! blocks in memory.
+//! file in large blocks, hashed and written in parallel, never holding
+//! more than three blocks in memory.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,8 +66,11 @@ pub struct Streamed {
 }
 
 /// Streams `body` into `writer` (at its current position), updating
-/// `hasher`, refusing more than `limit` bytes. Writing and hashing run on
-/// the blocking pool, one block at a time, while the next block is read.
+/// `hasher`, refusing more than `limit` bytes. Each block is hashed and
+/// written by two blocking tasks at once, so a block costs the slower of
+/// the two rather than their sum, and the next block is read from the
+/// connection meanwhile: at most three blocks are in memory (one being
+/// read, one being hashed, one being written).
 pub async fn stream_to_staging(
     body: Body,
     writer: StagingWriter,
@@ -75,9 +78,7 @@ pub async fn stream_to_staging(
     limit: u64,
 ) -> Result<Streamed, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut state = Some((writer, hasher));
-    let mut pending: Option<tokio::task::JoinHandle<std::io::Result<(StagingWriter, Hasher)>>> =
-        None;
+    let mut pipe = Pipeline::new(writer, hasher);
     let mut buf = BytesMut::with_capacity(IO_BUFFER_BYTES);
     let mut total = 0u64;
     let mut ended = false;
@@ -94,9 +95,7 @@ pub async fn stream_to_staging(
                     Err(error) => {
                         // Let an in-flight write finish, so the caller's
                         // clean-up of the staging file cannot race with it.
-                        if let Some(p) = pending.take() {
-                            let _ = p.await;
-                        }
+                        let _ = pipe.finish().await;
                         return Err(error);
                     }
                 };
@@ -111,22 +110,103 @@ pub async fn stream_to_staging(
         if buf.is_empty() {
             continue;
         }
-        let (mut w, mut h) = match pending.take() {
-            Some(p) => p.await.map_err(ApiError::internal)??,
-            None => state.take().expect("writer is either pending or here"),
-        };
         let block = buf.split().freeze();
-        pending = Some(tokio::task::spawn_blocking(move || {
-            h.update(&block);
-            w.write(&block)?;
-            Ok((w, h))
-        }));
+        buf.reserve(IO_BUFFER_BYTES);
+        pipe.push(block).await?;
     }
-    let (writer, hasher) = match pending.take() {
-        Some(p) => p.await.map_err(ApiError::internal)??,
-        None => state.take().expect("writer is either pending or here"),
-    };
-    Ok(Streamed { writer, hasher })
+    pipe.finish().await
+}
+
+/// The two chains of blocking tasks behind [`stream_to_staging`]: block N
+/// is hashed while it (or block N - 1) is written.
+///
+/// # Invariants
+/// Between calls both stages are present; a stage is missing only after
+/// a failed [`Pipeline::push`], which settles the other one first.
+struct Pipeline {
+    hashing: Option<Stage<Hasher>>,
+    writing: Option<Stage<std::io::Result<StagingWriter>>>,
+}
+
+/// A value that is either here or being worked on by a blocking task.
+enum Stage<T> {
+    Ready(T),
+    Busy(tokio::task::JoinHandle<T>),
+}
+
+impl<T: Send + 'static> Stage<T> {
+    async fn wait(self) -> Result<T, ApiError> {
+        match self {
+            Stage::Ready(v) => Ok(v),
+            Stage::Busy(task) => task.await.map_err(ApiError::internal),
+        }
+    }
+}
+
+fn stage_missing() -> ApiError {
+    ApiError::internal("an upload stage failed before")
+}
+
+impl Pipeline {
+    fn new(writer: StagingWriter, hasher: Hasher) -> Pipeline {
+        Pipeline {
+            hashing: Some(Stage::Ready(hasher)),
+            writing: Some(Stage::Ready(Ok(writer))),
+        }
+    }
+
+    /// Waits for the previous block's hash and starts this block's; then
+    /// waits for the previous block's write and starts this block's. On an
+    /// error nothing is left running.
+    async fn push(&mut self, block: Bytes) -> Result<(), ApiError> {
+        let mut hasher = match self.take_hasher().await {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.take_writer().await;
+                return Err(e);
+            }
+        };
+        let hashed = block.clone();
+        self.hashing = Some(Stage::Busy(tokio::task::spawn_blocking(move || {
+            hasher.update(&hashed);
+            hasher
+        })));
+        let mut writer = match self.take_writer().await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.take_hasher().await;
+                return Err(e);
+            }
+        };
+        self.writing = Some(Stage::Busy(tokio::task::spawn_blocking(move || {
+            writer.write(&block)?;
+            Ok(writer)
+        })));
+        Ok(())
+    }
+
+    /// Waits for both chains and returns what they produced.
+    async fn finish(mut self) -> Result<Streamed, ApiError> {
+        let hasher = self.take_hasher().await;
+        let writer = self.take_writer().await;
+        Ok(Streamed {
+            writer: writer?,
+            hasher: hasher?,
+        })
+    }
+
+    async fn take_hasher(&mut self) -> Result<Hasher, ApiError> {
+        self.hashing.take().ok_or_else(stage_missing)?.wait().await
+    }
+
+    async fn take_writer(&mut self) -> Result<StagingWriter, ApiError> {
+        Ok(self
+            .writing
+            .take()
+            .ok_or_else(stage_missing)?
+            .wait()
+            .await??)
+    }
 }
 
 /// How much of a request body the server reads and discards after the

@@ -136,11 +136,10 @@ async fn monolithic(
         expected: content_length(headers)?,
     };
     bounds.check_announced()?;
-    let staging = app.store.staging_path(&new_upload_id());
+    let staging = app.store.one_shot_staging_path(&digest, &new_upload_id());
     let result = receive_and_commit(
         app,
-        &staging,
-        0,
+        Staging::OneShot(&staging),
         digest.algorithm().hasher(),
         &digest,
         body,
@@ -201,6 +200,16 @@ impl ChunkBounds {
     }
 }
 
+/// Where the bytes of a closing request go.
+#[derive(Debug, Clone, Copy)]
+enum Staging<'a> {
+    /// A new file beside the blob's final name, for a whole blob in one
+    /// request (`BlobStore::one_shot_staging_path`).
+    OneShot(&'a std::path::Path),
+    /// The session's staging file, after the `offset` bytes it holds.
+    Session(&'a std::path::Path, u64),
+}
+
 /// Streams `body` to `staging` after its first `offset` bytes (whose hash is
 /// `hasher`), checks length and digest, fsyncs and commits the file to the
 /// store. Returns the blob's size, the last chunk (the bytes of this
@@ -209,18 +218,24 @@ impl ChunkBounds {
 /// file in between.
 async fn receive_and_commit(
     app: &Arc<App>,
-    staging: &std::path::Path,
-    offset: u64,
+    staging: Staging<'_>,
     hasher: Hasher,
     digest: &Digest,
     body: Body,
     bounds: ChunkBounds,
 ) -> ApiResult<(u64, Chunk, DigestGuard)> {
-    let path = staging.to_owned();
     let store = app.store.clone();
-    let writer = tokio::task::spawn_blocking(move || store.open_staging(&path, offset))
-        .await
-        .map_err(ApiError::internal)??;
+    let (path, offset) = match staging {
+        Staging::OneShot(p) => (p.to_owned(), 0),
+        Staging::Session(p, offset) => (p.to_owned(), offset),
+    };
+    let one_shot = matches!(staging, Staging::OneShot(_));
+    let writer = tokio::task::spawn_blocking(move || match one_shot {
+        true => store.open_one_shot_staging(&path),
+        false => store.open_staging(&path, offset),
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let streamed = stream_to_staging(body, writer, hasher, bounds.limit).await?;
     let length = streamed.writer.written;
     bounds.check_received(length)?;
@@ -464,8 +479,15 @@ pub async fn finish(
                 .await?
         }
     };
+    // A session with no bytes yet gets the whole blob in this request:
+    // it goes to a one-shot staging file, as a `POST ?digest=` does.
+    let one_shot = app.store.one_shot_staging_path(&digest, &id);
+    let target = match offset {
+        0 => Staging::OneShot(&one_shot),
+        _ => Staging::Session(&staging, offset),
+    };
     let (size, last_chunk, _guard) =
-        match receive_and_commit(app, &staging, offset, hasher, &digest, body, bounds).await {
+        match receive_and_commit(app, target, hasher, &digest, body, bounds).await {
             Ok(r) => r,
             Err(e) if e.code == Some(ErrorCode::DigestInvalid) => {
                 // The bytes are not what the client meant: the session ends and
@@ -479,8 +501,15 @@ pub async fn finish(
                         },
                     )
                     .await?;
+                if offset == 0 {
+                    remove_staging(&one_shot).await;
+                }
                 remove_staging(&staging).await;
                 app.sessions.remove(&id);
+                return Err(e);
+            }
+            Err(e) if offset == 0 => {
+                remove_staging(&one_shot).await;
                 return Err(e);
             }
             Err(e) => {
@@ -495,6 +524,10 @@ pub async fn finish(
         last_chunk: Some(last_chunk),
     };
     app.writer.submit(ctx.actor(), command).await?;
+    if offset == 0 && staging.exists() {
+        // An empty PATCH made the session's file; nothing in it is needed.
+        remove_staging(&staging).await;
+    }
     drop(session);
     app.sessions.remove(&id);
     Ok(blob_created(&repo, &digest))

@@ -71,6 +71,13 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// `fsync`: data and metadata are durable.
     fn sync_all(&self) -> io::Result<()>;
+    /// Starts writing the file's dirty pages to the disk without waiting
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on Linux), so a later
+    /// sync has less left to do. A hint: it makes nothing durable, and the
+    /// default does nothing.
+    fn start_writeback(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// The file's current length.
     fn len(&self) -> io::Result<u64>;
 }
@@ -138,6 +145,20 @@ impl FileHandle for RealFile {
         self.0.sync_all()
     }
 
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a descriptor this handle owns;
+        // offset 0 and length 0 mean the whole file.
+        let rc =
+            unsafe { libc::sync_file_range(self.0.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
@@ -202,6 +223,7 @@ mod tests {
         let p = dir.path().join("f");
         let f = fs.open(&p, OpenMode::CreateTruncate).unwrap();
         f.write_all(b"hello").unwrap();
+        f.start_writeback().unwrap();
         f.sync_all().unwrap();
         let a = fs.open(&p, OpenMode::Append).unwrap();
         a.write_all(b" world").unwrap();

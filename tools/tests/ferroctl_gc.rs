@@ -68,6 +68,13 @@ fn sigkill_during_collection_leaves_a_consistent_registry() {
         assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
     }
 
+    // A one-shot upload's staging file, as a crash mid-upload leaves it.
+    let hex = "ab".repeat(32);
+    let leftover = dir
+        .join("blobs/sha256/ab")
+        .join(format!("{hex}.{}.staging", "0".repeat(32)));
+    std::fs::write(&leftover, b"cut short").unwrap();
+
     // Offline: a dry run lists and changes nothing; the run deletes the
     // rest and the orphans of the crashes.
     let before = tree(&dir);
@@ -97,6 +104,7 @@ fn sigkill_during_collection_leaves_a_consistent_registry() {
     );
     let v = ctl(&dir, &["--json", "verify", "--blobs"]).expect(0).json();
     assert!(v["orphans"]["blobs"].as_array().unwrap().is_empty(), "{v}");
+    assert!(!leftover.exists(), "a staging leftover outlived gc");
     let again = ctl(&dir, &["--json", "gc", "--retain", "0s", "--grace", "0s"])
         .expect(0)
         .json();

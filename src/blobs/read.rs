@@ -1,0 +1,156 @@
+//! Reading committed blobs for GET: a small range is read into memory in
+//! one go; a larger one is memory-mapped a piece at a time and handed out
+//! as [`Bytes`] that own their map, so serving it copies nothing into user
+//! space and takes no blocking-pool round trip per piece.
+//!
+//! Mapping is safe here because a committed blob file never changes: it is
+//! renamed into place whole and only ever unlinked (garbage collection),
+//! and unlinking a file leaves existing maps of it valid.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use super::BlobStore;
+use crate::oci::Digest;
+
+/// Ranges up to this size are read into memory rather than mapped: for a
+/// few pages a read costs less than setting up and tearing down a map.
+pub const READ_IN_MEMORY_BYTES_MAX: u64 = 64 * 1024;
+
+/// A larger range is mapped this much at a time: each piece is its own
+/// map, unmapped when the connection is done with it, so a download keeps
+/// only a few pieces resident however large the blob.
+pub const MAP_PIECE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A range of a committed blob, ready to be served.
+#[derive(Debug)]
+pub enum BlobRange {
+    /// Read whole into memory (at most [`READ_IN_MEMORY_BYTES_MAX`]).
+    InMemory(Bytes),
+    /// An open blob file and the range of it to serve, mapped piece by
+    /// piece by [`MappedRange::pieces`].
+    Mapped(MappedRange),
+}
+
+/// An open blob file and a range of it that lies within the file.
+#[derive(Debug)]
+pub struct MappedRange {
+    file: File,
+    start: u64,
+    end: u64,
+}
+
+impl BlobStore {
+    /// Bytes `start..start + len` of the committed blob `digest`: one
+    /// open, and for a small range one read. Blocking: call it off the
+    /// async threads. A file shorter than the range is an error
+    /// (`UnexpectedEof`), never a short answer.
+    pub fn read_range(&self, digest: &Digest, start: u64, len: u64) -> io::Result<BlobRange> {
+        let file = File::open(self.blob_path(digest))?;
+        if len <= READ_IN_MEMORY_BYTES_MAX {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, start)?;
+            return Ok(BlobRange::InMemory(Bytes::from(buf)));
+        }
+        let file_len = file.metadata()?.len();
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= file_len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("blob file has {file_len} bytes, {start}+{len} were asked for"),
+                )
+            })?;
+        Ok(BlobRange::Mapped(MappedRange { file, start, end }))
+    }
+}
+
+impl MappedRange {
+    /// The range as pieces of at most [`MAP_PIECE_BYTES`], each a map of
+    /// its part of the file handed out without a copy. Mapping a piece is
+    /// one `mmap` (its pages prefaulted from the page cache); the bytes are
+    /// read from disk only if they are not cached.
+    pub fn pieces(self) -> impl Iterator<Item = io::Result<Bytes>> + Send + 'static {
+        let MappedRange { file, start, end } = self;
+        let count = (end - start).div_ceil(MAP_PIECE_BYTES);
+        (0..count).map(move |i| {
+            let offset = start + i * MAP_PIECE_BYTES;
+            let len = (end - offset).min(MAP_PIECE_BYTES) as usize;
+            // SAFETY: committed blob files are never written, truncated or
+            // replaced in place (see the module documentation), so the
+            // mapped bytes cannot change under the map.
+            let map = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(offset)
+                    .len(len)
+                    .populate()
+                    .map(&file)?
+            };
+            Ok(Bytes::from_owner(map))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datadir::Layout;
+
+    fn store_with(bytes: &[u8]) -> (tempfile::TempDir, BlobStore, Digest) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(&Layout::new(dir.path()));
+        let digest = Digest::sha256_of(bytes);
+        let path = store.blob_path(&digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        (dir, store, digest)
+    }
+
+    fn collect(range: BlobRange) -> Vec<u8> {
+        match range {
+            BlobRange::InMemory(b) => b.to_vec(),
+            BlobRange::Mapped(m) => m.pieces().flat_map(|p| p.unwrap().to_vec()).collect(),
+        }
+    }
+
+    #[test]
+    fn pieces_of_a_large_range_cover_it_exactly() {
+        let piece = MAP_PIECE_BYTES as usize;
+        let bytes: Vec<u8> = (0..2 * piece + 12_345).map(|i| (i % 253) as u8).collect();
+        let (_dir, store, digest) = store_with(&bytes);
+        let BlobRange::Mapped(m) = store
+            .read_range(&digest, 7, (bytes.len() - 7) as u64)
+            .unwrap()
+        else {
+            panic!("a large range is mapped");
+        };
+        let pieces: Vec<Bytes> = m.pieces().map(|p| p.unwrap()).collect();
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(pieces[0].len(), piece);
+        assert_eq!(pieces.concat(), &bytes[7..]);
+    }
+
+    #[test]
+    fn small_and_mapped_ranges_read_the_same_bytes() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (_dir, store, digest) = store_with(&bytes);
+        let all = collect(store.read_range(&digest, 0, bytes.len() as u64).unwrap());
+        assert_eq!(&all[..], &bytes[..]);
+        let mapped = collect(store.read_range(&digest, 1000, 200_000).unwrap());
+        assert_eq!(&mapped[..], &bytes[1000..201_000]);
+        let small = collect(store.read_range(&digest, 299_000, 1000).unwrap());
+        assert_eq!(&small[..], &bytes[299_000..]);
+        assert!(store.read_range(&digest, 299_000, 2000).is_err());
+        assert!(store.read_range(&digest, 100, 300_000).is_err());
+    }
+
+    #[test]
+    fn an_empty_blob_reads_as_empty() {
+        let (_dir, store, digest) = store_with(b"");
+        assert!(collect(store.read_range(&digest, 0, 0).unwrap()).is_empty());
+    }
+}
