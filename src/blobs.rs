@@ -154,6 +154,13 @@ impl BlobStore {
         }
     }
 
+    /// This store with a cache of small blobs of at most `bytes_max` bytes
+    /// (0: none) instead of the default's.
+    pub fn with_small_blob_cache(mut self, bytes_max: usize) -> BlobStore {
+        self.small_blobs = Arc::new(SmallBlobCache::with_capacity(bytes_max));
+        self
+    }
+
     /// The cache of small blobs shared by every clone of this store.
     pub fn small_blobs(&self) -> &SmallBlobCache {
         &self.small_blobs

@@ -496,6 +496,7 @@ mod tests {
             "upload_sessions_max",
             "upload_idle_expiry_secs",
             "shutdown_drain_timeout_secs",
+            "blob_cache_bytes_max",
             "[tls]",
             "[auth]",
             "anonymous_pull",

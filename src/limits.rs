@@ -25,9 +25,6 @@ pub const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 1024;
 pub const CREDENTIAL_CACHE_SECS: u64 = 300;
 /// Most `scope` values one token request may name.
 pub const TOKEN_SCOPES_MAX: usize = 32;
-/// Most bytes of small blobs kept in memory for GET
-/// (`blobs::cache::SmallBlobCache`).
-pub const SMALL_BLOB_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Locks the small-blob cache is split over.
 pub const SMALL_BLOB_CACHE_SHARDS: usize = 16;
 
@@ -70,6 +67,10 @@ pub struct Limits {
     /// On shutdown, how long in-flight requests may take to finish, in
     /// seconds, before their connections are closed.
     pub shutdown_drain_timeout_secs: u64,
+    /// Memory for whole small blobs (up to 64 KiB each: configs, small
+    /// layers) kept to serve pulls without opening their files
+    /// (`blobs::cache::SmallBlobCache`). 0: no cache.
+    pub blob_cache_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +89,7 @@ impl Default for Limits {
             upload_sessions_max: 10_000,
             upload_idle_expiry_secs: 24 * 3600,
             shutdown_drain_timeout_secs: 30,
+            blob_cache_bytes_max: 32 * 1024 * 1024,
         }
     }
 }

@@ -104,6 +104,10 @@ struct ServeArgs {
     /// On shutdown, time for in-flight requests, in seconds [default: 30].
     #[arg(long)]
     shutdown_drain_timeout_secs: Option<u64>,
+    /// Memory for small blobs kept to serve pulls, in bytes; 0: none
+    /// [default: 33554432].
+    #[arg(long)]
+    blob_cache_bytes_max: Option<usize>,
     /// Torn-tail policy at startup [default: tolerate-torn-tail].
     #[arg(long, value_enum)]
     recovery: Option<RecoveryArg>,
@@ -191,6 +195,7 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
         (args.header_bytes_max, &mut l.header_bytes_max),
         (args.uploads_concurrent_max, &mut l.uploads_concurrent_max),
         (args.upload_sessions_max, &mut l.upload_sessions_max),
+        (args.blob_cache_bytes_max, &mut l.blob_cache_bytes_max),
     ] {
         if let Some(v) = flag {
             *slot = v;

@@ -220,7 +220,7 @@ pub async fn run(
         tags = summary.tags,
         "replayed the log"
     );
-    let store = BlobStore::new(&layout);
+    let store = BlobStore::new(&layout).with_small_blob_cache(config.limits.blob_cache_bytes_max);
     if let Err(e) = store.prepare_dirs() {
         stop.cancel();
         let _ = serving.await;
@@ -447,7 +447,7 @@ pub async fn run_read_only(
         layout: layout.clone(),
         writer: log::LogWriter::detached(state.last_seq, replayed.crc),
         state: Arc::new(parking_lot::RwLock::new(state)),
-        store: BlobStore::new(&layout),
+        store: BlobStore::new(&layout).with_small_blob_cache(config.limits.blob_cache_bytes_max),
         limits: config.limits.clone(),
         sessions: UploadSessions::default(),
         delete_enabled: false,

@@ -138,7 +138,18 @@ async fn unknown_manifests_are_404() {
 
 #[tokio::test]
 async fn blob_get_and_head() {
-    let reg = Registry::start(&[]);
+    blob_get_and_head_with(&[]).await;
+}
+
+/// The same with the small-blob cache switched off: every GET reads the
+/// file.
+#[tokio::test]
+async fn blob_get_and_head_without_the_cache() {
+    blob_get_and_head_with(&["--blob-cache-bytes-max", "0"]).await;
+}
+
+async fn blob_get_and_head_with(args: &[&str]) {
+    let reg = Registry::start(args);
     // One small blob (sent in one buffer) and one big (streamed).
     for (i, size) in [10usize, 300 * 1024].into_iter().enumerate() {
         let bytes = pseudo_random_bytes(size, i as u64 + 1);
@@ -151,6 +162,9 @@ async fn blob_get_and_head() {
             header(&r, "content-length"),
             Some(size.to_string().as_str())
         );
+        assert_eq!(r.bytes().await.unwrap(), bytes);
+        // Again: from the cache when it is on.
+        let r = reg.get(&path).await;
         assert_eq!(r.bytes().await.unwrap(), bytes);
         let r = reg.head(&path).await;
         assert_eq!(r.status(), 200);

@@ -14,11 +14,11 @@ use std::hash::{BuildHasher, RandomState};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::limits::{SMALL_BLOB_CACHE_BYTES_MAX, SMALL_BLOB_CACHE_SHARDS};
+use crate::limits::{Limits, SMALL_BLOB_CACHE_SHARDS};
 use crate::oci::Digest;
 
 /// Shards, each under its own lock, each holding at most its share of
-/// [`SMALL_BLOB_CACHE_BYTES_MAX`].
+/// the capacity (`limits.blob_cache_bytes_max`).
 pub struct SmallBlobCache {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
@@ -43,7 +43,7 @@ impl std::fmt::Debug for SmallBlobCache {
 
 impl Default for SmallBlobCache {
     fn default() -> Self {
-        SmallBlobCache::with_capacity(SMALL_BLOB_CACHE_BYTES_MAX)
+        SmallBlobCache::with_capacity(Limits::default().blob_cache_bytes_max)
     }
 }
 
