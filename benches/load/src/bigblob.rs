@@ -35,6 +35,10 @@ pub struct Transfer {
     /// Decimal megabytes (10^6 bytes) per second.
     pub mb_per_second: f64,
     pub peak_rss_bytes: u64,
+    /// The server's RSS when the transfer started: the peak less this is
+    /// what the transfer itself added (the rest is the registry's state
+    /// and caches from the workloads before).
+    pub rss_before_bytes: u64,
     /// For uploads: time from the last body byte handed to the connection
     /// to the response, summed over the requests (the server's flush,
     /// fsync, rename and log write after the body arrived).
@@ -94,6 +98,7 @@ async fn measured(
     bytes: u64,
     transfer: impl std::future::Future<Output = Result<Outcome<Duration>, BoxError>>,
 ) -> Result<Outcome<Transfer>, BoxError> {
+    let rss_before_bytes = proc_stats(pid).map_or(0, |s| s.rss_bytes);
     let hwm_reset = reset_peak_rss(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -127,6 +132,7 @@ async fn measured(
             bytes,
             mb_per_second: bytes as f64 / spent.seconds / 1e6,
             peak_rss_bytes: hwm.max(sampled_peak),
+            rss_before_bytes,
             server_tail_seconds: tail.as_secs_f64(),
             spent,
         }),

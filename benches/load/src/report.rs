@@ -245,6 +245,16 @@ fn rows(run: &Run) -> Vec<Row> {
             })
         }),
         row(
+            "    of it added by the transfer".into(),
+            "MiB",
+            Better::Lower,
+            &|r| {
+                transfer_cell(blob(r).map(|b| &b.upload_monolithic), |t| {
+                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
+                })
+            },
+        ),
+        row(
             format!("upload {size} blob, {} MiB PATCH chunks", s.chunk_mib),
             "MB/s",
             Better::Higher,
@@ -256,6 +266,16 @@ fn rows(run: &Run) -> Vec<Row> {
             })
         }),
         row(
+            "    of it added by the transfer".into(),
+            "MiB",
+            Better::Lower,
+            &|r| {
+                transfer_cell(blob(r).map(|b| &b.upload_chunked), |t| {
+                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
+                })
+            },
+        ),
+        row(
             format!("download {size} blob (hashed while read)"),
             "MB/s",
             Better::Higher,
@@ -266,6 +286,16 @@ fn rows(run: &Run) -> Vec<Row> {
                 t.peak_rss_bytes as f64 / MIB
             })
         }),
+        row(
+            "    of it added by the transfer".into(),
+            "MiB",
+            Better::Lower,
+            &|r| {
+                transfer_cell(blob(r).map(|b| &b.download), |t| {
+                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
+                })
+            },
+        ),
         row(
             format!("list {} tags, n={} following Link", s.tags, s.tags_page),
             "ms",
