@@ -60,6 +60,38 @@ pub struct BlobStore {
     durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
     locks: Arc<DigestLocks>,
     small_blobs: Arc<SmallBlobCache>,
+    /// One-shot staging files being written by this process: garbage
+    /// collection, which removes those a crash left behind, skips these.
+    one_shot_in_progress: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// The path of a one-shot staging file an upload is writing
+/// ([`BlobStore::one_shot_staging_path`]); registered as in progress
+/// until dropped, so garbage collection does not take it for a leftover.
+#[derive(Debug)]
+pub struct OneShotStaging {
+    path: PathBuf,
+    in_progress: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl std::ops::Deref for OneShotStaging {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for OneShotStaging {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for OneShotStaging {
+    fn drop(&mut self) {
+        self.in_progress.lock().remove(&self.path);
+    }
 }
 
 /// Striped per-digest locks: a digest maps to one of
@@ -151,6 +183,7 @@ impl BlobStore {
             durable_dirs: Arc::default(),
             locks: Arc::new(DigestLocks::default()),
             small_blobs: Arc::default(),
+            one_shot_in_progress: Arc::default(),
         }
     }
 
@@ -197,11 +230,23 @@ impl BlobStore {
     ///
     /// # Panics (debug)
     /// If `id` is not an upload id.
-    pub fn one_shot_staging_path(&self, digest: &Digest, id: &str) -> PathBuf {
+    pub fn one_shot_staging_path(&self, digest: &Digest, id: &str) -> OneShotStaging {
         debug_assert!(is_upload_id(id), "upload ids are generated or validated");
         let mut path = self.blob_path(digest);
         path.set_file_name(format!("{}.{id}{ONE_SHOT_STAGING_SUFFIX}", digest.hex()));
-        path
+        // Registered before the file exists: a collection that lists it
+        // finds it in progress.
+        self.one_shot_in_progress.lock().insert(path.clone());
+        OneShotStaging {
+            path,
+            in_progress: self.one_shot_in_progress.clone(),
+        }
+    }
+
+    /// Whether `path` is a one-shot staging file an upload of this process
+    /// is still writing.
+    pub fn is_one_shot_in_progress(&self, path: &Path) -> bool {
+        self.one_shot_in_progress.lock().contains(path)
     }
 
     /// Opens a new one-shot staging file for `digest`

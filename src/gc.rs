@@ -483,6 +483,9 @@ impl Collector {
                 .into_iter()
                 .filter(|f| f.leftover || !state.blobs.contains_key(&f.digest))
                 .filter(|f| f.modified_unix_ns <= cutoff_unix_ns)
+                // A one-shot upload writing it now (with a short grace,
+                // its file can look old enough).
+                .filter(|f| !(f.leftover && self.store.is_one_shot_in_progress(&f.path)))
                 .collect()
         };
         for f in candidates {
@@ -697,7 +700,13 @@ fn list_blob_files(blobs_dir: &Path) -> std::io::Result<Vec<BlobFile>> {
             }
             for file in std::fs::read_dir(prefix.path())? {
                 let file = file?;
-                let meta = file.metadata()?;
+                // A staging file renamed into place (or removed) since the
+                // listing: nothing to look at.
+                let meta = match file.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 if !meta.is_file() {
                     continue;
                 }

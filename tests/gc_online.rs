@@ -261,3 +261,68 @@ async fn gc_answers_post_only_and_refuses_a_bad_dry_run() {
     assert_eq!(report["blobs_deleted"], 0);
     assert_eq!(report["retention"], "forever");
 }
+
+/// A collection while a whole blob is still arriving in one request
+/// (`POST ?digest=`): its staging file sits beside the blob's final name
+/// and, with grace 0, looks like a crash's leftover; the collection must
+/// leave it to the upload, which then completes.
+#[tokio::test]
+async fn a_collection_leaves_a_one_shot_upload_in_progress_alone() {
+    use std::io::{Read, Write};
+
+    let (r, _config) = registry("0s");
+    let bytes = vec![42u8; 256 * 1024];
+    let digest = common::sha256(&bytes);
+    let addr = r.server.addr.clone();
+    let head = format!(
+        "POST /v2/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    );
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(&bytes[..128 * 1024]).unwrap();
+    // The staging file exists once the first bytes are in.
+    let blobs = r.server.data_dir.join("blobs");
+    let staging_exists = || {
+        walk(&blobs)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".staging"))
+    };
+    for _ in 0..200 {
+        if staging_exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(staging_exists(), "the upload's staging file appeared");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gc(&r, "").await.expect("the collection ran");
+    assert!(
+        staging_exists(),
+        "the collection removed a staging file in use"
+    );
+    conn.write_all(&bytes[128 * 1024..]).unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = conn.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let (status, got) = blob_bytes(&r, "app", &digest).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, bytes);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
