@@ -172,6 +172,26 @@ fn rows(run: &Run) -> Vec<Row> {
     fn blob(r: &ServerResults) -> Option<&BlobResults> {
         r.blob.as_ref()
     }
+    // The server's peak RSS during a transfer, and what the transfer
+    // added to the RSS it started with.
+    type Pick = fn(&BlobResults) -> &Outcome<Transfer>;
+    let peak_rss = |pick: Pick| {
+        row("  server peak RSS".into(), "MiB", Better::Lower, &|r| {
+            transfer_cell(blob(r).map(pick), |t| t.peak_rss_bytes as f64 / MIB)
+        })
+    };
+    let added_rss = |pick: Pick| {
+        row(
+            "    of it added by the transfer".into(),
+            "MiB",
+            Better::Lower,
+            &|r| {
+                transfer_cell(blob(r).map(pick), |t| {
+                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
+                })
+            },
+        )
+    };
     let size = format!("{} MiB", s.blob_mib);
     vec![
         row(
@@ -239,63 +259,24 @@ fn rows(run: &Run) -> Vec<Row> {
             Better::Higher,
             &|r| transfer_cell(blob(r).map(|b| &b.upload_monolithic), |t| t.mb_per_second),
         ),
-        row("  server peak RSS".into(), "MiB", Better::Lower, &|r| {
-            transfer_cell(blob(r).map(|b| &b.upload_monolithic), |t| {
-                t.peak_rss_bytes as f64 / MIB
-            })
-        }),
-        row(
-            "    of it added by the transfer".into(),
-            "MiB",
-            Better::Lower,
-            &|r| {
-                transfer_cell(blob(r).map(|b| &b.upload_monolithic), |t| {
-                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
-                })
-            },
-        ),
+        peak_rss(|b| &b.upload_monolithic),
+        added_rss(|b| &b.upload_monolithic),
         row(
             format!("upload {size} blob, {} MiB PATCH chunks", s.chunk_mib),
             "MB/s",
             Better::Higher,
             &|r| transfer_cell(blob(r).map(|b| &b.upload_chunked), |t| t.mb_per_second),
         ),
-        row("  server peak RSS".into(), "MiB", Better::Lower, &|r| {
-            transfer_cell(blob(r).map(|b| &b.upload_chunked), |t| {
-                t.peak_rss_bytes as f64 / MIB
-            })
-        }),
-        row(
-            "    of it added by the transfer".into(),
-            "MiB",
-            Better::Lower,
-            &|r| {
-                transfer_cell(blob(r).map(|b| &b.upload_chunked), |t| {
-                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
-                })
-            },
-        ),
+        peak_rss(|b| &b.upload_chunked),
+        added_rss(|b| &b.upload_chunked),
         row(
             format!("download {size} blob (hashed while read)"),
             "MB/s",
             Better::Higher,
             &|r| transfer_cell(blob(r).map(|b| &b.download), |t| t.mb_per_second),
         ),
-        row("  server peak RSS".into(), "MiB", Better::Lower, &|r| {
-            transfer_cell(blob(r).map(|b| &b.download), |t| {
-                t.peak_rss_bytes as f64 / MIB
-            })
-        }),
-        row(
-            "    of it added by the transfer".into(),
-            "MiB",
-            Better::Lower,
-            &|r| {
-                transfer_cell(blob(r).map(|b| &b.download), |t| {
-                    t.peak_rss_bytes.saturating_sub(t.rss_before_bytes) as f64 / MIB
-                })
-            },
-        ),
+        peak_rss(|b| &b.download),
+        added_rss(|b| &b.download),
         row(
             format!("list {} tags, n={} following Link", s.tags, s.tags_page),
             "ms",
