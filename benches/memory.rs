@@ -51,7 +51,7 @@ use ferro::projection::State;
 
 /// 2025-11-27T09:00:00Z; records are a millisecond apart.
 const EPOCH_UNIX_NS: u64 = 1_764_234_000_000_000_000;
-const MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+use support::OCI_MANIFEST as MEDIA_TYPE;
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 struct Sizes {
@@ -183,7 +183,7 @@ fn tag_of(i: u64, k: u64, sizes: &Sizes) -> Tag {
 
 fn image(i: u64, sizes: &Sizes) -> Image {
     let repo = repo_of(i, sizes);
-    let config_body = format!(r#"{{"architecture":"amd64","os":"linux","build":{i}}}"#);
+    let config_body = support::image_config(i);
     let config = Digest::sha256_of(config_body.as_bytes());
     let layers: Vec<(Digest, u64)> = (0..2u64)
         .map(|l| {
@@ -193,18 +193,7 @@ fn image(i: u64, sizes: &Sizes) -> Image {
             )
         })
         .collect();
-    let layer_json: Vec<String> = layers
-        .iter()
-        .map(|(d, s)| {
-            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#)
-        })
-        .collect();
-    let body = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{MEDIA_TYPE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{}],"annotations":{{"org.opencontainers.image.created":"2025-11-27T09:00:00Z","org.opencontainers.image.revision":"{:040x}"}}}}"#,
-        config_body.len(),
-        layer_json.join(","),
-        i
-    );
+    let body = support::image_manifest(i, (&config, config_body.len()), &layers);
     let mut blobs = vec![(config, config_body.len() as u64)];
     blobs.extend(layers);
     Image {

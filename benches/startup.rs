@@ -109,31 +109,20 @@ impl Workload {
             });
             layers.push((digest, size));
         }
-        let config_body = format!(r#"{{"architecture":"amd64","os":"linux","build":{i}}}"#);
+        let config_body = support::image_config(i);
         let config = Digest::sha256_of(config_body.as_bytes());
         self.pending.push_back(Command::LinkUploadedBlob {
             repo: repo.clone(),
             digest: config.clone(),
             size: config_body.len() as u64,
         });
-        let layer_json: Vec<String> = layers
-            .iter()
-            .map(|(d, s)| {
-                format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#)
-            })
-            .collect();
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{}],"annotations":{{"org.opencontainers.image.created":"2025-11-27T09:00:00Z","org.opencontainers.image.revision":"{:040x}"}}}}"#,
-            config_body.len(),
-            layer_json.join(","),
-            i
-        );
+        let body = support::image_manifest(i, (&config, config_body.len()), &layers);
         let mut blobs = vec![config];
         blobs.extend(layers.into_iter().map(|(d, _)| d));
         self.pending.push_back(Command::PutManifest {
             repo,
             digest: Digest::sha256_of(body.as_bytes()),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            media_type: support::OCI_MANIFEST.into(),
             body: Bytes::from(body),
             blobs,
             manifests: vec![],

@@ -5,6 +5,33 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
 
+use ferro::oci::Digest;
+
+/// The media type of [`image_config`] and [`image_manifest`].
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The config blob of image `i`: small and distinct per image.
+pub fn image_config(i: u64) -> String {
+    format!(r#"{{"architecture":"amd64","os":"linux","build":{i}}}"#)
+}
+
+/// The body of image `i`'s OCI manifest, shaped as real clients push them
+/// (annotations included): `config` (its digest and size) and `layers`.
+pub fn image_manifest(i: u64, config: (&Digest, usize), layers: &[(Digest, u64)]) -> String {
+    let layer_json: Vec<String> = layers
+        .iter()
+        .map(|(d, s)| {
+            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}],"annotations":{{"org.opencontainers.image.created":"2025-11-27T09:00:00Z","org.opencontainers.image.revision":"{i:040x}"}}}}"#,
+        config.0,
+        config.1,
+        layer_json.join(","),
+    )
+}
+
 /// Spawns `ferro serve` on `dir` on a loopback port, with threshold
 /// snapshots off (a benchmark's data set stays as it was built; the
 /// shutdown snapshot stays on), and waits until it listens: the child and
