@@ -267,6 +267,10 @@ fn a_failed_segment_roll_never_leaves_a_gap() {
     let rt = runtime();
     rt.block_on(async {
         submit(&opened, 1).await.unwrap();
+        // The roll after record 1 comes after its answer: a sync queued
+        // behind it returns once it is done, so the fault below cannot
+        // hit that roll instead of the next.
+        opened.writer.sync().await.unwrap();
         // The next roll renames its segment into place, then the directory
         // fsync fails: the new segment may or may not exist.
         sim.add_fault(Fault::always(FaultOp::SyncDir, EIO).on("log").once());
