@@ -5,14 +5,15 @@
 //! small ones read in one blocking task (and whole small blobs kept in a
 //! bounded cache, [`SmallBlobCache`](crate::blobs::cache::SmallBlobCache),
 //! consulted only after the repository's link to the blob is checked),
-//! large ones memory-mapped piece by piece and streamed without a copy
-//! (page cache, not the heap).
+//! large ones memory-mapped piece by piece (each piece faulted in on the
+//! blocking pool) and streamed without a copy (page cache, not the heap).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
@@ -88,7 +89,19 @@ pub async fn get(
                 Body::from(bytes)
             }
             Ok(BlobRange::Mapped(range)) => {
-                Body::from_stream(futures_util::stream::iter(range.pieces()))
+                // Each piece is mapped and faulted in on the blocking pool:
+                // a blob not in the page cache is read from the disk there,
+                // not on the thread serving other connections.
+                let range = Arc::new(range);
+                let pieces = futures_util::stream::iter(0..range.piece_count()).then(move |i| {
+                    let range = range.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || range.map_piece(i))
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    }
+                });
+                Body::from_stream(pieces)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let path = app.store.blob_path(digest);

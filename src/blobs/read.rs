@@ -1,7 +1,8 @@
 //! Reading committed blobs for GET: a small range is read into memory in
 //! one go; a larger one is memory-mapped a piece at a time and handed out
 //! as [`Bytes`] that own their map, so serving it copies nothing into user
-//! space and takes no blocking-pool round trip per piece.
+//! space and takes one blocking-pool round trip per 4 MiB piece (where its
+//! pages are faulted in, so a cold read never stalls an async thread).
 //!
 //! Mapping is safe here because a committed blob file never changes: it is
 //! renamed into place whole and only ever unlinked (garbage collection),
@@ -70,28 +71,35 @@ impl BlobStore {
 }
 
 impl MappedRange {
-    /// The range as pieces of at most [`MAP_PIECE_BYTES`], each a map of
-    /// its part of the file handed out without a copy. Mapping a piece is
-    /// one `mmap` (its pages prefaulted from the page cache); the bytes are
-    /// read from disk only if they are not cached.
+    /// How many pieces of at most [`MAP_PIECE_BYTES`] the range has.
+    pub fn piece_count(&self) -> u64 {
+        (self.end - self.start).div_ceil(MAP_PIECE_BYTES)
+    }
+
+    /// Piece `i` of the range, a map of its part of the file handed out
+    /// without a copy. Blocking: the map is populated (its pages faulted
+    /// in, read from the disk when the page cache does not have them), so
+    /// call it off the async threads; sending it then faults nothing.
+    pub fn map_piece(&self, i: u64) -> io::Result<Bytes> {
+        let offset = self.start + i * MAP_PIECE_BYTES;
+        debug_assert!(offset < self.end, "piece {i} is past the range");
+        let len = (self.end - offset).min(MAP_PIECE_BYTES) as usize;
+        // SAFETY: committed blob files are never written, truncated or
+        // replaced in place (see the module documentation), so the
+        // mapped bytes cannot change under the map.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .populate()
+                .map(&self.file)?
+        };
+        Ok(Bytes::from_owner(map))
+    }
+
+    /// Every piece, in order (blocking, as [`MappedRange::map_piece`]).
     pub fn pieces(self) -> impl Iterator<Item = io::Result<Bytes>> + Send + 'static {
-        let MappedRange { file, start, end } = self;
-        let count = (end - start).div_ceil(MAP_PIECE_BYTES);
-        (0..count).map(move |i| {
-            let offset = start + i * MAP_PIECE_BYTES;
-            let len = (end - offset).min(MAP_PIECE_BYTES) as usize;
-            // SAFETY: committed blob files are never written, truncated or
-            // replaced in place (see the module documentation), so the
-            // mapped bytes cannot change under the map.
-            let map = unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(offset)
-                    .len(len)
-                    .populate()
-                    .map(&file)?
-            };
-            Ok(Bytes::from_owner(map))
-        })
+        (0..self.piece_count()).map(move |i| self.map_piece(i))
     }
 }
 
