@@ -57,6 +57,25 @@ fn scopes<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<AccessClaim>,
     Ok(out)
 }
 
+/// The access a token request asks for (its `scope` parameters), once its
+/// `service` is checked: the same for the GET and the POST form.
+fn requested_access(
+    app: &App,
+    pairs: &[(String, String)],
+) -> Result<Vec<AccessClaim>, &'static str> {
+    let service = pairs
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.as_str());
+    check_service(app, service)?;
+    scopes(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    )
+}
+
 fn check_service(app: &App, service: Option<&str>) -> Result<(), &'static str> {
     match service {
         Some(s) if s != app.auth.service() => {
@@ -106,17 +125,8 @@ pub async fn get(
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
     let pairs = query_pairs(query.as_deref().unwrap_or(""));
-    let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    if let Err(e) = check_service(&app, param("service")) {
-        return bad_request(e);
-    }
-    let requested = match scopes(
-        pairs
-            .iter()
-            .filter(|(k, _)| k == "scope")
-            .map(|(_, v)| v.as_str()),
-    ) {
-        Ok(s) => s,
+    let requested = match requested_access(&app, &pairs) {
+        Ok(r) => r,
         Err(e) => return bad_request(e),
     };
     let user = match headers
@@ -148,16 +158,8 @@ pub async fn post(State(app): State<Arc<App>>, body: Body) -> Response {
     };
     let pairs: Vec<(String, String)> = form_urlencoded::parse(&form).into_owned().collect();
     let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    if let Err(e) = check_service(&app, param("service")) {
-        return bad_request(e);
-    }
-    let requested = match scopes(
-        pairs
-            .iter()
-            .filter(|(k, _)| k == "scope")
-            .map(|(_, v)| v.as_str()),
-    ) {
-        Ok(s) => s,
+    let requested = match requested_access(&app, &pairs) {
+        Ok(r) => r,
         Err(e) => return bad_request(e),
     };
     match param("grant_type") {

@@ -149,7 +149,7 @@ async fn monolithic(
     let (size, _, _guard) = match result {
         Ok(r) => r,
         Err(e) => {
-            let _ = std::fs::remove_file(&staging);
+            remove_staging(&staging).await;
             return Err(e);
         }
     };
@@ -244,13 +244,7 @@ async fn receive_and_commit(
     let streamed = stream_to_staging(body, writer, hasher, bounds.limit).await?;
     let length = streamed.writer.written;
     bounds.check_received(length)?;
-    let computed = streamed.hasher.finish();
-    if computed != *digest {
-        return Err(ApiError::new(
-            ErrorCode::DigestInvalid,
-            format!("uploaded content has digest {computed}, not {digest}"),
-        ));
-    }
+    check_digest(streamed.hasher.finish(), digest)?;
     let store = app.store.clone();
     let d = digest.clone();
     let crc32 = streamed.writer.crc.clone().finalize();
@@ -291,13 +285,7 @@ async fn receive_small_and_commit(
     let length = bytes.len() as u64;
     bounds.check_received(length)?;
     hasher.update(&bytes);
-    let computed = hasher.finish();
-    if computed != *digest {
-        return Err(ApiError::new(
-            ErrorCode::DigestInvalid,
-            format!("uploaded content has digest {computed}, not {digest}"),
-        ));
-    }
+    check_digest(hasher.finish(), digest)?;
     let store = app.store.clone();
     let (path, d) = (path.to_owned(), digest.clone());
     let guard = app.store.locks().lock([digest]).await;
@@ -318,6 +306,17 @@ async fn receive_small_and_commit(
             crc32,
         },
         guard,
+    ))
+}
+
+/// DIGEST_INVALID unless the bytes received hash to the digest asked for.
+fn check_digest(computed: Digest, digest: &Digest) -> ApiResult<()> {
+    if computed == *digest {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::DigestInvalid,
+        format!("uploaded content has digest {computed}, not {digest}"),
     ))
 }
 
