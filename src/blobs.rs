@@ -27,6 +27,7 @@
 //! id this module generated and validated (32 lower-case hex digits).
 
 pub mod cache;
+pub mod object;
 pub mod read;
 
 use std::collections::HashSet;
@@ -63,6 +64,10 @@ pub struct BlobStore {
     /// One-shot staging files being written by this process: garbage
     /// collection, which removes those a crash left behind, skips these.
     one_shot_in_progress: Arc<Mutex<HashSet<PathBuf>>>,
+    /// The object store that holds blob bytes instead of `blobs/`
+    /// (`[storage] backend = "s3"`); the digest locks, the small-blob
+    /// cache and the session staging of the log stay here.
+    objects: Option<object::SharedObjectBlobs>,
 }
 
 /// The path of a one-shot staging file an upload is writing
@@ -184,7 +189,19 @@ impl BlobStore {
             locks: Arc::new(DigestLocks::default()),
             small_blobs: Arc::default(),
             one_shot_in_progress: Arc::default(),
+            objects: None,
         }
+    }
+
+    /// This store with its blob bytes in `objects`.
+    pub fn with_objects(mut self, objects: object::SharedObjectBlobs) -> BlobStore {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// The object store holding blob bytes, when it is not the filesystem.
+    pub fn objects(&self) -> Option<&object::SharedObjectBlobs> {
+        self.objects.as_ref()
     }
 
     /// This store with a cache of small blobs of at most `bytes_max` bytes

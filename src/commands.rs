@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::events::{CancelReason, Event, LinkSource, UploadId};
 use crate::oci::{Digest, RepoName, Tag};
-use crate::projection::State;
+use crate::projection::{State, StoredPart};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -106,6 +106,45 @@ pub enum Command {
     },
     /// Garbage collection: put a finished run's figures on the record.
     RecordGcRun(GcRun),
+    /// Object store: `upload`'s bytes go to `key` through the multipart
+    /// upload `multipart`, just opened.
+    StartMultipart {
+        upload: UploadId,
+        key: String,
+        multipart: String,
+    },
+    /// Object store: [`Command::AppendChunk`], the chunk's bytes stored as
+    /// `parts` of the upload's multipart upload.
+    AppendParts {
+        upload: UploadId,
+        offset: u64,
+        length: u64,
+        crc32: u32,
+        parts: Vec<StoredPart>,
+    },
+    /// Object store: [`Command::CompleteUpload`], the last chunk's bytes
+    /// stored as `parts`, the multipart upload completed as object `key`.
+    CompleteObjectUpload {
+        upload: UploadId,
+        digest: Digest,
+        size: u64,
+        last_chunk: Option<Chunk>,
+        parts: Vec<StoredPart>,
+        key: String,
+    },
+    /// Object store: [`Command::LinkUploadedBlob`] for a whole blob in one
+    /// request, written by `upload` (a generated id) as object `key`.
+    LinkUploadedObject {
+        repo: RepoName,
+        digest: Digest,
+        size: u64,
+        upload: UploadId,
+        key: String,
+    },
+    /// Object store: these uploads' multipart uploads were aborted.
+    AbortMultiparts {
+        uploads: Vec<UploadId>,
+    },
 }
 
 /// The figures of a finished garbage collection run (see
@@ -162,6 +201,8 @@ pub enum Rejection {
     UploadOffset { offset: u64, size: u64 },
     #[error("upload id already in use")]
     UploadExists,
+    #[error("part {number} stored where part {expected} was expected")]
+    PartOutOfOrder { number: u32, expected: u32 },
 }
 
 /// An opaque hash of something a command reads or writes.
@@ -233,8 +274,22 @@ impl Command {
             }
             Command::StartUpload { upload, .. }
             | Command::AppendChunk { upload, .. }
-            | Command::CancelUpload { upload, .. } => vec![key(("u", upload))],
-            Command::CompleteUpload { upload, digest, .. } => {
+            | Command::CancelUpload { upload, .. }
+            | Command::StartMultipart { upload, .. }
+            | Command::AppendParts { upload, .. } => vec![key(("u", upload))],
+            Command::AbortMultiparts { uploads } => uploads.iter().map(|u| key(("u", u))).collect(),
+            Command::LinkUploadedObject {
+                repo,
+                digest,
+                upload,
+                ..
+            } => vec![
+                key(("b", repo, digest)),
+                key(("B", digest)),
+                key(("u", upload)),
+            ],
+            Command::CompleteUpload { upload, digest, .. }
+            | Command::CompleteObjectUpload { upload, digest, .. } => {
                 let mut k = vec![key(("u", upload)), key(("B", digest))];
                 if let Some(repo) = repo_of_upload(state, upload) {
                     k.push(key(("b", repo, digest)));
@@ -531,6 +586,84 @@ impl Command {
                 put_seq_max,
                 digests,
             } => Ok(plan_collect_manifests(state, repo, *put_seq_max, digests)),
+            Command::StartMultipart {
+                upload,
+                key,
+                multipart,
+            } => Ok(vec![Event::MultipartStarted {
+                upload: upload.clone(),
+                key: key.clone(),
+                multipart: multipart.clone(),
+            }]),
+            Command::AppendParts {
+                upload,
+                offset,
+                length,
+                crc32,
+                parts,
+            } => {
+                let mut events = parts_events(state, upload, parts)?;
+                events.extend(
+                    Command::AppendChunk {
+                        upload: upload.clone(),
+                        offset: *offset,
+                        length: *length,
+                        crc32: *crc32,
+                    }
+                    .plan(state)?,
+                );
+                Ok(events)
+            }
+            Command::CompleteObjectUpload {
+                upload,
+                digest,
+                size,
+                last_chunk,
+                parts,
+                key,
+            } => {
+                let mut events = parts_events(state, upload, parts)?;
+                events.extend(
+                    Command::CompleteUpload {
+                        upload: upload.clone(),
+                        digest: digest.clone(),
+                        size: *size,
+                        last_chunk: *last_chunk,
+                    }
+                    .plan(state)?,
+                );
+                events.push(Event::BlobObjectStored {
+                    digest: digest.clone(),
+                    upload: upload.clone(),
+                    key: key.clone(),
+                });
+                Ok(events)
+            }
+            Command::LinkUploadedObject {
+                repo,
+                digest,
+                size,
+                upload,
+                key,
+            } => {
+                let mut events = Command::LinkUploadedBlob {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    size: *size,
+                }
+                .plan(state)?;
+                events.push(Event::BlobObjectStored {
+                    digest: digest.clone(),
+                    upload: upload.clone(),
+                    key: key.clone(),
+                });
+                Ok(events)
+            }
+            Command::AbortMultiparts { uploads } => Ok(uploads
+                .iter()
+                .filter(|u| state.objects.multiparts.contains_key(*u))
+                .map(|u| Event::MultipartAborted { upload: u.clone() })
+                .collect()),
             Command::RecordGcRun(run) => Ok(vec![Event::GcCompleted {
                 mark_seq: run.mark_seq,
                 manifests_deleted: run.manifests_deleted,
@@ -542,6 +675,40 @@ impl Command {
             }]),
         }
     }
+}
+
+/// `PartStored` events for `parts`, which must continue the upload's open
+/// multipart upload's parts.
+fn parts_events(
+    state: &State,
+    upload: &UploadId,
+    parts: &[StoredPart],
+) -> Result<Vec<Event>, Rejection> {
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let open = state
+        .objects
+        .multiparts
+        .get(upload)
+        .ok_or(Rejection::UploadUnknown)?;
+    let first = open.parts.len() as u32 + 1;
+    let mut events = Vec::with_capacity(parts.len());
+    for (expected, p) in (first..).zip(parts) {
+        if p.number != expected {
+            return Err(Rejection::PartOutOfOrder {
+                number: p.number,
+                expected,
+            });
+        }
+        events.push(Event::PartStored {
+            upload: upload.clone(),
+            number: p.number,
+            length: p.length,
+            etag: p.etag.clone(),
+        });
+    }
+    Ok(events)
 }
 
 /// The events that delete those of `blobs` still unused since `mark_seq`.

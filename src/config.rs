@@ -52,6 +52,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Garbage collection (see `gc`).
     pub gc: crate::gc::GcConfig,
+    /// Where blob bytes live (see `blobs::object`).
+    pub storage: crate::blobs::object::StorageConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -247,6 +249,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             gc: crate::gc::GcConfig::default(),
+            storage: crate::blobs::object::StorageConfig::default(),
         }
     }
 }
@@ -339,6 +342,7 @@ impl Config {
             ));
         }
         crate::auth::validate_config(&self.auth).map_err(ConfigError::Invalid)?;
+        self.storage.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -506,9 +510,47 @@ mod tests {
             "[auth.token.external]",
             "[gc]",
             "untagged_manifests_older_than = \"off\"",
+            "[storage]",
+            "backend = \"filesystem\"",
+            "endpoint",
+            "region",
+            "bucket",
+            "prefix",
+            "access_key_id",
+            "secret_access_key",
+            "allow_http",
+            "part_size_bytes",
+            "request_timeout_ms",
+            "retries_max",
+            "retry_timeout_ms",
+            "redirect = false",
+            "redirect_url_lifetime_secs",
         ] {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn storage_settings() {
+        use crate::blobs::object::StorageBackend;
+        let c: Config = toml::from_str(
+            "[storage]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\nallow_http = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::S3);
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.apply_env([
+            ("FERRO_STORAGE__BACKEND".to_owned(), "s3".to_owned()),
+            ("FERRO_STORAGE__BUCKET".into(), "registry".into()),
+            ("FERRO_STORAGE__PART_SIZE_BYTES".into(), "1048576".into()),
+        ])
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::S3);
+        assert_eq!(c.storage.bucket, "registry");
+        assert_eq!(c.storage.part_size_bytes, 1 << 20);
+        c.storage.bucket.clear();
+        assert!(c.validate().is_err());
     }
 
     #[test]

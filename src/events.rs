@@ -169,6 +169,37 @@ pub enum Event {
         /// Wall time of the whole run.
         duration_ms: u64,
     },
+    /// The bytes of `upload` (a session, or a whole blob in one request)
+    /// go to object `key` of the object store, through the multipart
+    /// upload `multipart` (the store's id of it).
+    MultipartStarted {
+        upload: UploadId,
+        key: String,
+        multipart: String,
+    },
+    /// Part `number` (from 1) of that multipart upload is stored: the
+    /// upload's next `length` bytes. `etag` is the store's tag of the part,
+    /// which completing the upload names.
+    PartStored {
+        upload: UploadId,
+        number: u32,
+        length: u64,
+        etag: String,
+    },
+    /// The blob `digest`'s bytes are the object `key`, written by `upload`.
+    /// When the digest already had an object, it keeps that one and `key`
+    /// is deleted from the store.
+    BlobObjectStored {
+        digest: Digest,
+        upload: UploadId,
+        key: String,
+    },
+    /// The multipart upload of `upload` was aborted in the store (its
+    /// session was cancelled or expired, its bytes did not match, or a
+    /// crash left it open).
+    MultipartAborted {
+        upload: UploadId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,10 +231,14 @@ impl Event {
             Event::UploadCancelled { .. } => "upload_cancelled",
             Event::ReferrerRegistered { .. } => "referrer_registered",
             Event::GcCompleted { .. } => "gc_completed",
+            Event::MultipartStarted { .. } => "multipart_started",
+            Event::PartStored { .. } => "part_stored",
+            Event::BlobObjectStored { .. } => "blob_object_stored",
+            Event::MultipartAborted { .. } => "multipart_aborted",
         }
     }
 
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 17] = [
         "manifest_put",
         "tag_set",
         "tag_deleted",
@@ -217,6 +252,10 @@ impl Event {
         "upload_cancelled",
         "referrer_registered",
         "gc_completed",
+        "multipart_started",
+        "part_stored",
+        "blob_object_stored",
+        "multipart_aborted",
     ];
 
     /// The repository the event concerns, when it concerns one.
@@ -234,7 +273,11 @@ impl Event {
             | Event::UploadChunk { .. }
             | Event::UploadCompleted { .. }
             | Event::UploadCancelled { .. }
-            | Event::GcCompleted { .. } => None,
+            | Event::GcCompleted { .. }
+            | Event::MultipartStarted { .. }
+            | Event::PartStored { .. }
+            | Event::BlobObjectStored { .. }
+            | Event::MultipartAborted { .. } => None,
         }
     }
 }

@@ -258,6 +258,9 @@ pub struct GcReport {
     /// run: that would be).
     pub orphans_removed: u64,
     pub orphan_bytes_freed: u64,
+    /// Multipart uploads left open in the object store (by a crash, or an
+    /// abort that failed) that the run aborted.
+    pub multiparts_aborted: u64,
     /// Log records the mark phase read.
     pub records_scanned: u64,
     pub mark_ms: u64,
@@ -369,6 +372,10 @@ impl Collector {
         let grace_cutoff_unix_ns = now_unix_ns.saturating_sub(options.grace.as_nanos() as u64);
         self.remove_orphans(grace_cutoff_unix_ns, options.dry_run, &mut report)
             .await?;
+        if self.store.objects().is_some() {
+            self.remove_object_leftovers(grace_cutoff_unix_ns, options.dry_run, &mut report)
+                .await?;
+        }
         report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
         report.total_ms = started.elapsed().as_millis() as u64;
         if !options.dry_run {
@@ -430,6 +437,21 @@ impl Collector {
                 .locks()
                 .lock(blobs.iter().map(|c| &c.digest))
                 .await;
+            // Their objects' keys, read before the deletions remove them
+            // from the state (under the locks, no upload changes them).
+            let keys: std::collections::HashMap<Digest, String> = match self.store.objects() {
+                None => Default::default(),
+                Some(_) => {
+                    let state = self.state.read();
+                    blobs
+                        .iter()
+                        .filter_map(|c| {
+                            let key = state.objects.blobs.get(&c.digest)?;
+                            Some((c.digest.clone(), key.clone()))
+                        })
+                        .collect()
+                }
+            };
             let committed = self
                 .writer
                 .submit(
@@ -456,6 +478,15 @@ impl Collector {
             tokio::task::spawn_blocking(move || remove_files(&paths))
                 .await
                 .map_err(|e| GcError::Task(e.to_string()))??;
+            if let Some(objects) = self.store.objects() {
+                for key in deleted.iter().filter_map(|(d, _)| keys.get(d)) {
+                    if let Err(e) = objects.delete(key).await {
+                        // Off the record already: an orphan object, which
+                        // the next run removes.
+                        tracing::warn!(%key, error = %e, "cannot delete a collected blob's object");
+                    }
+                }
+            }
             drop(guard);
             report.blobs_kept_by_recheck += (batch.len() - deleted.len()) as u64;
             for (d, size) in &deleted {
@@ -514,6 +545,77 @@ impl Collector {
                     tracing::warn!(file = %f.path.display(), error = %e, "cannot remove an orphan blob file")
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Collector {
+    /// The object store's leftovers: multipart uploads the log knows were
+    /// left open (no session owns them: a crash between opening and
+    /// completing one, or an abort that failed) are aborted, and objects
+    /// under the prefix that no blob, open upload or upload in progress
+    /// names, older than `cutoff_unix_ns`, deleted.
+    async fn remove_object_leftovers(
+        &self,
+        cutoff_unix_ns: u64,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<(), GcError> {
+        let Some(objects) = self.store.objects() else {
+            return Ok(());
+        };
+        let abandoned: Vec<String> = {
+            let state = self.state.read();
+            state
+                .objects
+                .multiparts
+                .iter()
+                .filter(|(u, m)| {
+                    !state.uploads.contains_key(*u)
+                        && !objects.is_in_progress(u)
+                        && m.started_unix_ns <= cutoff_unix_ns
+                })
+                .map(|(u, _)| u.clone())
+                .collect()
+        };
+        report.multiparts_aborted = abandoned.len() as u64;
+        if !dry_run && !abandoned.is_empty() {
+            crate::api::abort_multiparts(&self.writer, &self.state, objects, &abandoned).await?;
+        }
+        let listed = match objects.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the object store; orphan objects stay");
+                return Ok(());
+            }
+        };
+        let blob_keys: std::collections::HashSet<String> =
+            self.state.read().objects.blobs.values().cloned().collect();
+        for o in listed {
+            let Some(upload) = objects.upload_of_key(&o.key) else {
+                continue; // not ours
+            };
+            let named = blob_keys.contains(&o.key) || o.modified_unix_ns > cutoff_unix_ns || {
+                let state = self.state.read();
+                // Read again: an upload may have completed since the list.
+                state.uploads.contains_key(upload)
+                    || state.objects.multiparts.contains_key(upload)
+                    || objects.is_in_progress(upload)
+                    || state.objects.blobs.values().any(|k| *k == o.key)
+            };
+            if named {
+                continue;
+            }
+            if !dry_run {
+                if let Err(e) = objects.delete(&o.key).await {
+                    tracing::warn!(key = %o.key, error = %e, "cannot delete an orphan object");
+                    continue;
+                }
+                tracing::info!(key = %o.key, bytes = o.size, "removed an orphan object");
+            }
+            report.orphans_removed += 1;
+            report.orphan_bytes_freed += o.size;
         }
         Ok(())
     }

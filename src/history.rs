@@ -206,7 +206,11 @@ fn change_of(event: &Event) -> Option<Change> {
         | Event::UploadChunk { .. }
         | Event::UploadCompleted { .. }
         | Event::UploadCancelled { .. }
-        | Event::GcCompleted { .. } => return None,
+        | Event::GcCompleted { .. }
+        | Event::MultipartStarted { .. }
+        | Event::PartStored { .. }
+        | Event::BlobObjectStored { .. }
+        | Event::MultipartAborted { .. } => return None,
     })
 }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ferro::blobs::object::StorageBackend;
 use ferro::config::{AuthScheme, Config, DurabilityMode, LogFormat};
 use ferro::log::RecoveryMode;
 
@@ -141,6 +142,33 @@ struct ServeArgs {
     /// 30d or 12h [default: forever].
     #[arg(long)]
     history_retention: Option<ferro::compaction::Retention>,
+    /// Where blob bytes live: filesystem or s3 [default: filesystem].
+    #[arg(long, value_enum)]
+    storage_backend: Option<StorageBackend>,
+    /// S3 endpoint URL (path-style addressing).
+    #[arg(long)]
+    storage_endpoint: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long)]
+    storage_region: Option<String>,
+    /// S3 bucket.
+    #[arg(long)]
+    storage_bucket: Option<String>,
+    /// Prefix of every object key.
+    #[arg(long)]
+    storage_prefix: Option<String>,
+    /// Allow a plain-HTTP S3 endpoint.
+    #[arg(long)]
+    storage_allow_http: bool,
+    /// Size of the parts uploads are sent in, in bytes [default: 8388608].
+    #[arg(long)]
+    storage_part_size_bytes: Option<u64>,
+    /// Time allowed for one request to the store, in ms [default: 30000].
+    #[arg(long)]
+    storage_request_timeout_ms: Option<u64>,
+    /// Blob GETs answer 307 to a presigned URL of the object.
+    #[arg(long)]
+    storage_redirect: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -243,6 +271,28 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.history_retention {
         c.history.retention = v;
     }
+    let s = &mut c.storage;
+    if let Some(v) = args.storage_backend {
+        s.backend = v;
+    }
+    for (flag, slot) in [
+        (args.storage_endpoint, &mut s.endpoint),
+        (args.storage_region, &mut s.region),
+        (args.storage_bucket, &mut s.bucket),
+        (args.storage_prefix, &mut s.prefix),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    if let Some(v) = args.storage_part_size_bytes {
+        s.part_size_bytes = v;
+    }
+    if let Some(v) = args.storage_request_timeout_ms {
+        s.request_timeout_ms = v;
+    }
+    s.allow_http |= args.storage_allow_http;
+    s.redirect |= args.storage_redirect;
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }

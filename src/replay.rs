@@ -149,6 +149,9 @@ pub fn state_as_of(
     }
 }
 
+// One value per replay attempt, moved once: boxing the state would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     Done(Replayed),
     /// The snapshot is after the point asked for.

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::front::{front, Front, Gate};
 use crate::api::{App, PastStates, UploadSessions};
 use crate::auth::Auth;
+use crate::blobs::object::{ObjectBlobs, SharedObjectBlobs, StorageBackend};
 use crate::blobs::{is_upload_id, BlobStore};
 use crate::commands::Command;
 use crate::config::Config;
@@ -220,7 +221,23 @@ pub async fn run(
         tags = summary.tags,
         "replayed the log"
     );
-    let store = BlobStore::new(&layout).with_small_blob_cache(config.limits.blob_cache_bytes_max);
+    let mut store =
+        BlobStore::new(&layout).with_small_blob_cache(config.limits.blob_cache_bytes_max);
+    if let Some(objects) = object_store(&config)? {
+        // Not ready until the store answers: a wrong endpoint, bucket or
+        // credential is a clear 503 from /readyz, never a 500 on a push.
+        let waited = tokio::select! {
+            r = wait_for_store(&objects, &gate) => r,
+            _ = &mut shutdown => Err(()),
+        };
+        if waited.is_err() {
+            tracing::info!("shutdown requested while waiting for the object store");
+            stop.cancel();
+            let _ = serving.await;
+            return Ok(());
+        }
+        store = store.with_objects(objects);
+    }
     if let Err(e) = store.prepare_dirs() {
         stop.cancel();
         let _ = serving.await;
@@ -447,7 +464,11 @@ pub async fn run_read_only(
         layout: layout.clone(),
         writer: log::LogWriter::detached(state.last_seq, replayed.crc),
         state: Arc::new(parking_lot::RwLock::new(state)),
-        store: BlobStore::new(&layout).with_small_blob_cache(config.limits.blob_cache_bytes_max),
+        store: match object_store(&config)? {
+            Some(objects) => BlobStore::new(&layout).with_objects(objects),
+            None => BlobStore::new(&layout),
+        }
+        .with_small_blob_cache(config.limits.blob_cache_bytes_max),
         limits: config.limits.clone(),
         sessions: UploadSessions::default(),
         delete_enabled: false,
@@ -479,6 +500,53 @@ pub async fn run_read_only(
     Ok(())
 }
 
+/// The object store of `[storage]`, when blob bytes live in one.
+fn object_store(config: &Config) -> Result<Option<SharedObjectBlobs>, ServerError> {
+    if config.storage.backend != StorageBackend::S3 {
+        return Ok(None);
+    }
+    let objects = ObjectBlobs::new(&config.storage)
+        .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e)))?;
+    tracing::info!(store = %objects.description(), "blobs in object storage");
+    Ok(Some(Arc::new(objects)))
+}
+
+/// How often an unreachable object store is asked again.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Probes the object store until it answers, saying why not on `/readyz`
+/// meanwhile; then keeps probing it in the background while it is marked
+/// unavailable, so that it comes back without a restart.
+async fn wait_for_store(objects: &SharedObjectBlobs, gate: &Gate) -> Result<(), ()> {
+    loop {
+        match objects.probe().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(store = %objects.description(), error = %e, "the object store does not answer; not ready");
+                gate.set_waiting_for(Some(format!(
+                    "object store ({}) unavailable: {e}",
+                    objects.description()
+                )));
+                tokio::time::sleep(STORE_PROBE_INTERVAL).await;
+            }
+        }
+    }
+    gate.set_waiting_for(None);
+    let objects = objects.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(STORE_PROBE_INTERVAL).await;
+            if objects.unavailable_reason().is_some() {
+                let _ = objects.probe().await;
+            }
+            if Arc::strong_count(&objects) == 1 {
+                break; // the server is gone
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Makes staging files agree with the log after a restart: bytes past the
 /// last logged chunk are cut off (they were never acknowledged); an upload
 /// whose staging file lost acknowledged bytes is cancelled on the record;
@@ -495,7 +563,14 @@ async fn reconcile_uploads(
         .map(|(id, u)| (id.clone(), u.size))
         .collect();
     let mut lost = Vec::new();
-    for (id, size) in &uploads {
+    // In an object store the bytes of sessions are parts the log lists;
+    // there are no staging files to check.
+    let staged = if store.objects().is_some() {
+        &[][..]
+    } else {
+        &uploads[..]
+    };
+    for (id, size) in staged {
         let path = store.staging_path(id);
         let len = match std::fs::metadata(&path) {
             Ok(m) => m.len(),

@@ -495,6 +495,85 @@ fn story() -> Vec<ExpectedRecord> {
             duration_ms: 150,
         }),
     );
+    // 29-34. Blobs in an object store (appended with the variants
+    // `MultipartStarted`, `PartStored`, `BlobObjectStored` and
+    // `MultipartAborted`; records 1-28 are unchanged): a chunked upload
+    // whose chunks are parts of a multipart upload, completed as its
+    // object; then a whole blob sent in one request whose bytes did not
+    // match, its multipart upload aborted.
+    let layer = Blob::new(b"a layer kept in an object store".to_vec());
+    let upload = "5d1e8a2c7b9f4e6a8c0d2f4b6e8a0c2e".to_owned();
+    let key = format!("registry/blobs/{upload}");
+    s.command(
+        1_000,
+        peer(ci),
+        Command::StartUpload {
+            repo: repo(alpine),
+            upload: upload.clone(),
+        },
+    );
+    s.command(
+        40,
+        peer(ci),
+        Command::StartMultipart {
+            upload: upload.clone(),
+            key: key.clone(),
+            multipart: "mp-0a1b2c3d".into(),
+        },
+    );
+    let (head, tail) = layer.bytes.split_at(16);
+    s.command(
+        60,
+        peer(ci),
+        Command::AppendParts {
+            upload: upload.clone(),
+            offset: 0,
+            length: head.len() as u64,
+            crc32: crc32fast::hash(head),
+            parts: vec![ferro::projection::StoredPart {
+                number: 1,
+                length: head.len() as u64,
+                etag: "\"etag-part-1\"".into(),
+            }],
+        },
+    );
+    s.command(
+        80,
+        peer(ci),
+        Command::CompleteObjectUpload {
+            upload: upload.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size(),
+            last_chunk: Some(Chunk {
+                offset: head.len() as u64,
+                length: tail.len() as u64,
+                crc32: crc32fast::hash(tail),
+            }),
+            parts: vec![ferro::projection::StoredPart {
+                number: 2,
+                length: tail.len() as u64,
+                etag: "\"etag-part-2\"".into(),
+            }],
+            key,
+        },
+    );
+    let one_shot = "7e3a9c1f5b2d4a6e8f0b1d3c5a7e9f1b".to_owned();
+    s.command(
+        2_000,
+        peer(ci),
+        Command::StartMultipart {
+            upload: one_shot.clone(),
+            key: format!("registry/blobs/{one_shot}"),
+            multipart: "mp-4e5f6a7b".into(),
+        },
+    );
+    s.command(
+        300,
+        peer(ci),
+        Command::AbortMultiparts {
+            uploads: vec![one_shot],
+        },
+    );
     s.records
 }
 

@@ -263,6 +263,7 @@ fn rejection_name(r: &Rejection) -> &'static str {
         Rejection::UploadRepoMismatch => "UploadRepoMismatch",
         Rejection::UploadOffset { .. } => "UploadOffset",
         Rejection::UploadExists => "UploadExists",
+        Rejection::PartOutOfOrder { .. } => "PartOutOfOrder",
     }
 }
 
@@ -569,7 +570,13 @@ impl Observed {
             },
             // Not generated: the manifest policy's re-check has its own
             // tests (`commands::tests`, `tests/gc_untagged.rs`).
-            Command::CollectManifests { .. } | Command::RecordGcRun(_) => {
+            Command::CollectManifests { .. }
+            | Command::RecordGcRun(_)
+            | Command::StartMultipart { .. }
+            | Command::AppendParts { .. }
+            | Command::CompleteObjectUpload { .. }
+            | Command::LinkUploadedObject { .. }
+            | Command::AbortMultiparts { .. } => {
                 unreachable!("no op resolves to {command:?}")
             }
         }

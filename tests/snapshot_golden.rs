@@ -312,13 +312,22 @@ fn refusals_for_every_kind_of_damage() {
         format::decode(&header_flip),
         Err(SnapshotFormatError::HeaderChecksum { .. })
     ));
-    let mut future = valid.clone();
-    future[8] = 2; // version 2, with a header checksum to match
-    let crc = crc32fast::hash(&future[..44]);
-    future[44..48].copy_from_slice(&crc.to_le_bytes());
+    let relabel = |version: u8| {
+        let mut b = valid.clone();
+        b[8] = version; // with a header checksum to match
+        let crc = crc32fast::hash(&b[..44]);
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
     assert!(matches!(
-        format::decode(&future),
-        Err(SnapshotFormatError::Version(2))
+        format::decode(&relabel(3)),
+        Err(SnapshotFormatError::Version(3))
+    ));
+    // Version 2 has the object index after the state: a version-1
+    // payload under its label ends too early.
+    assert!(matches!(
+        format::decode(&relabel(2)),
+        Err(SnapshotFormatError::Decode(_))
     ));
     assert!(matches!(
         format::decode(&valid[..valid.len() - 1]),

@@ -76,6 +76,9 @@ pub async fn get(
                 size,
             ));
         }
+        if let Some(objects) = app.store.objects() {
+            return object_get(app, objects, digest, (status, start, len, size)).await;
+        }
         let store = app.store.clone();
         let d = digest.clone();
         let read = tokio::task::spawn_blocking(move || store.read_range(&d, start, len))
@@ -110,6 +113,45 @@ pub async fn get(
             }
             Err(e) => return Err(e.into()),
         }
+    };
+    Ok(blob_response(status, body, digest, start, len, size))
+}
+
+/// A GET of bytes `start..start + len` of a blob of `size` bytes in the
+/// object store: a small whole blob is read into memory (and cached), a
+/// larger range streamed as the store sends it; with `redirect`, a `307`
+/// to a presigned URL instead.
+async fn object_get(
+    app: &App,
+    objects: &crate::blobs::object::ObjectBlobs,
+    digest: &Digest,
+    (status, start, len, size): (StatusCode, u64, u64, u64),
+) -> ApiResult<Response> {
+    let key = app.state.read().objects.blobs.get(digest).cloned();
+    let Some(key) = key else {
+        tracing::error!(%digest, "blob in the state has no object key");
+        return Err(blob_unknown());
+    };
+    if let Some(lifetime) = objects.redirect {
+        let url = objects.presigned_get(&key, lifetime).await?;
+        let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let h = r.headers_mut();
+        h.insert(header::LOCATION, header_value(&url));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        digest_headers(h, digest);
+        return Ok(r);
+    }
+    let whole = start == 0 && len == size;
+    let body = if whole && len <= crate::blobs::read::READ_IN_MEMORY_BYTES_MAX {
+        let bytes = objects.read_all(&key, len).await?;
+        if bytes.len() as u64 != len {
+            tracing::error!(%digest, %key, "object shorter than its blob");
+            return Err(ApiError::internal("stored object has the wrong size"));
+        }
+        app.store.small_blobs().insert(digest, bytes.clone());
+        Body::from(bytes)
+    } else {
+        Body::from_stream(objects.read_range(&key, start, len).await?)
     };
     Ok(blob_response(status, body, digest, start, len, size))
 }

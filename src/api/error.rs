@@ -199,9 +199,29 @@ impl From<Rejection> for ApiError {
             Rejection::UploadUnknown | Rejection::UploadRepoMismatch => {
                 ApiError::new(ErrorCode::BlobUploadUnknown, message)
             }
-            Rejection::UploadOffset { .. } => ApiError::new(ErrorCode::BlobUploadInvalid, message)
-                .with_status(StatusCode::RANGE_NOT_SATISFIABLE),
+            Rejection::UploadOffset { .. } | Rejection::PartOutOfOrder { .. } => {
+                ApiError::new(ErrorCode::BlobUploadInvalid, message)
+                    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            }
             Rejection::UploadExists => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<crate::blobs::object::ObjectError> for ApiError {
+    fn from(e: crate::blobs::object::ObjectError) -> ApiError {
+        use crate::blobs::object::ObjectError;
+        match e {
+            ObjectError::NotFound(key) => {
+                tracing::error!(%key, "a blob in the state has no object in the store");
+                ApiError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
+            }
+            ObjectError::Unavailable(_) => ApiError::new(
+                ErrorCode::TooManyRequests,
+                "the blob store is unavailable, try again later",
+            )
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .with_header(axum::http::header::RETRY_AFTER, "5"),
         }
     }
 }

@@ -41,12 +41,20 @@ pub(super) struct RouteLabel(pub(super) &'static str);
 pub struct Gate {
     ready: OnceLock<(Router, Arc<App>)>,
     draining: AtomicBool,
+    /// What startup is waiting for, when it is not the log (`/readyz`).
+    waiting_for: parking_lot::Mutex<Option<String>>,
 }
 
 impl Gate {
     /// From now on requests reach `app`.
     pub fn open(&self, app: Arc<App>) {
         let _ = self.ready.set((router(app.clone()), app));
+    }
+
+    /// Startup waits for something other than the log: `/readyz` says
+    /// what (`None`: the log again).
+    pub fn set_waiting_for(&self, what: Option<String>) {
+        *self.waiting_for.lock() = what;
     }
 
     /// Shutting down: `/readyz` answers 503 (requests are still served).
@@ -227,10 +235,22 @@ fn make_request_id() -> HeaderValue {
 }
 
 fn readyz(gate: &Gate) -> Response {
-    if gate.is_ready() {
+    let store_down = gate
+        .app()
+        .and_then(|app| app.store.objects())
+        .and_then(|o| o.unavailable_reason());
+    if let (true, Some(reason)) = (gate.is_ready(), store_down) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("object store unavailable: {reason}"),
+        )
+            .into_response()
+    } else if gate.is_ready() {
         "ready".into_response()
     } else if gate.app().is_some() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if let Some(what) = gate.waiting_for.lock().clone() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("starting: {what}")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

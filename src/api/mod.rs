@@ -47,6 +47,7 @@ use crate::projection::State;
 
 pub use ext::PastStates;
 pub use router::router;
+pub use uploads::abort_multiparts;
 
 /// Everything a handler needs, shared by all requests.
 pub struct App {

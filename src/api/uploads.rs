@@ -6,6 +6,10 @@
 //! staging file is cut back to the last logged chunk (see `server`), so the
 //! offset a client is told is always one the log vouches for.
 
+mod object;
+
+pub use object::abort_multiparts;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -136,6 +140,9 @@ async fn monolithic(
         expected: content_length(headers)?,
     };
     bounds.check_announced()?;
+    if let Some(objects) = app.store.objects() {
+        return object::monolithic(app, ctx, objects, &repo, &digest, bounds, body).await;
+    }
     let staging = app.store.one_shot_staging_path(&digest, &new_upload_id());
     let result = receive_and_commit(
         app,
@@ -417,6 +424,10 @@ pub async fn patch(
         expected: chunk_length(headers, &repo, &id, offset)?,
     };
     bounds.check_announced()?;
+    if let Some(objects) = app.store.objects() {
+        let at = (&repo, id.as_str(), offset);
+        return object::patch(app, ctx, objects, at, bounds, &mut session, body).await;
+    }
     let staging = app.store.staging_path(&id);
     let hasher = match session.hasher.take() {
         Some(h) if session.hashed_bytes == offset => h,
@@ -525,6 +536,10 @@ pub async fn finish(
         expected: chunk_length(headers, &repo, &id, offset)?,
     };
     bounds.check_announced()?;
+    if let Some(objects) = app.store.objects() {
+        let at = (&repo, id.as_str(), offset);
+        return object::finish(app, ctx, objects, at, &digest, bounds, &mut session, body).await;
+    }
     let staging = app.store.staging_path(&id);
     let hasher = match session.hasher.take() {
         Some(h) if session.hashed_bytes == offset && h.algorithm() == digest.algorithm() => h,
@@ -614,6 +629,10 @@ pub async fn cancel(
         )
         .await?;
     remove_staging(&app.store.staging_path(&id)).await;
+    if let Some(objects) = app.store.objects() {
+        object::abort_multiparts(&app.writer, &app.state, objects, std::slice::from_ref(&id))
+            .await?;
+    }
     drop(_session);
     app.sessions.remove(&id);
     Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())

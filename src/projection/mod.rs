@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::events::{Entry, Event, UploadId};
 use crate::oci::{Digest, RepoName, Tag};
 
+pub mod objects;
 mod reach;
+
+pub use objects::{ObjectIndex, OpenMultipart, StoredPart};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct State {
@@ -37,6 +40,12 @@ pub struct State {
     /// Blobs whose bytes are in the store, with their sizes.
     pub blobs: BTreeMap<Digest, u64>,
     pub uploads: BTreeMap<UploadId, Upload>,
+    /// Where blob bytes are in the object store, and its open multipart
+    /// uploads (empty on the filesystem backend). Serialized after the
+    /// rest, only when not empty (snapshot version 2, see
+    /// `snapshot::format`), so a filesystem state's snapshot is unchanged.
+    #[serde(skip)]
+    pub objects: ObjectIndex,
     /// Derived from the fields above (never serialized, so the snapshot
     /// format does not change): how each blob is used, for garbage
     /// collection's re-check at planning time.
@@ -70,6 +79,7 @@ impl From<StateFields> for State {
             repos: f.repos,
             blobs: f.blobs,
             uploads: f.uploads,
+            objects: ObjectIndex::default(),
             blob_use: BlobUseIndex::default(),
         };
         state.rebuild_blob_use();
@@ -294,6 +304,7 @@ impl State {
                     "a deleted blob is linked nowhere"
                 );
                 self.blobs.remove(digest);
+                self.objects.blobs.remove(digest);
                 let unused = self.blob_use.0.remove(digest);
                 debug_assert!(
                     unused.is_none_or(|u| u.manifest_refs == 0),
@@ -338,6 +349,10 @@ impl State {
             }
             // On the record only: the run's deletions are their own events.
             Event::GcCompleted { .. } => {}
+            Event::MultipartStarted { .. }
+            | Event::PartStored { .. }
+            | Event::BlobObjectStored { .. }
+            | Event::MultipartAborted { .. } => self.objects.apply(time_unix_ns, event),
         }
     }
 

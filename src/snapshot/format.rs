@@ -12,8 +12,13 @@
 //!  32  u64     payload_len   bytes after the header
 //!  40  u32     payload_crc   CRC-32 of the payload
 //!  44  u32     header_crc    CRC-32 of bytes [0, 44)
-//!  48  [u8]    payload       the `State`, bincode (log::format::PAYLOAD_CONFIG)
+//!  48  [u8]    payload       the `State`, bincode (log::format::PAYLOAD_CONFIG);
+//!                              version 2: then the state's `ObjectIndex`
 //! ```
+//!
+//! Version 2 is written only when the state has object-store entries
+//! (`[storage] backend = "s3"`); a filesystem registry's snapshots stay
+//! version 1, byte for byte.
 //!
 //! A file is exactly `SNAPSHOT_HEADER_BYTES + payload_len` bytes long.
 //! Invariant: a snapshot whose checks fail is never used; the log is the
@@ -33,6 +38,8 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"FERROSNP";
 /// `State` and everything under it) included. A reader skips a version it
 /// does not know and replays the log instead.
 pub const SNAPSHOT_VERSION: u16 = 1;
+/// The version of a snapshot whose payload ends with the object index.
+pub const SNAPSHOT_VERSION_OBJECTS: u16 = 2;
 pub const SNAPSHOT_HEADER_BYTES: usize = 48;
 
 const CHAIN_CRC_OFFSET: usize = 12;
@@ -120,7 +127,7 @@ impl SnapshotHeader {
             return Err(SnapshotFormatError::HeaderChecksum { stored, computed });
         }
         let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_OBJECTS {
             return Err(SnapshotFormatError::Version(version));
         }
         let reserved = u16::from_le_bytes([b[10], b[11]]);
@@ -172,8 +179,14 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), SnapshotFormatErr
     // A limit, so a length prefix is checked before anything is allocated
     // for it: a damaged (or crafted) one must fail, not abort the process.
     let config = PAYLOAD_CONFIG.with_limit::<SNAPSHOT_PAYLOAD_BYTES_MAX>();
-    let (state, used) = bincode::serde::decode_from_slice::<State, _>(payload, config)
+    let (mut state, mut used) = bincode::serde::decode_from_slice::<State, _>(payload, config)
         .map_err(|e| SnapshotFormatError::Decode(e.to_string()))?;
+    if header.version == SNAPSHOT_VERSION_OBJECTS {
+        let (objects, more) = bincode::serde::decode_from_slice(&payload[used..], config)
+            .map_err(|e| SnapshotFormatError::Decode(e.to_string()))?;
+        state.objects = objects;
+        used += more;
+    }
     if used != payload.len() {
         return Err(SnapshotFormatError::Trailing((payload.len() - used) as u64));
     }
@@ -242,8 +255,12 @@ pub fn decode_read<R: Read>(
         inner: io::BufReader::with_capacity(READ_BUFFER_BYTES, payload.take(header.payload_len)),
         bytes: 0,
     };
-    let state: State = bincode::serde::decode_from_std_read(&mut counting, config)
+    let mut state: State = bincode::serde::decode_from_std_read(&mut counting, config)
         .map_err(|e| SnapshotFormatError::Decode(e.to_string()))?;
+    if header.version == SNAPSHOT_VERSION_OBJECTS {
+        state.objects = bincode::serde::decode_from_std_read(&mut counting, config)
+            .map_err(|e| SnapshotFormatError::Decode(e.to_string()))?;
+    }
     if counting.bytes != header.payload_len {
         return Err(SnapshotFormatError::Trailing(
             header.payload_len.saturating_sub(counting.bytes),
@@ -285,8 +302,24 @@ impl<R: Read> Read for CountingReader<R> {
 /// The payload bytes of `state`: what a snapshot stores, and what "the
 /// same state, byte for byte" means in tests.
 pub fn encode_state(state: &State) -> Result<Vec<u8>, SnapshotFormatError> {
-    bincode::serde::encode_to_vec(state, PAYLOAD_CONFIG)
-        .map_err(|e| SnapshotFormatError::Encode(e.to_string()))
+    let mut out = bincode::serde::encode_to_vec(state, PAYLOAD_CONFIG)
+        .map_err(|e| SnapshotFormatError::Encode(e.to_string()))?;
+    if !state.objects.is_empty() {
+        out.extend(
+            bincode::serde::encode_to_vec(&state.objects, PAYLOAD_CONFIG)
+                .map_err(|e| SnapshotFormatError::Encode(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The version a snapshot of `state` is written in.
+fn version_for(state: &State) -> u16 {
+    if state.objects.is_empty() {
+        SNAPSHOT_VERSION
+    } else {
+        SNAPSHOT_VERSION_OBJECTS
+    }
 }
 
 /// Writes a whole snapshot of `state` to `out`: a placeholder header, the
@@ -300,7 +333,7 @@ pub fn encode_to<W: Write + io::Seek>(
     out.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])?;
     let (crc, bytes) = write_payload(&mut *out, state)?;
     let header = SnapshotHeader {
-        version: SNAPSHOT_VERSION,
+        version: version_for(state),
         chain_crc,
         seq: state.last_seq,
         time_unix_ns: state.last_time_unix_ns,
@@ -321,6 +354,10 @@ fn write_payload<W: Write>(out: W, state: &State) -> Result<(u32, u64), Snapshot
     };
     bincode::serde::encode_into_std_write(state, &mut counting, PAYLOAD_CONFIG)
         .map_err(|e| SnapshotFormatError::Encode(e.to_string()))?;
+    if !state.objects.is_empty() {
+        bincode::serde::encode_into_std_write(&state.objects, &mut counting, PAYLOAD_CONFIG)
+            .map_err(|e| SnapshotFormatError::Encode(e.to_string()))?;
+    }
     counting.inner.flush()?;
     Ok((counting.crc.finalize(), counting.bytes))
 }
@@ -406,6 +443,35 @@ mod tests {
         assert_eq!(header.time_unix_ns, 10);
         assert_eq!(header.chain_crc, 0xdead_beef);
         assert_eq!(&bytes[SNAPSHOT_HEADER_BYTES..], encode_state(&s).unwrap());
+    }
+
+    #[test]
+    fn an_object_index_makes_a_version_2_snapshot() {
+        let mut s = state();
+        assert_eq!(SnapshotHeader::decode(&encoded(&s)).unwrap().version, 1);
+        let digest = crate::oci::Digest::sha256_of(b"x");
+        s.objects
+            .blobs
+            .insert(digest, "p/blobs/0123456789abcdef0123456789abcdef".into());
+        s.objects.multiparts.insert(
+            "fedcba9876543210fedcba9876543210".into(),
+            crate::projection::OpenMultipart {
+                key: "p/blobs/fedcba9876543210fedcba9876543210".into(),
+                multipart: "mp".into(),
+                parts: vec![crate::projection::StoredPart {
+                    number: 1,
+                    length: 5,
+                    etag: "e".into(),
+                }],
+                started_unix_ns: 7,
+            },
+        );
+        let bytes = encoded(&s);
+        let (header, back) = decode(&bytes).unwrap();
+        assert_eq!(header.version, SNAPSHOT_VERSION_OBJECTS);
+        assert_eq!(back, s);
+        let (_, read) = decode_by_reading(&bytes).unwrap();
+        assert_eq!(read, s);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! loopback port over a temporary data directory and talks HTTP to it.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod garage;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,7 +38,9 @@ impl TestServer {
             .arg(data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(garage::test_blobs_args(data_dir, &extra_args))
             .args(&extra_args)
+            .envs(garage::credentials_env())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+use ferro::blobs::object::{ObjectBlobs, ObjectError, StorageBackend};
 use ferro::blobs::BlobStore;
 use ferro::datadir::Layout;
 use ferro::log::format::SegmentHeader;
@@ -29,6 +30,13 @@ pub struct VerifyArgs {
     /// bytes).
     #[arg(long)]
     pub blobs: bool,
+    /// The server's config file: with `[storage] backend = "s3"` the
+    /// blobs are checked in the object store (HEAD on each, size match;
+    /// with --blobs their bytes hashed), and objects under the prefix that
+    /// no event names are listed. `FERRO_STORAGE__*` and the
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables apply.
+    #[arg(long, env = "FERRO_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +92,8 @@ pub struct Orphans {
     pub uploads: Vec<PathBuf>,
     /// Unfinished `.tmp` files and `.broken` tails kept aside.
     pub leftovers: Vec<PathBuf>,
+    /// Objects under the store's prefix no event names.
+    pub objects: Vec<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,8 +122,13 @@ pub fn run(data_dir: &Path, args: &VerifyArgs, out: &Out) -> CtlResult<Exit> {
     if let Some(state) = &state {
         report.state = Some(state.summary());
         check_state(state, &mut report);
-        check_blobs(&layout, state, args.blobs, out, &mut report)?;
-        find_orphans(&layout, state, &mut report)?;
+        match object_store(args)? {
+            Some(objects) => check_objects(&objects, state, args.blobs, out, &mut report)?,
+            None => {
+                check_blobs(&layout, state, args.blobs, out, &mut report)?;
+                find_orphans(&layout, state, &mut report)?;
+            }
+        }
     }
     find_leftovers(&layout, &mut report)?;
     let exit = if report.log.corrupt.is_some() {
@@ -503,6 +518,111 @@ fn check_blobs(
     Ok(())
 }
 
+/// The object store of `--config`, when blobs live in one.
+fn object_store(args: &VerifyArgs) -> CtlResult<Option<ObjectBlobs>> {
+    let mut config = match &args.config {
+        Some(path) => ferro::config::Config::load(path)
+            .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?,
+        None => ferro::config::Config::default(),
+    };
+    config
+        .apply_env(std::env::vars())
+        .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?;
+    if config.storage.backend != StorageBackend::S3 {
+        return Ok(None);
+    }
+    ObjectBlobs::new(&config.storage)
+        .map(Some)
+        .map_err(|e| CtlError::new(Exit::Usage, e))
+}
+
+/// [`check_blobs`] and the orphan listing, for blobs in an object store.
+fn check_objects(
+    objects: &ObjectBlobs,
+    state: &State,
+    hash: bool,
+    out: &Out,
+    report: &mut VerifyReport,
+) -> CtlResult<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CtlError::new(Exit::Failure, format!("cannot start a runtime: {e}")))?;
+    let bar = out.bytes_bar(state.blobs.len() as u64, "objects");
+    report.blobs.referenced = state.blobs.len() as u64;
+    report.blobs.hashed = hash;
+    for (digest, &size) in &state.blobs {
+        let key = state.objects.blobs.get(digest);
+        let issue = |detail: String| BlobIssue {
+            digest: digest.to_string(),
+            path: PathBuf::from(key.map_or("", |k| k.as_str())),
+            detail,
+        };
+        bar.inc(1);
+        let Some(key) = key else {
+            report
+                .blobs
+                .issues
+                .push(issue("no object key in the log".into()));
+            continue;
+        };
+        match runtime.block_on(objects.head(key)) {
+            Err(ObjectError::NotFound(_)) => report.blobs.issues.push(issue("missing".into())),
+            Err(e) => report.blobs.issues.push(issue(format!("cannot read: {e}"))),
+            Ok(len) if len != size => report
+                .blobs
+                .issues
+                .push(issue(format!("{len} bytes, the log says {size}"))),
+            Ok(_) => {
+                report.blobs.present += 1;
+                report.blobs.bytes += size;
+                if hash {
+                    match runtime.block_on(objects.digest_of(key, digest.algorithm(), size)) {
+                        Ok(actual) if actual == *digest => {}
+                        Ok(actual) => report
+                            .blobs
+                            .issues
+                            .push(issue(format!("its bytes hash to {actual}"))),
+                        Err(e) => report.blobs.issues.push(issue(format!("cannot read: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    for issue in &report.blobs.issues {
+        report.problems.push(Problem {
+            kind: "blob",
+            message: format!(
+                "{} (object {}): {}",
+                issue.digest,
+                issue.path.display(),
+                issue.detail
+            ),
+        });
+    }
+    let named: BTreeSet<&str> = state
+        .objects
+        .blobs
+        .values()
+        .map(|k| k.as_str())
+        .chain(state.objects.multiparts.values().map(|m| m.key.as_str()))
+        .collect();
+    match runtime.block_on(objects.list()) {
+        Ok(listed) => report.orphans.objects.extend(
+            listed
+                .into_iter()
+                .filter(|o| !named.contains(o.key.as_str()))
+                .map(|o| PathBuf::from(o.key)),
+        ),
+        Err(e) => report.problems.push(Problem {
+            kind: "object_store",
+            message: format!("cannot list the object store: {e}"),
+        }),
+    }
+    Ok(())
+}
+
 fn hash_file(
     path: &Path,
     digest: &Digest,
@@ -645,10 +765,11 @@ fn print_human(r: &VerifyReport) {
         );
     }
     say!(
-        "orphans         {} blob file(s), {} upload file(s), {} leftover(s)",
+        "orphans         {} blob file(s), {} upload file(s), {} leftover(s), {} object(s)",
         r.orphans.blobs.len(),
         r.orphans.uploads.len(),
-        r.orphans.leftovers.len()
+        r.orphans.leftovers.len(),
+        r.orphans.objects.len()
     );
     let orphans: Vec<&PathBuf> = r
         .orphans
@@ -656,6 +777,7 @@ fn print_human(r: &VerifyReport) {
         .iter()
         .chain(&r.orphans.uploads)
         .chain(&r.orphans.leftovers)
+        .chain(&r.orphans.objects)
         .collect();
     for p in orphans.iter().take(HUMAN_LIST_MAX) {
         say!("                  {}", p.display());

@@ -1,0 +1,425 @@
+//! Blobs in S3-compatible object storage, against a real Garage: what the
+//! filesystem tests cannot show on their own (the API tests run on Garage
+//! too, with `FERRO_TEST_BLOBS=s3`). A chunked upload resumes after a
+//! restart from the parts the log lists and ends as one object, with no
+//! copy; a mismatching digest stores nothing; a wrong endpoint keeps
+//! `/readyz` at 503 saying why; garbage collection deletes objects and
+//! aborts multipart uploads a crash left open; Garage stopped in the
+//! middle of pushes gives 503s, never a 500, while cached reads go on, and
+//! pushes work again when it is back, without a restart.
+mod common;
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::garage::{self, Garage};
+use common::{sha256, TestServer};
+use reqwest::{Method, StatusCode};
+use support::*;
+
+/// A registry on `garage` under `prefix`, with `extra` flags and a
+/// config file of `toml` (for settings without a flag).
+fn s3_registry(garage: &Garage, prefix: &str, extra: &[&str], toml: &str) -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferro.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut args: Vec<String> = garage.ferro_args(prefix);
+    args.extend(["--config".into(), config.to_str().unwrap().to_owned()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let server = TestServer::start(&dir.path().join("data"), &args);
+    Registry {
+        server,
+        http: common::client(),
+        dir,
+    }
+}
+
+async fn patch(reg: &Registry, loc: &str, start: usize, bytes: &[u8]) -> reqwest::Response {
+    reg.request(Method::PATCH, loc)
+        .header("Content-Type", "application/octet-stream")
+        .header(
+            "Content-Range",
+            format!("{start}-{}", start + bytes.len() - 1),
+        )
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The keys under `prefix`, sorted.
+async fn keys(garage: &Garage, prefix: &str) -> Vec<String> {
+    let mut k: Vec<String> = garage
+        .objects(prefix)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn chunked_upload_resumes_after_restart_and_ends_as_one_object() {
+    if !garage::available("chunked_upload_resumes_after_restart") {
+        return;
+    }
+    let g = Garage::shared();
+    let prefix = "resume/";
+    // Parts of 64 KiB: each chunk below is several parts.
+    let reg = s3_registry(g, prefix, &["--storage-part-size-bytes", "65536"], "");
+    let blob = pseudo_random_bytes(300_000, 7);
+    let digest = sha256(&blob);
+    let loc = reg.start_upload("s3/app").await;
+    let r = patch(&reg, &loc, 0, &blob[..200_000]).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "Range"), Some("0-199999"));
+    // SIGKILL: the hash in memory is gone, the parts are in the log.
+    let reg = reg.restart();
+    let status = reg.request(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&status, "Range"), Some("0-199999"));
+    let r = patch(&reg, &loc, 200_000, &blob[200_000..250_000]).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = reg
+        .request(Method::PUT, &with_query(&loc, &format!("digest={digest}")))
+        .header("Content-Type", "application/octet-stream")
+        .body(blob[250_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let got = reg.get(&format!("/v2/s3/app/blobs/{digest}")).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &blob[..]);
+    // One object, at the upload's own key: no copy, no temporary.
+    let upload_id = loc.rsplit('/').next().unwrap();
+    assert_eq!(
+        keys(g, prefix).await,
+        vec![format!("{prefix}blobs/{upload_id}")]
+    );
+    // Range reads stream from the store.
+    let r = reg
+        .request(Method::GET, &format!("/v2/s3/app/blobs/{digest}"))
+        .header("Range", "bytes=100000-100009")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &blob[100_000..100_010]);
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_stores_nothing() {
+    if !garage::available("a_digest_mismatch_stores_nothing") {
+        return;
+    }
+    let g = Garage::shared();
+    let prefix = "mismatch/";
+    let reg = s3_registry(g, prefix, &["--storage-part-size-bytes", "65536"], "");
+    let blob = pseudo_random_bytes(200_000, 3);
+    let wrong = sha256(b"something else");
+    // In one request, larger than a part: a multipart upload, aborted.
+    let r = reg
+        .request(
+            Method::POST,
+            &format!("/v2/s3/app/blobs/uploads/?digest={wrong}"),
+        )
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "DIGEST_INVALID").await;
+    // Small, in one request: never sent.
+    let r = reg
+        .request(
+            Method::POST,
+            &format!("/v2/s3/app/blobs/uploads/?digest={wrong}"),
+        )
+        .body(b"small".to_vec())
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "DIGEST_INVALID").await;
+    // Chunked, then a wrong digest at the end.
+    let loc = reg.start_upload("s3/app").await;
+    assert_eq!(
+        patch(&reg, &loc, 0, &blob).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let r = reg
+        .request(Method::PUT, &with_query(&loc, &format!("digest={wrong}")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "DIGEST_INVALID").await;
+    assert_eq!(keys(g, prefix).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
+    if !garage::available("gc_deletes_objects") {
+        return;
+    }
+    let g = Garage::shared();
+    let prefix = "gc/";
+    let reg = s3_registry(
+        g,
+        prefix,
+        &["--storage-part-size-bytes", "65536"],
+        "[gc]\ngrace = \"0s\"\n",
+    );
+    // A tagged image keeps its config and layer; a blob no manifest
+    // references goes.
+    let kept = reg.push_image("s3/gc", "v1", "kept").await;
+    let gone = reg
+        .push_blob("s3/gc", &pseudo_random_bytes(100_000, 5))
+        .await;
+    // A session with a part stored, then cancelled by the client: its
+    // multipart upload is aborted, nothing stays in the bucket.
+    let loc = reg.start_upload("s3/gc").await;
+    patch(&reg, &loc, 0, b"abandoned bytes").await;
+    assert_eq!(reg.delete(&loc).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(keys(g, prefix).await.len(), 3, "the three blobs' objects");
+    let r = reg
+        .request(Method::POST, "/v2/_ferro/gc/run")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["blobs_deleted"], 1, "{report}");
+    assert_eq!(report["blobs"][0]["digest"], gone.as_str(), "{report}");
+    assert_eq!(keys(g, prefix).await.len(), 2, "the image's two objects");
+    let r = reg
+        .get(&format!("/v2/s3/gc/blobs/{}", kept.layer_digest))
+        .await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &kept.layer[..]);
+}
+
+#[tokio::test]
+async fn a_wrong_endpoint_keeps_readyz_at_503_saying_why() {
+    // Nothing listens on the endpoint: no Garage needed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::FERRO)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--storage-backend",
+            "s3",
+            "--storage-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--storage-bucket",
+            "nowhere",
+            "--storage-allow-http",
+            "--storage-request-timeout-ms",
+            "500",
+        ])
+        .env("FERRO_STORAGE__RETRIES_MAX", "0")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if let Some(i) = line.find("address=") {
+            addr = Some(
+                line[i + "address=".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            );
+            break;
+        }
+    }
+    let addr = addr.expect("ferro bound");
+    let http = common::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let r = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.text().await.unwrap();
+        if body.contains("object store") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("object store"), "{body}");
+    // A push is refused with the spec's JSON 503, not a 500.
+    let r = http
+        .post(format!("http://{addr}/v2/a/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 503, "TOOMANYREQUESTS").await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn garage_stopped_mid_push_gives_503s_and_pushes_resume_when_it_is_back() {
+    if !garage::available("garage_stopped_mid_push") {
+        return;
+    }
+    let mut g = Garage::start();
+    let prefix = "fault/";
+    let timeout_ms = 2_000;
+    let reg = s3_registry(
+        &g,
+        prefix,
+        &["--storage-request-timeout-ms", &timeout_ms.to_string()],
+        "[storage]\nretries_max = 1\nretry_timeout_ms = 1000\n",
+    );
+    let image = reg.push_image("s3/fault", "v1", "before").await;
+    let blobs = [(image.layer_digest.clone(), image.layer.clone())];
+    // Pulled once: the small blobs are in the cache.
+    for (digest, bytes) in &blobs {
+        let r = reg.get(&format!("/v2/s3/fault/blobs/{digest}")).await;
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
+    }
+    g.stop();
+    // Pushes in the middle: each answers 503 in time, never 500.
+    for i in 0..4 {
+        let started = Instant::now();
+        let blob = format!("pushed while garage is down {i}").into_bytes();
+        let r = reg
+            .request(
+                Method::POST,
+                &format!("/v2/s3/fault/blobs/uploads/?digest={}", sha256(&blob)),
+            )
+            .body(blob)
+            .send()
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "push {i}");
+        check_error_body(&r.text().await.unwrap(), "TOOMANYREQUESTS");
+        assert!(
+            elapsed < Duration::from_millis(3 * timeout_ms + 2_000),
+            "push {i} took {elapsed:?}"
+        );
+    }
+    let r = reg.get("/readyz").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.unwrap().contains("object store unavailable"));
+    // Reads of what is cached, HEAD, tags and history go on.
+    for (digest, bytes) in &blobs {
+        let r = reg.get(&format!("/v2/s3/fault/blobs/{digest}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
+        let r = reg.head(&format!("/v2/s3/fault/blobs/{digest}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = reg.get("/v2/s3/fault/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = reg.get("/v2/s3/fault/tags/list").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    g.resume();
+    // Back: pushes work again, without restarting ferro.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let blob = b"pushed after garage came back".to_vec();
+        let r = reg
+            .request(
+                Method::POST,
+                &format!("/v2/s3/fault/blobs/uploads/?digest={}", sha256(&blob)),
+            )
+            .body(blob)
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::CREATED => break,
+            StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            s => panic!("push after garage came back: {s}"),
+        }
+    }
+    reg.push_image("s3/fault", "v2", "after").await;
+    assert_eq!(reg.get("/readyz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn what_we_rely_on_and_work_around_in_garage() {
+    if !garage::available("what_we_rely_on_in_garage") {
+        return;
+    }
+    use object_store::{ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions};
+    let started = Instant::now();
+    let g = Garage::start();
+    eprintln!(
+        "garage: ready for requests {:?} after spawn",
+        started.elapsed()
+    );
+    let s3 = g.client();
+    let path = object_store::path::Path::from("facts/one");
+    s3.put(&path, b"first".to_vec().into()).await.unwrap();
+    // It ignores If-None-Match on PutObject: a create-only put over an
+    // existing object overwrites it. (So ferro never relies on
+    // conditional writes: object keys are unique per upload.)
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let r = s3.put_opts(&path, b"second".to_vec().into(), create).await;
+    assert!(r.is_ok(), "Garage now honours If-None-Match: {r:?}");
+    let got = s3.get(&path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.as_ref(), b"second");
+    // Presigned GETs work: ferro's `redirect` answers 307 to one, and a
+    // client without credentials follows it.
+    let reg = s3_registry(&g, "facts/", &["--storage-redirect"], "");
+    let blob = pseudo_random_bytes(100_000, 9);
+    let digest = reg.push_blob("s3/redirect", &blob).await;
+    let r = reg.get(&format!("/v2/s3/redirect/blobs/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    let url = header(&r, "location").unwrap().to_owned();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &blob[..]);
+    // Small GETs straight from Garage on one kept-alive connection: the
+    // figure shows whether it still writes responses without
+    // TCP_NODELAY (printed, not asserted: timing on a shared machine).
+    let small = reg.push_blob("s3/redirect", b"a small blob").await;
+    let r = reg.get(&format!("/v2/s3/redirect/blobs/{small}")).await;
+    let small_url = header(&r, "location").unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = http.get(&small_url).send().await.unwrap();
+        assert_eq!(r.bytes().await.unwrap().as_ref(), b"a small blob");
+        took.push(t.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "garage: small GET on a kept-alive connection, median {:?} of 20",
+        took[10]
+    );
+    // HEAD stays with the registry.
+    let r = reg.head(&format!("/v2/s3/redirect/blobs/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-length"), Some("100000"));
+}
