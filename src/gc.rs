@@ -583,6 +583,40 @@ impl Collector {
         if !dry_run && !abandoned.is_empty() {
             crate::api::abort_multiparts(&self.writer, &self.state, objects, &abandoned).await?;
         }
+        // Open in the store but unknown to the log: a crash between
+        // opening one and logging it. No session, no upload in progress
+        // and no open multipart upload of the state owns its key.
+        match objects.list_multipart_uploads().await {
+            Ok(open) => {
+                for (key, multipart) in open {
+                    let Some(upload) = objects.upload_of_key(&key) else {
+                        continue;
+                    };
+                    let owned = {
+                        let state = self.state.read();
+                        state.uploads.contains_key(upload)
+                            || state.objects.multiparts.contains_key(upload)
+                            || objects.is_in_progress(upload)
+                    };
+                    if owned {
+                        continue;
+                    }
+                    report.multiparts_aborted += 1;
+                    if dry_run {
+                        continue;
+                    }
+                    match objects.abort_multipart(&key, &multipart).await {
+                        Ok(()) => {
+                            tracing::info!(%key, "aborted a multipart upload the log never knew")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "cannot abort a multipart upload")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the store's multipart uploads"),
+        }
         let listed = match objects.list().await {
             Ok(l) => l,
             Err(e) => {

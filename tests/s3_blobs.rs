@@ -12,7 +12,11 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use common::garage::{self, Garage};
 use common::{sha256, TestServer};
@@ -422,4 +426,227 @@ async fn what_we_rely_on_and_work_around_in_garage() {
     let r = reg.head(&format!("/v2/s3/redirect/blobs/{digest}")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "content-length"), Some("100000"));
+}
+
+/// What the clients of the kill test had acknowledged.
+#[derive(Default)]
+struct Acked {
+    /// (repository, digest, bytes)
+    blobs: Vec<(String, String, Vec<u8>)>,
+    /// (repository, tag, body)
+    manifests: Vec<(String, String, Vec<u8>)>,
+}
+
+/// One client of the kill test: images of a small config and a layer of
+/// several parts, the layer sent in one request or in three chunks,
+/// each image under a tag of its own; until `stop`, or the first failed
+/// request (the server killed).
+async fn kill_client(
+    base: String,
+    client: usize,
+    round: usize,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+) {
+    let http = common::client();
+    let repo = format!("kill/c{client}");
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let seed = (round * 1000 + client * 100 + i) as u64;
+        let config = format!("{{\"seed\":{seed}}}").into_bytes();
+        let layer = pseudo_random_bytes(150_000 + i * 7, seed);
+        let mut pushed = Vec::new();
+        for (n, bytes) in [config.clone(), layer.clone()].into_iter().enumerate() {
+            let digest = sha256(&bytes);
+            let ok = if n == 1 && i % 2 == 1 {
+                let Ok(r) = http
+                    .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let mut loc = format!("{base}{}", location(&r));
+                let mut ok = true;
+                for (k, chunk) in bytes.chunks(50_000).enumerate() {
+                    let start = k * 50_000;
+                    let Ok(r) = http
+                        .patch(&loc)
+                        .header(
+                            "Content-Range",
+                            format!("{start}-{}", start + chunk.len() - 1),
+                        )
+                        .body(chunk.to_vec())
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    ok &= r.status() == StatusCode::ACCEPTED;
+                    if ok {
+                        loc = format!("{base}{}", location(&r));
+                    }
+                }
+                let Ok(r) = http
+                    .put(with_query(&loc, &format!("digest={digest}")))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                ok && r.status() == StatusCode::CREATED
+            } else {
+                let Ok(r) = http
+                    .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+                    .body(bytes.clone())
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                r.status() == StatusCode::CREATED
+            };
+            if !ok {
+                return;
+            }
+            acked
+                .lock()
+                .blobs
+                .push((repo.clone(), digest.clone(), bytes.clone()));
+            pushed.push((digest, bytes.len()));
+        }
+        let manifest = image_manifest(
+            (&pushed[0].0, pushed[0].1),
+            &[(&pushed[1].0, pushed[1].1)],
+            None,
+        );
+        let tag = format!("r{round}-{i}");
+        let Ok(r) = http
+            .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await
+        else {
+            return;
+        };
+        if r.status() != StatusCode::CREATED {
+            return;
+        }
+        acked.lock().manifests.push((repo.clone(), tag, manifest));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_pushes_loses_nothing_and_leaves_nothing_in_the_bucket() {
+    if !garage::available("sigkill_during_pushes") {
+        return;
+    }
+    let g = Garage::start();
+    let prefix = "kill/";
+    let toml = "[history]\nretention = \"0s\"\n[gc]\ngrace = \"0s\"\n[limits]\nupload_idle_expiry_secs = 2\n";
+    let mut reg = s3_registry(&g, prefix, &["--storage-part-size-bytes", "65536"], toml);
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let rounds = 8;
+    for round in 0..rounds {
+        let stop = Arc::new(AtomicBool::new(false));
+        let base = format!("http://{}", reg.addr());
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                tokio::spawn(kill_client(
+                    base.clone(),
+                    c,
+                    round,
+                    acked.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200 + (round as u64 * 137) % 600)).await;
+        reg.server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        reg = reg.restart();
+        // Everything acknowledged reads back, byte for byte.
+        let (blobs, manifests) = {
+            let a = acked.lock();
+            (a.blobs.clone(), a.manifests.clone())
+        };
+        for (repo, digest, bytes) in &blobs {
+            let r = reg.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+            assert_eq!(r.status(), StatusCode::OK, "round {round}: {repo} {digest}");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
+        }
+        for (repo, tag, body) in &manifests {
+            let r = reg.get(&format!("/v2/{repo}/manifests/{tag}")).await;
+            assert_eq!(r.status(), StatusCode::OK, "round {round}: {repo}:{tag}");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
+        }
+    }
+    let (blobs, manifests) = {
+        let a = acked.lock();
+        (a.blobs.len(), a.manifests.len())
+    };
+    eprintln!("{rounds} kills survived; {blobs} blobs and {manifests} manifests acknowledged");
+    assert!(manifests > 0, "no push was acknowledged");
+    // Idle sessions expire (their multipart uploads aborted), then a
+    // collection takes what no manifest references.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = reg
+        .request(Method::POST, "/v2/_ferro/gc/run")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: serde_json::Value = r.json().await.unwrap();
+    eprintln!("gc: {report}");
+    // No multipart upload is left open in the bucket.
+    let info = g.cli(&["bucket", "info", garage::BUCKET]);
+    assert!(!info.contains("Unfinished uploads"), "{info}");
+    // Every object is a blob of a manifest the registry holds, once.
+    let mut referenced = std::collections::BTreeSet::new();
+    let catalog: serde_json::Value = reg.get("/v2/_catalog").await.json().await.unwrap();
+    for repo in catalog["repositories"].as_array().unwrap() {
+        let repo = repo.as_str().unwrap();
+        let tags: serde_json::Value = reg
+            .get(&format!("/v2/{repo}/tags/list"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        for tag in tags["tags"].as_array().unwrap() {
+            let m: serde_json::Value = reg
+                .get(&format!("/v2/{repo}/manifests/{}", tag.as_str().unwrap()))
+                .await
+                .json()
+                .await
+                .unwrap();
+            referenced.insert(m["config"]["digest"].as_str().unwrap().to_owned());
+            referenced.insert(m["layers"][0]["digest"].as_str().unwrap().to_owned());
+        }
+    }
+    let s3 = g.client();
+    let objects = g.objects(prefix).await;
+    let mut stored = std::collections::BTreeSet::new();
+    for (key, _) in &objects {
+        use object_store::ObjectStoreExt as _;
+        let bytes = s3
+            .get(&object_store::path::Path::from(key.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let digest = sha256(&bytes);
+        assert!(
+            referenced.contains(&digest),
+            "{key} ({digest}) is referenced by nothing"
+        );
+        assert!(stored.insert(digest), "{key} is a second copy");
+    }
+    assert_eq!(stored, referenced, "every referenced blob has its object");
 }

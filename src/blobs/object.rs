@@ -186,6 +186,8 @@ pub struct ObjectBlobs {
     /// one a crash left behind would be, and a collection must not abort
     /// them.
     in_progress: Mutex<std::collections::HashSet<String>>,
+    /// For the one request object_store has no call for.
+    http: object_store_http::Client,
 }
 
 /// An upload registered as in progress until dropped
@@ -273,6 +275,10 @@ impl ObjectBlobs {
             unavailable: AtomicBool::new(false),
             unavailable_reason: Mutex::new(String::new()),
             in_progress: Mutex::default(),
+            http: object_store_http::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| e.to_string())?,
         })
     }
 
@@ -493,6 +499,39 @@ impl ObjectBlobs {
         Ok(hasher.finish())
     }
 
+    /// The multipart uploads open in the store under the prefix's
+    /// `blobs/`, as (key, multipart id): also those whose id never reached
+    /// the log (a crash between opening one and logging it). At most the
+    /// first 1,000 (one page; the next collection sees the rest).
+    /// object_store has no call for this, so it is a presigned
+    /// `ListMultipartUploads` sent with the HTTP client object_store uses.
+    pub async fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>, ObjectError> {
+        let options = object_store::signer::SignedUrlOptions::new().with_query([
+            ("uploads", ""),
+            ("prefix", &format!("{}blobs/", self.prefix)),
+        ]);
+        let url = self
+            .s3
+            .signed_url_opts(
+                axum::http::Method::GET,
+                &ObjectPath::from(""),
+                Duration::from_secs(60),
+                &options,
+            )
+            .await
+            .map_err(|e| self.failed(e, &self.prefix))?;
+        let unavailable = |e: object_store_http::Error| ObjectError::Unavailable(e.to_string());
+        let response = self.http.get(url).send().await.map_err(unavailable)?;
+        let status = response.status();
+        let body = response.text().await.map_err(unavailable)?;
+        if !status.is_success() {
+            return Err(ObjectError::Unavailable(format!(
+                "ListMultipartUploads answered {status}: {body}"
+            )));
+        }
+        Ok(parse_multipart_uploads(&body))
+    }
+
     /// The size of an object.
     pub async fn head(&self, key: &str) -> Result<u64, ObjectError> {
         self.s3
@@ -546,6 +585,32 @@ impl ObjectBlobs {
     }
 }
 
+/// The (key, upload id) pairs of a `ListMultipartUploadsResult`.
+fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
+    fn element<'a>(within: &'a str, name: &str) -> Option<&'a str> {
+        let start = within.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = within[start..].find(&format!("</{name}>"))?;
+        Some(&within[start..start + len])
+    }
+    fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&")
+    }
+    xml.split("<Upload>")
+        .skip(1)
+        .filter_map(|u| {
+            let u = &u[..u.find("</Upload>")?];
+            Some((
+                unescape(element(u, "Key")?),
+                unescape(element(u, "UploadId")?),
+            ))
+        })
+        .collect()
+}
+
 /// The object store of a blob store, shared.
 pub type SharedObjectBlobs = Arc<ObjectBlobs>;
 
@@ -585,6 +650,23 @@ mod tests {
         c.part_size_bytes = PART_SIZE_BYTES_DEFAULT;
         c.prefix = "a//b".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn multipart_listings_are_read() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult><Bucket>b</Bucket><Upload><Key>p/blobs/0123456789abcdef0123456789abcdef</Key><UploadId>a1&amp;b2</UploadId><Initiated>2026-12-07T00:00:00Z</Initiated></Upload><Upload><Key>p/blobs/x</Key><UploadId>c3</UploadId></Upload></ListMultipartUploadsResult>"#;
+        assert_eq!(
+            parse_multipart_uploads(xml),
+            vec![
+                (
+                    "p/blobs/0123456789abcdef0123456789abcdef".to_owned(),
+                    "a1&b2".to_owned()
+                ),
+                ("p/blobs/x".to_owned(), "c3".to_owned()),
+            ]
+        );
+        assert!(parse_multipart_uploads("<ListMultipartUploadsResult/>").is_empty());
     }
 
     #[test]
