@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, Method};
 
 use super::error::{ApiError, ErrorCode};
 use super::path::Route;
-use super::router::{query_pairs, query_param};
+use super::request::{query_pairs, query_param};
 use super::App;
 use crate::auth::{Action, Caller, Need, Refusal};
 

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::query_param;
+use super::request::query_param;
 use super::App;
 use crate::oci::RepoName;
 use crate::projection::State;

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::body::read_limited;
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::{query_pairs, RequestContext};
+use super::request::{query_pairs, RequestContext};
 use super::App;
 use crate::commands::Command;
 use crate::manifest;

@@ -2,6 +2,8 @@
 //! the projection and the blob store.
 //!
 //! - `router`: the whole URL table and the dispatch from a parsed path;
+//! - `request`: what handlers ask of a request besides its path (who
+//!   made it, its query parameters), shared by the router and handlers;
 //! - `front`: request ids, tracing, metrics and the readiness gate around
 //!   it; `access`: access control and upload admission per request;
 //! - `path`: the one parser of OCI paths; `ranges`: Range/Content-Range;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod front;
 pub mod path;
 pub mod ranges;
+mod request;
 pub mod router;
 pub mod stall;
 

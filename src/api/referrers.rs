@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::error::ApiResult;
-use super::router::query_param;
+use super::request::query_param;
 
 use crate::manifest::{annotations, OCI_INDEX};
 use crate::oci::{Digest, RepoName};

@@ -26,32 +26,12 @@ use axum::Router;
 use super::access::{authorize, upload_admission, without_unreadable_mount};
 use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
-use super::front::RouteLabel;
 use super::path::{self, Route};
+use super::request::{RequestContext, RouteLabel};
 use super::{blobs, ext, listing, manifests, referrers, token, uploads, App};
 use crate::auth::Caller;
-use crate::events::Actor;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
-
-/// Who is asking: recorded as the actor of the events a request causes.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    /// The authenticated user, `None` when anonymous.
-    pub user: Option<String>,
-    pub peer: SocketAddr,
-}
-
-impl RequestContext {
-    /// The actor of the events this request causes (the peer address is
-    /// only formatted for requests that write).
-    pub fn actor(&self) -> Actor {
-        Actor {
-            user: self.user.clone(),
-            peer: Some(self.peer.to_string()),
-        }
-    }
-}
 
 /// The registry's routes, once it is ready.
 pub fn router(app: Arc<App>) -> Router {
@@ -312,17 +292,4 @@ async fn route_request(
             format!("{method} is not supported here"),
         )),
     }
-}
-
-/// Query parameters in order, percent-decoded.
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect()
-}
-
-pub fn query_param(query: &str, key: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
 }

@@ -11,7 +11,7 @@ use axum::response::Response;
 use parking_lot::Mutex;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_param;
+use super::super::request::query_param;
 use super::super::{listing, manifests, referrers, App};
 use super::at_param;
 use crate::oci::{Digest, Reference, RepoName};

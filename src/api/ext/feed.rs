@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_pairs;
+use super::super::request::query_pairs;
 use super::super::App;
 use crate::events::{Actor, Event};
 use crate::log::recovery::{self, ReadOptions, RecoveryMode};

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::RequestContext;
+use super::request::RequestContext;
 use super::App;
 use crate::oci::RepoName;
 
@@ -149,7 +149,7 @@ fn discover(repository_level: bool) -> Response {
 
 /// Parses the `at` parameter (required where a past is read).
 fn at_param(query: &str) -> ApiResult<crate::replay::AsOf> {
-    let at = super::router::query_param(query, "at").ok_or_else(|| {
+    let at = super::request::query_param(query, "at").ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unsupported,
             "the at parameter (a sequence number or an RFC 3339 time) is required",
