@@ -240,7 +240,14 @@ fn metrics_page(gate: &Gate) -> Response {
     let text = match gate.app() {
         Some(app) => {
             let summary = app.state.read().summary();
-            crate::metrics::render(Some((&app.writer, summary)))
+            let state = crate::metrics::StateFigures {
+                repositories: summary.repositories,
+                manifests: summary.manifests,
+                tags: summary.tags,
+                blobs: summary.blobs,
+                uploads: summary.uploads,
+            };
+            crate::metrics::render(Some((app.writer.metrics_figures(), state)))
         }
         None => crate::metrics::render(None),
     };
