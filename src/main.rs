@@ -243,7 +243,7 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.history_retention {
         c.history.retention = v;
     }
-    c.validate().map_err(|e| e.to_string())?;
+    ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)
 }
 

@@ -132,12 +132,20 @@ impl Listener {
     }
 }
 
+/// Every check of a configuration before it is used: the settings' own
+/// (`Config::validate`) and the `[auth]` section's, which need access
+/// control's knowledge (`auth::validate_config`).
+pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
+    config.validate()?;
+    crate::auth::validate_config(&config.auth).map_err(crate::config::ConfigError::Invalid)
+}
+
 /// Runs the registry until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     if config.durability == crate::config::DurabilityMode::Never {
         tracing::warn!("durability is \"never\": acknowledged writes can be lost on power failure");
     }
@@ -421,7 +429,7 @@ pub async fn run_read_only(
     at: AsOf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
     crate::metrics::install();
     let layout = Layout::new(&config.data_dir);
