@@ -46,7 +46,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::Base => "base",
         Route::Catalog => "catalog",
         Route::Tags { .. } => "tags",
-        Route::Manifest { .. } => "manifest",
+        Route::Manifest { .. } | Route::ManifestInvalidReference { .. } => "manifest",
         Route::Blob { .. } => "blob",
         Route::UploadStart { .. } => "upload_start",
         Route::Upload { .. } => "upload",
@@ -55,22 +55,25 @@ fn route_label(route: &Route) -> &'static str {
     }
 }
 
-/// | method   | path                               | handler              |
-/// |----------|------------------------------------|----------------------|
-/// | GET/HEAD | /v2/                               | base                 |
-/// | GET/HEAD | /v2/_catalog                       | listing::catalog     |
-/// | GET/HEAD | /v2/<name>/tags/list               | listing::tags        |
-/// | GET/HEAD | /v2/<name>/manifests/<ref>         | manifests::get       |
-/// | PUT      | /v2/<name>/manifests/<ref>         | manifests::put       |
-/// | DELETE   | /v2/<name>/manifests/<ref>         | manifests::delete    |
-/// | GET/HEAD | /v2/<name>/blobs/<digest>          | blobs::get           |
-/// | DELETE   | /v2/<name>/blobs/<digest>          | blobs::delete        |
-/// | POST     | /v2/<name>/blobs/uploads/          | uploads::start       |
-/// | GET/HEAD | /v2/<name>/blobs/uploads/<id>      | uploads::status      |
-/// | PATCH    | /v2/<name>/blobs/uploads/<id>      | uploads::patch       |
-/// | PUT      | /v2/<name>/blobs/uploads/<id>      | uploads::finish      |
-/// | DELETE   | /v2/<name>/blobs/uploads/<id>      | uploads::cancel      |
-/// | GET/HEAD | /v2/<name>/referrers/<digest>      | referrers::get       |
+/// | method   | path                                  | handler                         |
+/// |----------|---------------------------------------|---------------------------------|
+/// | GET/HEAD | /v2/                                  | base                            |
+/// | GET/HEAD | /v2/_catalog                          | listing::catalog                |
+/// | GET/HEAD | /v2/<name>/tags/list                  | listing::tags                   |
+/// | GET/HEAD | /v2/<name>/manifests/<ref>            | manifests::get                  |
+/// | PUT      | /v2/<name>/manifests/<ref>            | manifests::put                  |
+/// | DELETE   | /v2/<name>/manifests/<ref>            | manifests::delete               |
+/// | GET/HEAD | /v2/<name>/manifests/<not tag/digest> | manifests::unnamed (404)        |
+/// | PUT      | /v2/<name>/manifests/<not tag/digest> | 400                             |
+/// | DELETE   | /v2/<name>/manifests/<not tag/digest> | manifests::delete_unnamed (404) |
+/// | GET/HEAD | /v2/<name>/blobs/<digest>             | blobs::get                      |
+/// | DELETE   | /v2/<name>/blobs/<digest>             | blobs::delete                   |
+/// | POST     | /v2/<name>/blobs/uploads/             | uploads::start                  |
+/// | GET/HEAD | /v2/<name>/blobs/uploads/<id>         | uploads::status                 |
+/// | PATCH    | /v2/<name>/blobs/uploads/<id>         | uploads::patch                  |
+/// | PUT      | /v2/<name>/blobs/uploads/<id>         | uploads::finish                 |
+/// | DELETE   | /v2/<name>/blobs/uploads/<id>         | uploads::cancel                 |
+/// | GET/HEAD | /v2/<name>/referrers/<digest>         | referrers::get                  |
 ///
 /// Any other method on a known route is 405 UNSUPPORTED with `Allow`. A
 /// HEAD is answered as the GET would be, without the body. What a handler
@@ -184,8 +187,12 @@ fn allowed_methods(route: &Route, delete_enabled: bool) -> &'static str {
         (Route::Base | Route::Catalog | Route::Tags { .. } | Route::Referrers { .. }, _) => {
             "GET, HEAD"
         }
-        (Route::Manifest { .. }, true) => "GET, HEAD, PUT, DELETE",
-        (Route::Manifest { .. }, false) => "GET, HEAD, PUT",
+        (Route::Manifest { .. } | Route::ManifestInvalidReference { .. }, true) => {
+            "GET, HEAD, PUT, DELETE"
+        }
+        (Route::Manifest { .. } | Route::ManifestInvalidReference { .. }, false) => {
+            "GET, HEAD, PUT"
+        }
         (Route::Blob { .. }, true) => "GET, HEAD, DELETE",
         (Route::Blob { .. }, false) => "GET, HEAD",
         (Route::UploadStart { .. }, _) => "POST",
@@ -250,6 +257,15 @@ async fn route_request(
         }
         (Route::Manifest { repo, reference }, Method::DELETE) => {
             manifests::delete(app, ctx, repo, reference).await
+        }
+        (Route::ManifestInvalidReference { repo, .. }, Method::GET | Method::HEAD) => {
+            Err(manifests::unnamed(&app.state.read(), &repo))
+        }
+        (Route::ManifestInvalidReference { invalid, .. }, Method::PUT) => {
+            Err(path::PathError::Invalid(invalid).into())
+        }
+        (Route::ManifestInvalidReference { repo, .. }, Method::DELETE) => {
+            manifests::delete_unnamed(app, &repo)
         }
         (Route::Blob { repo, digest }, Method::GET | Method::HEAD) => {
             blobs::get(app, &repo, &digest, headers, head).await
