@@ -120,7 +120,7 @@ struct ServeArgs {
     /// Largest blob, in bytes.
     #[arg(long)]
     blob_bytes_max: Option<u64>,
-    /// Most entries per tag list / catalog page.
+    /// Most entries per tag list / catalog / referrers page.
     #[arg(long)]
     page_entries_max: Option<usize>,
     /// Log segment size before rolling, in bytes.

@@ -287,7 +287,8 @@ async fn route_request(
         }
         (Route::Upload { repo, id }, Method::DELETE) => uploads::cancel(app, ctx, repo, id).await,
         (Route::Referrers { repo, digest }, Method::GET | Method::HEAD) => {
-            referrers::get(&app.state.read(), &repo, &digest, query)
+            let link_path = format!("/v2/{repo}/referrers/{digest}");
+            referrers::get(app, &app.state.read(), &repo, &digest, query, &link_path)
         }
         (
             Route::Extension {
