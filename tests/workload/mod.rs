@@ -184,10 +184,20 @@ async fn push_blob_chunked(
     }
     let r = send(c.put(format!("{base}{location}?digest={digest}"))).await;
     let Ok(r) = r else {
-        // The closing PUT may or may not have landed: treat the blob as in flight.
-        model.lock().in_flight = Some(InFlight::Blob {
+        // The closing PUT may or may not have landed: the blob is in
+        // flight, and the upload, whose chunks were all acknowledged, must
+        // be completed or resumable.
+        let mut m = model.lock();
+        m.in_flight = Some(InFlight::Blob {
             digest: digest.clone(),
             bytes: bytes.to_vec(),
+        });
+        m.interrupted_upload = Some(InterruptedUpload {
+            location,
+            bytes: bytes.to_vec(),
+            digest,
+            acked,
+            sent_to: bytes.len() as u64,
         });
         return Err(());
     };
@@ -541,9 +551,17 @@ pub async fn check(c: &reqwest::Client, base: &str, i: usize, model: &Mutex<Mode
     if let Some(u) = interrupted {
         let r = c.get(format!("{base}{}", u.location)).send().await.unwrap();
         if r.status() == 404 {
-            // Only possible when not even the first PATCH... the session was
-            // logged before any PATCH, so it must still exist.
-            panic!("interrupted upload session vanished");
+            // The session was logged before any PATCH: gone, it must have
+            // been completed (its closing PUT landed before the cut).
+            let got = get_bytes(c, format!("{base}/v2/{repo}/blobs/{}", u.digest)).await;
+            assert_eq!(
+                got.as_ref(),
+                Some(&u.bytes),
+                "an upload with acknowledged chunks ({:?}) is neither resumable nor completed",
+                u.acked
+            );
+            model.lock().blobs.insert(u.digest, u.bytes);
+            return;
         }
         expect(r.status(), 204, "upload status after restart");
         let range = r.headers()["range"].to_str().unwrap().to_owned();
@@ -574,6 +592,13 @@ pub async fn check(c: &reqwest::Client, base: &str, i: usize, model: &Mutex<Mode
         let got = get_bytes(c, format!("{base}/v2/{repo}/blobs/{}", u.digest)).await;
         assert_eq!(got.as_ref(), Some(&u.bytes), "resumed upload's blob");
         model.lock().blobs.insert(u.digest, u.bytes);
+    }
+}
+
+impl Model {
+    /// Whether a chunked upload was cut (the next check resumes it).
+    pub fn has_interrupted_upload(&self) -> bool {
+        self.interrupted_upload.is_some()
     }
 }
 
