@@ -24,7 +24,10 @@
 //! skips, unless `FERRO_REQUIRE_LAZYFS=1`. It also needs `/dev/fuse` and
 //! `fusermount3`. `FERRO_LAZYFS_ROUNDS` (default 3) cuts,
 //! `FERRO_LAZYFS_SEED` the seed, `FERRO_LAZYFS_LOAD_MS_MAX` (default 1500)
-//! the longest load phase.
+//! the longest load phase, `FERRO_LAZYFS_CUTS_PER_DIR` (default 50) how
+//! many cuts one data directory takes before a fresh one (so a long run's
+//! checks stay short), `FERRO_LAZYFS_THREADED=1` mounts LazyFS with its
+//! multi-threaded loop instead (to show what the watchdog catches).
 mod common;
 mod workload;
 
@@ -159,13 +162,19 @@ impl LazyFs {
             .append(true)
             .open(work.join("lazyfs.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg(mnt)
             .arg("--config-path")
             .arg(&config)
             .args(["-o", "modules=subdir", "-o"])
             .arg(format!("subdir={}", root.display()))
-            .args(["-f", "-s"])
+            .arg("-f");
+        if !threaded_lazyfs() {
+            // FUSE's single-threaded loop.
+            command.arg("-s");
+        }
+        let child = command
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
@@ -288,6 +297,10 @@ impl Drop for LazyFs {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+fn threaded_lazyfs() -> bool {
+    std::env::var("FERRO_LAZYFS_THREADED").is_ok_and(|v| v == "1")
 }
 
 fn is_mounted(mnt: &Path) -> bool {
@@ -505,6 +518,9 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
     let rounds = env_u64("FERRO_LAZYFS_ROUNDS", 3);
     let seed = env_u64("FERRO_LAZYFS_SEED", 0x1a2f);
     let load_ms_max = env_u64("FERRO_LAZYFS_LOAD_MS_MAX", 1500);
+    let cuts_per_dir = env_u64("FERRO_LAZYFS_CUTS_PER_DIR", 50).max(1);
+    let mut cuts_in_dir = 0;
+    let mut dirs_verified = 0u64;
     let scratch = tempfile::tempdir().unwrap();
     let work = scratch.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -539,7 +555,27 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
             .round(&mut lazyfs, &mut rng, load_ms_max, &mut figures)
             .await
         {
-            Ok(()) => {}
+            Ok(()) => {
+                cuts_in_dir += 1;
+                if cuts_in_dir == cuts_per_dir {
+                    figures.acknowledged += run
+                        .models
+                        .iter()
+                        .map(|m| m.lock().acknowledged)
+                        .sum::<u64>();
+                    figures.objects_verified += run
+                        .models
+                        .iter()
+                        .map(|m| workload::objects(m) as u64)
+                        .sum::<u64>();
+                    dirs_verified += 1;
+                    cuts_in_dir = 0;
+                    if let Some(l) = lazyfs.take() {
+                        l.unmount();
+                    }
+                    run.reset();
+                }
+            }
             Err(RoundFailure::Instrument(why)) => {
                 eprintln!("round {round}: instrument failure, round aborted: {why:?}");
                 figures.instrument_failures += 1;
@@ -548,6 +584,7 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
                     l.abort();
                 }
                 run.reset();
+                cuts_in_dir = 0;
             }
             Err(RoundFailure::Ferro(why)) => {
                 if let Some(l) = lazyfs.take() {
@@ -572,18 +609,29 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
     if let Some(l) = lazyfs.take() {
         l.unmount();
     }
-    figures.acknowledged = run.models.iter().map(|m| m.lock().acknowledged).sum();
-    figures.objects_verified = run.models.iter().map(|m| workload::objects(m) as u64).sum();
+    figures.acknowledged += run
+        .models
+        .iter()
+        .map(|m| m.lock().acknowledged)
+        .sum::<u64>();
+    figures.objects_verified += run
+        .models
+        .iter()
+        .map(|m| workload::objects(m) as u64)
+        .sum::<u64>();
     eprintln!(
-        "LazyFS power loss, seed {seed:#x}: {} cuts, 0 lost acknowledged writes, 0 corrupted reads, \
-         0 lost-bytes warnings, {} interrupted uploads resumed; {} instrument failures {:?}; \
-         {} operations acknowledged and {} objects verified in the last data directory; {:.0} s",
+        "LazyFS power loss, seed {seed:#x}{}: {} cuts, 0 lost acknowledged writes, 0 corrupted reads, \
+         0 lost-bytes warnings, 0 uploads neither resumable nor completed ({} cut uploads resumed or \
+         found completed); {} instrument failures {:?}; {} operations acknowledged, {} objects \
+         verified at the last check of each of {} data directories; {:.0} s",
+        if threaded_lazyfs() { " (LazyFS multi-threaded)" } else { "" },
         figures.cuts,
         figures.uploads_resumed,
         figures.instrument_failures,
         figures.instrument_reasons,
         figures.acknowledged,
         figures.objects_verified,
+        dirs_verified + 1,
         started.elapsed().as_secs_f64()
     );
     assert!(
