@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod oci;
 pub mod projection;
+pub mod reconcile;
 pub mod replay;
 pub mod restore;
 pub mod server;
