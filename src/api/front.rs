@@ -243,6 +243,9 @@ fn readyz(gate: &Gate) -> Response {
 fn metrics_page(gate: &Gate) -> Response {
     let text = match gate.app() {
         Some(app) => {
+            if let Some(n) = &app.notifier {
+                n.refresh_metrics();
+            }
             let summary = app.state.read().summary();
             crate::metrics::render(Some((&app.writer, summary)))
         }

@@ -106,6 +106,13 @@ fn extension(name_segments: &[&str], ext: &[&str]) -> Result<Route, PathError> {
             component: (*c).to_owned(),
             module: (*m).to_owned(),
         }),
+        // The one `_ferro` endpoint with no module.
+        ["_ferro", "notifications"] => Ok(Route::Extension {
+            repo,
+            extension: "ferro".into(),
+            component: "notifications".into(),
+            module: String::new(),
+        }),
         _ => Err(PathError::NotFound),
     }
 }
