@@ -177,6 +177,33 @@ mod tests {
     }
 
     #[test]
+    fn golden_samples_decode_as_documented() {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/log-format/samples/cursor"
+        ));
+        let valid = std::fs::read(dir.join("valid.cursor")).unwrap();
+        let c = Cursor::decode(Path::new("valid.cursor"), &valid).unwrap();
+        assert_eq!(
+            c,
+            Cursor {
+                acked_seq: 19,
+                written_unix_ns: 1_764_411_162_319_000_000
+            }
+        );
+        assert_eq!(
+            c.encode().as_slice(),
+            valid.as_slice(),
+            "the encoder writes the same bytes"
+        );
+        let corrupt = std::fs::read(dir.join("corrupt.cursor")).unwrap();
+        match Cursor::decode(Path::new("corrupt.cursor"), &corrupt) {
+            Err(CursorError::Corrupt { offset, .. }) => assert_eq!(offset, CRC_AT),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_write_is_durable_and_whole() {
         let root = tempfile::tempdir().unwrap();
         let fs = SimFs::new(root.path()).unwrap();

@@ -27,8 +27,15 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
         if notifier.stop.is_cancelled() {
             break;
         }
-        let generation = endpoint.generation.load(Ordering::Acquire);
-        let after = endpoint.acked.load(Ordering::Acquire);
+        // A move holds the lock from its record to its cursor write: a
+        // batch is never read between the two.
+        let (generation, after) = {
+            let _cursor = endpoint.cursor_lock.lock().await;
+            (
+                endpoint.generation.load(Ordering::Acquire),
+                endpoint.acked.load(Ordering::Acquire),
+            )
+        };
         let tip = notifier.writer.tip().clone();
         let committed = tip.next_commit();
         tokio::pin!(committed);
