@@ -714,3 +714,85 @@ async fn with_retention_first_a_late_endpoint_is_told_of_the_gap() {
     }
     assert_eq!(expected, last_seq);
 }
+
+/// A CA, and a certificate for localhost it signed: (CA PEM, acceptor).
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "notification test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let acceptor = ferro::tls::acceptor(&ferro::config::TlsConfig {
+        cert: cert_path,
+        key: key_path,
+    })
+    .unwrap()
+    .unwrap();
+    (ca_path, acceptor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_verified_with_rustls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, acceptor) = certificates(dir.path());
+    let hook = Receiver::start_tls(acceptor.clone()).await;
+    let stranger = Receiver::start_tls(acceptor).await;
+    let url = |r: &Receiver| format!("https://localhost:{}/hook", r.addr.port());
+    let config = dir.path().join("ferro.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            endpoint(
+                "trusted",
+                &url(&hook),
+                &format!("format = \"cloudevents\"\nca = \"{}\"", ca.display())
+            ),
+            // Checked against the system's roots, which do not know the CA.
+            endpoint("untrusted", &url(&stranger), "format = \"cloudevents\""),
+        ),
+    )
+    .unwrap();
+    let reg = Registry::start(&["--config", config.to_str().unwrap()]);
+    reg.push_image("team/app", "v1", "tls").await;
+    let s = wait_caught_up(&reg, &["trusted"]).await;
+    let events = cloudevents_stream(&hook.accepted());
+    assert_eq!(events.len(), feed(&reg, "").await.len());
+    let untrusted = endpoint_status(&s, "untrusted");
+    assert_eq!(untrusted["durable_cursor"], 0, "{untrusted}");
+    assert!(stranger.accepted().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&reg).await;
+        let error = endpoint_status(&s, "untrusted")["last_error"].clone();
+        if let Some(e) = error.as_str() {
+            assert!(e.contains("TLS") || e.contains("CA"), "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error for the untrusted endpoint: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

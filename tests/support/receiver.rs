@@ -78,6 +78,21 @@ impl Receiver {
         behaviour: Behaviour,
         secret: Option<&str>,
     ) -> Receiver {
+        Self::start_with(addr, behaviour, secret, None).await
+    }
+
+    /// An https receiver (its certificate is the acceptor's).
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Receiver {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Self::start_with(addr, Behaviour::Accept, None, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        secret: Option<&str>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Receiver {
         let listener = TcpListener::bind(addr).await.expect("bind the receiver");
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Inner {
@@ -106,11 +121,20 @@ impl Receiver {
                     }
                 }
                 let inner = serving.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(inner.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
