@@ -17,6 +17,12 @@ use crate::feed::{read_page, FeedEntry};
 /// Cursor progress over entries the filters skip is written down at most
 /// this often (losing it only means reading them again).
 const SKIPPED_CURSOR_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// A batch stops growing past this many bytes of manifest bodies (at
+/// least one entry goes): with 4 MiB manifests, `batch_max` alone would
+/// allow a request of hundreds of MiB.
+const BATCH_MANIFEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Wait after a failed log read (a segment moved by compaction meanwhile).
+const LOG_READ_RETRY: Duration = Duration::from_millis(200);
 
 pub const SIGNATURE_HEADER: &str = "ferro-signature";
 
@@ -68,12 +74,12 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::warn!(endpoint = %name, error = %e, "cannot read the log");
-                pause(&notifier, &endpoint, endpoint.config.backoff_max).await;
+                pause(&notifier, &endpoint, LOG_READ_RETRY).await;
                 continue;
             }
             Err(e) => {
                 tracing::warn!(endpoint = %name, error = %e, "log read task failed");
-                pause(&notifier, &endpoint, endpoint.config.backoff_max).await;
+                pause(&notifier, &endpoint, LOG_READ_RETRY).await;
                 continue;
             }
         };
@@ -179,9 +185,18 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
 /// whole entries only) and the cursor after them.
 fn cap_events(entries: &[FeedEntry], last_examined: u64, batch_max: usize) -> (&[FeedEntry], u64) {
     let mut events = 0;
+    let mut bytes = 0;
     for (i, e) in entries.iter().enumerate() {
         events += e.events.len();
-        if events > batch_max && i > 0 {
+        bytes += e
+            .events
+            .iter()
+            .map(|e| match e {
+                crate::events::Event::ManifestPut { body, .. } => body.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        if (events > batch_max || bytes > BATCH_MANIFEST_BYTES_MAX) && i > 0 {
             return (&entries[..i], entries[i - 1].seq);
         }
     }
@@ -294,6 +309,49 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(seq: u64, events: usize, body_bytes: usize) -> FeedEntry {
+        let repo = crate::oci::RepoName::parse("a").unwrap();
+        let put = crate::events::Event::ManifestPut {
+            repo,
+            digest: crate::oci::Digest::sha256_of(b"m"),
+            media_type: String::new(),
+            body: Bytes::from(vec![b' '; body_bytes]),
+            blobs: vec![],
+            manifests: vec![],
+            subject: None,
+            artifact_type: None,
+        };
+        FeedEntry {
+            seq,
+            time: String::new(),
+            time_unix_ns: 0,
+            actor: crate::events::Actor::system(),
+            events: vec![put; events],
+            indexes: (0..events as u32).collect(),
+        }
+    }
+
+    #[test]
+    fn batches_are_whole_entries_within_the_caps() {
+        let entries = [entry(3, 2, 10), entry(5, 2, 10), entry(6, 2, 10)];
+        let (batch, next) = cap_events(&entries, 9, 4);
+        assert_eq!((batch.len(), next), (2, 5), "4 events: two entries");
+        let (batch, next) = cap_events(&entries, 9, 100);
+        assert_eq!(
+            (batch.len(), next),
+            (3, 9),
+            "all: the cursor goes past skipped ones"
+        );
+        let (batch, next) = cap_events(&entries[..1], 9, 1);
+        assert_eq!(
+            (batch.len(), next),
+            (1, 9),
+            "an entry larger than the cap goes whole"
+        );
+        let big = [entry(1, 1, BATCH_MANIFEST_BYTES_MAX), entry(2, 1, 10)];
+        assert_eq!(cap_events(&big, 2, 100).0.len(), 1, "bytes cap");
+    }
 
     #[test]
     fn jitter_stays_within_half_and_whole() {
