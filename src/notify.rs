@@ -167,8 +167,9 @@ impl Notifier {
             let filter = EndpointFilter::new(e)?;
             let acked = match cursor::read(&dir, &e.name) {
                 // A cursor past the log's end (records acknowledged under
-                // `durability = "interval"` that a crash lost): the numbers
-                // after the end are written again, and must be sent.
+                // `durability = "interval"` that a power loss took back):
+                // the numbers after the end are written again, and must
+                // be sent.
                 Ok(Some(c)) if c.acked_seq > last_seq => {
                     tracing::warn!(endpoint = %e.name, cursor = c.acked_seq, last_seq, "the cursor is past the log's end; delivery resumes at the end");
                     last_seq

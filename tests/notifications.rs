@@ -604,7 +604,11 @@ async fn push_many(reg: &Registry, from: usize, to: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_failing_holds_compaction_and_slows_no_write() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, addr) = compacting_config(dir.path(), "");
+    let healthy = Receiver::start(Behaviour::Accept, None).await;
+    let (config, addr) = compacting_config(
+        dir.path(),
+        &endpoint("healthy", &healthy.url(), "format = \"cloudevents\""),
+    );
     let reg = Registry::start(&["--config", config.to_str().unwrap()]);
     let started = Instant::now();
     push_many(&reg, 0, 15).await;
@@ -619,6 +623,10 @@ async fn a_dead_endpoint_is_failing_holds_compaction_and_slows_no_write() {
     assert!(e["lag_entries"].as_u64().unwrap() >= 60, "{e}");
     assert!(e["lag_seconds"].as_f64().unwrap() >= 1.0, "{e}");
     assert_eq!(e["durable_cursor"], 0);
+    // The other endpoint is not held up by it.
+    let healthy_caught_up = Instant::now();
+    wait_caught_up(&reg, &["healthy"]).await;
+    assert!(healthy_caught_up.elapsed() < Duration::from_secs(5));
     let metrics = reg.get("/metrics").await.text().await.unwrap();
     assert_eq!(
         common::metrics_sample(
