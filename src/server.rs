@@ -64,6 +64,8 @@ pub enum ServerError {
     Tls(String),
     #[error("startup task failed: {0}")]
     Task(String),
+    #[error("notifications: {0}")]
+    Notifications(String),
 }
 
 /// What the blocking part of startup opened.
@@ -136,7 +138,11 @@ impl Listener {
 /// control's knowledge (`auth::validate_config`).
 pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
     config.validate()?;
-    crate::auth::validate_config(&config.auth).map_err(crate::config::ConfigError::Invalid)
+    crate::auth::validate_config(&config.auth).map_err(crate::config::ConfigError::Invalid)?;
+    config
+        .notifications
+        .validate()
+        .map_err(crate::config::ConfigError::Invalid)
 }
 
 /// Runs the registry until `shutdown` resolves.
@@ -269,6 +275,31 @@ pub async fn run(
         );
     }
 
+    let notifier = if config.notifications.endpoints.is_empty() {
+        None
+    } else {
+        match crate::notify::Notifier::start(
+            &config.notifications,
+            layout.clone(),
+            crate::storage::real(),
+            writer.clone(),
+            opened.state.clone(),
+            &url,
+            stop.clone(),
+        ) {
+            Ok(n) => {
+                let hold = n.clone();
+                snapshots.set_log_hold(Box::new(move || hold.log_hold()));
+                Some(n)
+            }
+            Err(e) => {
+                stop.cancel();
+                let _ = serving.await;
+                return Err(ServerError::Notifications(e));
+            }
+        }
+    };
+
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: writer.clone(),
@@ -285,6 +316,7 @@ pub async fn run(
             config.limits.uploads_concurrent_max,
         )),
         gc: Some(gc_service),
+        notifier,
         shutdown: stop.clone(),
     });
     gate.open(app.clone());
@@ -464,6 +496,7 @@ pub async fn run_read_only(
         tls: listener.tls.is_some(),
         upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         gc: None,
+        notifier: None,
         shutdown: stop.clone(),
     });
     let gate = Arc::new(Gate::default());
