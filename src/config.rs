@@ -54,6 +54,9 @@ pub struct Config {
     pub gc: crate::gc::GcConfig,
     /// Where blob bytes live (see `blobs::object`).
     pub storage: crate::blobs::object::StorageConfig,
+    /// Events sent to HTTP endpoints from the log (see `notify`). Last:
+    /// its endpoints are an array of tables.
+    pub notifications: crate::notify::config::NotificationsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -250,6 +253,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             gc: crate::gc::GcConfig::default(),
             storage: crate::blobs::object::StorageConfig::default(),
+            notifications: Default::default(),
         }
     }
 }
@@ -287,7 +291,9 @@ impl Config {
         })
     }
 
-    /// Checks values that the types alone cannot.
+    /// Checks values that the types alone cannot. The `[auth]` section is
+    /// checked by access control, which knows what its rules and schemes
+    /// need; `server::check_config` runs both.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         // A manifest travels in one log record, with its entry around it.
@@ -341,8 +347,6 @@ impl Config {
                 "tls.cert and tls.key go together: set both or neither".into(),
             ));
         }
-        crate::auth::validate_config(&self.auth).map_err(ConfigError::Invalid)?;
-        self.storage.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -418,6 +422,21 @@ impl Config {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serializes")
+    }
+
+    /// The defaults as `ferro config --print-defaults` shows them: with a
+    /// commented notification endpoint in place of the empty list.
+    pub fn defaults_text() -> String {
+        let text = Config::default().to_toml();
+        let example = crate::notify::config::EXAMPLE;
+        match text.rfind("endpoints = []\n") {
+            Some(at) => format!(
+                "{}{example}{}",
+                &text[..at],
+                &text[at + "endpoints = []\n".len()..]
+            ),
+            None => format!("{text}\n{example}"),
+        }
     }
 }
 
@@ -538,7 +557,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.storage.backend, StorageBackend::S3);
-        c.validate().unwrap();
+        c.storage.validate().unwrap();
         let mut c = Config::default();
         c.apply_env([
             ("FERRO_STORAGE__BACKEND".to_owned(), "s3".to_owned()),
@@ -550,7 +569,48 @@ mod tests {
         assert_eq!(c.storage.bucket, "registry");
         assert_eq!(c.storage.part_size_bytes, 1 << 20);
         c.storage.bucket.clear();
-        assert!(c.validate().is_err());
+        assert!(c.storage.validate().is_err());
+    }
+
+    #[test]
+    fn notification_endpoints_from_file_and_environment() {
+        let text = Config::defaults_text();
+        assert!(text.contains("# [[notifications.endpoints]]"), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|_| {
+                        text.find("# [[notifications.endpoints]]")
+                            .is_some_and(|at| text[at..].contains(l))
+                    })
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.notifications.endpoints[0].name, "ci");
+        assert_eq!(c.notifications.endpoints[0].actions, ["push", "delete"]);
+        let mut c = Config::default();
+        c.apply_env([(
+            "FERRO_NOTIFICATIONS__ENDPOINTS".to_owned(),
+            r#"[{name = "ci", url = "http://127.0.0.1:9/h", format = "cloudevents", secret = "s"}]"#
+                .to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(c.notifications.endpoints[0].secret, "s");
+        c.validate().unwrap();
+        c.apply_env([(
+            "FERRO_NOTIFICATIONS__HOLD".to_owned(),
+            "retention".to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(
+            c.notifications.hold,
+            crate::notify::config::LogHold::Retention
+        );
     }
 
     #[test]

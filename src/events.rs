@@ -169,6 +169,17 @@ pub enum Event {
         /// Wall time of the whole run.
         duration_ms: u64,
     },
+    /// An operator moved a notification endpoint's cursor
+    /// (`POST /v2/_ferro/notifications`): from then on the endpoint is
+    /// sent the entries after `to_seq`. It changes nothing in the state.
+    NotificationCursorMoved {
+        /// The endpoint's `name` in the configuration.
+        endpoint: String,
+        /// The cursor before the move: the last entry it had acknowledged.
+        from_seq: u64,
+        /// The cursor after the move.
+        to_seq: u64,
+    },
     /// The bytes of `upload` (a session, or a whole blob in one request)
     /// go to object `key` of the object store, through the multipart
     /// upload `multipart` (the store's id of it).
@@ -231,6 +242,7 @@ impl Event {
             Event::UploadCancelled { .. } => "upload_cancelled",
             Event::ReferrerRegistered { .. } => "referrer_registered",
             Event::GcCompleted { .. } => "gc_completed",
+            Event::NotificationCursorMoved { .. } => "notification_cursor_moved",
             Event::MultipartStarted { .. } => "multipart_started",
             Event::PartStored { .. } => "part_stored",
             Event::BlobObjectStored { .. } => "blob_object_stored",
@@ -238,7 +250,7 @@ impl Event {
         }
     }
 
-    pub const KINDS: [&'static str; 17] = [
+    pub const KINDS: [&'static str; 18] = [
         "manifest_put",
         "tag_set",
         "tag_deleted",
@@ -252,6 +264,7 @@ impl Event {
         "upload_cancelled",
         "referrer_registered",
         "gc_completed",
+        "notification_cursor_moved",
         "multipart_started",
         "part_stored",
         "blob_object_stored",
@@ -274,6 +287,7 @@ impl Event {
             | Event::UploadCompleted { .. }
             | Event::UploadCancelled { .. }
             | Event::GcCompleted { .. }
+            | Event::NotificationCursorMoved { .. }
             | Event::MultipartStarted { .. }
             | Event::PartStored { .. }
             | Event::BlobObjectStored { .. }

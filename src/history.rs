@@ -207,6 +207,7 @@ fn change_of(event: &Event) -> Option<Change> {
         | Event::UploadCompleted { .. }
         | Event::UploadCancelled { .. }
         | Event::GcCompleted { .. }
+        | Event::NotificationCursorMoved { .. }
         | Event::MultipartStarted { .. }
         | Event::PartStored { .. }
         | Event::BlobObjectStored { .. }

@@ -121,7 +121,7 @@ struct ServeArgs {
     /// Largest blob, in bytes.
     #[arg(long)]
     blob_bytes_max: Option<u64>,
-    /// Most entries per tag list / catalog page.
+    /// Most entries per tag list / catalog / referrers page.
     #[arg(long)]
     page_entries_max: Option<usize>,
     /// Log segment size before rolling, in bytes.
@@ -169,6 +169,8 @@ struct ServeArgs {
     /// Blob GETs answer 307 to a presigned URL of the object.
     #[arg(long)]
     storage_redirect: bool,
+    #[arg(long, value_enum)]
+    notifications_hold: Option<ferro::notify::config::LogHold>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -293,7 +295,10 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     }
     s.allow_http |= args.storage_allow_http;
     s.redirect |= args.storage_redirect;
-    c.validate().map_err(|e| e.to_string())?;
+    if let Some(v) = args.notifications_hold {
+        c.notifications.hold = v;
+    }
+    ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)
 }
 
@@ -338,7 +343,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Config { print_defaults }) => {
             if print_defaults {
-                print!("{}", Config::default().to_toml());
+                print!("{}", Config::defaults_text());
                 return ExitCode::SUCCESS;
             }
             eprintln!("nothing to do: try `ferro config --print-defaults`");

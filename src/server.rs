@@ -25,14 +25,11 @@ use crate::api::front::{front, Front, Gate};
 use crate::api::{App, PastStates, UploadSessions};
 use crate::auth::Auth;
 use crate::blobs::object::{ObjectBlobs, SharedObjectBlobs, StorageBackend};
-use crate::blobs::{is_upload_id, BlobStore};
-use crate::commands::Command;
+use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::datadir::{DataDir, Layout};
-use crate::events::{Actor, CancelReason};
 use crate::limits::Limits;
 use crate::log::{self, Durability, WriterOptions};
-use crate::projection::State;
 use crate::replay::{self, AsOf};
 use crate::snapshot::{self, scheduler::Scheduler};
 use crate::startup;
@@ -56,6 +53,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("log writer: {0}")]
     Writer(#[from] log::SubmitError),
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
     #[error("{0} is not a ferro data directory (it has no log/ directory)")]
     NotADataDir(std::path::PathBuf),
     #[error(transparent)]
@@ -66,6 +65,8 @@ pub enum ServerError {
     Tls(String),
     #[error("startup task failed: {0}")]
     Task(String),
+    #[error("notifications: {0}")]
+    Notifications(String),
 }
 
 /// What the blocking part of startup opened.
@@ -133,12 +134,28 @@ impl Listener {
     }
 }
 
+/// Every check of a configuration before it is used: the settings' own
+/// (`Config::validate`) and the `[auth]` section's, which need access
+/// control's knowledge (`auth::validate_config`).
+pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
+    config.validate()?;
+    crate::auth::validate_config(&config.auth).map_err(crate::config::ConfigError::Invalid)?;
+    config
+        .storage
+        .validate()
+        .map_err(crate::config::ConfigError::Invalid)?;
+    config
+        .notifications
+        .validate()
+        .map_err(crate::config::ConfigError::Invalid)
+}
+
 /// Runs the registry until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     if config.durability == crate::config::DurabilityMode::Never {
         tracing::warn!("durability is \"never\": acknowledged writes can be lost on power failure");
     }
@@ -247,10 +264,10 @@ pub async fn run(
     if let Durability::Interval { interval_ms } = config.log_durability() {
         log::writer::spawn_interval_sync(writer.clone(), Duration::from_millis(interval_ms));
     }
-    if let Err(e) = reconcile_uploads(&opened.state, &store, &writer).await {
+    if let Err(e) = crate::reconcile::reconcile_uploads(&opened.state, &store, &writer).await {
         stop.cancel();
         let _ = serving.await;
-        return Err(e);
+        return Err(e.into());
     }
     let snapshots = Scheduler::new(
         layout.clone(),
@@ -279,6 +296,31 @@ pub async fn run(
         );
     }
 
+    let notifier = if config.notifications.endpoints.is_empty() {
+        None
+    } else {
+        match crate::notify::Notifier::start(
+            &config.notifications,
+            layout.clone(),
+            crate::storage::real(),
+            writer.clone(),
+            opened.state.clone(),
+            &url,
+            stop.clone(),
+        ) {
+            Ok(n) => {
+                let hold = n.clone();
+                snapshots.set_log_hold(Box::new(move || hold.log_hold()));
+                Some(n)
+            }
+            Err(e) => {
+                stop.cancel();
+                let _ = serving.await;
+                return Err(ServerError::Notifications(e));
+            }
+        }
+    };
+
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: writer.clone(),
@@ -295,6 +337,7 @@ pub async fn run(
             config.limits.uploads_concurrent_max,
         )),
         gc: Some(gc_service),
+        notifier,
         shutdown: stop.clone(),
     });
     gate.open(app.clone());
@@ -438,7 +481,7 @@ pub async fn run_read_only(
     at: AsOf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
     crate::metrics::install();
     let layout = Layout::new(&config.data_dir);
@@ -478,6 +521,7 @@ pub async fn run_read_only(
         tls: listener.tls.is_some(),
         upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         gc: None,
+        notifier: None,
         shutdown: stop.clone(),
     });
     let gate = Arc::new(Gate::default());
@@ -544,70 +588,6 @@ async fn wait_for_store(objects: &SharedObjectBlobs, gate: &Gate) -> Result<(), 
             }
         }
     });
-    Ok(())
-}
-
-/// Makes staging files agree with the log after a restart: bytes past the
-/// last logged chunk are cut off (they were never acknowledged); an upload
-/// whose staging file lost acknowledged bytes is cancelled on the record;
-/// staging files no upload owns are removed.
-async fn reconcile_uploads(
-    state: &parking_lot::RwLock<State>,
-    store: &BlobStore,
-    writer: &log::LogWriter,
-) -> Result<(), ServerError> {
-    let uploads: Vec<(String, u64)> = state
-        .read()
-        .uploads
-        .iter()
-        .map(|(id, u)| (id.clone(), u.size))
-        .collect();
-    let mut lost = Vec::new();
-    // In an object store the bytes of sessions are parts the log lists;
-    // there are no staging files to check.
-    let staged = if store.objects().is_some() {
-        &[][..]
-    } else {
-        &uploads[..]
-    };
-    for (id, size) in staged {
-        let path = store.staging_path(id);
-        let len = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if len > *size {
-            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            f.set_len(*size)?;
-            f.sync_all()?;
-            tracing::info!(upload = %id, acknowledged = size, found = len, "cut an upload back to its last logged chunk");
-        } else if len < *size {
-            tracing::warn!(upload = %id, acknowledged = size, found = len, "upload staging file lost acknowledged bytes; cancelling it");
-            lost.push(id.clone());
-        }
-    }
-    for id in lost {
-        let _ = std::fs::remove_file(store.staging_path(&id));
-        writer
-            .submit(
-                Actor::system(),
-                Command::CancelUpload {
-                    upload: id,
-                    reason: CancelReason::StagingLost,
-                },
-            )
-            .await?;
-    }
-    let live: std::collections::HashSet<&String> = uploads.iter().map(|(id, _)| id).collect();
-    for entry in std::fs::read_dir(store.uploads_dir())? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(is_upload_id(&name) && live.contains(&name)) {
-            tracing::info!(file = %entry.path().display(), "removing an orphan staging file");
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
     Ok(())
 }
 

@@ -495,9 +495,21 @@ fn story() -> Vec<ExpectedRecord> {
             duration_ms: 150,
         }),
     );
-    // 29-34. Blobs in an object store (appended with the variants
+    // 29. An operator sends notification endpoint `ci` everything again
+    // from record 20 (appended with `NotificationCursorMoved`; records
+    // 1-28 are unchanged).
+    s.command(
+        30_000,
+        user("alice", alice),
+        Command::RecordCursorMove {
+            endpoint: "ci".into(),
+            from_seq: 28,
+            to_seq: 19,
+        },
+    );
+    // 30-35. Blobs in an object store (appended with the variants
     // `MultipartStarted`, `PartStored`, `BlobObjectStored` and
-    // `MultipartAborted`; records 1-28 are unchanged): a chunked upload
+    // `MultipartAborted`; records 1-29 are unchanged): a chunked upload
     // whose chunks are parts of a multipart upload, completed as its
     // object; then a whole blob sent in one request whose bytes did not
     // match, its multipart upload aborted.

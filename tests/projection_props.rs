@@ -576,7 +576,8 @@ impl Observed {
             | Command::AppendParts { .. }
             | Command::CompleteObjectUpload { .. }
             | Command::LinkUploadedObject { .. }
-            | Command::AbortMultiparts { .. } => {
+            | Command::AbortMultiparts { .. }
+            | Command::RecordCursorMove { .. } => {
                 unreachable!("no op resolves to {command:?}")
             }
         }
@@ -1187,6 +1188,13 @@ fn arb_event() -> impl Strategy<Value = Event> {
             orphans_removed: n[4],
             orphan_bytes_freed: n[5],
             duration_ms: n[6],
+        }),
+        (arb_text(), any::<u64>(), any::<u64>()).prop_map(|(endpoint, from_seq, to_seq)| {
+            Event::NotificationCursorMoved {
+                endpoint,
+                from_seq,
+                to_seq,
+            }
         }),
     ]
 }

@@ -2,6 +2,8 @@
 //! the projection and the blob store.
 //!
 //! - `router`: the whole URL table and the dispatch from a parsed path;
+//! - `request`: what handlers ask of a request besides its path (who
+//!   made it, its query parameters), shared by the router and handlers;
 //! - `front`: request ids, tracing, metrics and the readiness gate around
 //!   it; `access`: access control and upload admission per request;
 //! - `path`: the one parser of OCI paths; `ranges`: Range/Content-Range;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod front;
 pub mod path;
 pub mod ranges;
+mod request;
 pub mod router;
 pub mod stall;
 
@@ -74,6 +77,9 @@ pub struct App {
     /// Garbage collection (absent when serving a past state). Its
     /// `collector.last_report()` is the last run's report, for metrics.
     pub gc: Option<crate::gc::GcService>,
+    /// The notification endpoints (absent when none is configured, and
+    /// when serving a past state).
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// Cancelled when the server starts shutting down: requests that wait
     /// on purpose (the feed's long-poll) end early instead of holding the
     /// graceful drain.

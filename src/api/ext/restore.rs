@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
 use super::super::manifests::digest_headers;
-use super::super::router::{query_param, RequestContext};
+use super::super::request::{query_param, RequestContext};
 use super::super::App;
 use super::asof::state_as_of;
 use crate::commands::Command;
