@@ -158,13 +158,17 @@ pub async fn get(app: &Arc<App>, query: &str) -> ApiResult<Response> {
     Ok(response)
 }
 
-struct Page {
-    entries: Vec<FeedEntry>,
-    last_examined: u64,
-    log_first_seq: Option<u64>,
+/// One page of the feed: the entries matched, the last sequence number
+/// examined, and where the live log starts.
+pub(crate) struct Page {
+    pub(crate) entries: Vec<FeedEntry>,
+    pub(crate) last_examined: u64,
+    pub(crate) log_first_seq: Option<u64>,
 }
 
-fn read_page(
+/// Up to `n` entries after `after` and up to `upto`, filtered (also the
+/// web UI's reader of the feed).
+pub(crate) fn read_page(
     log_dir: &std::path::Path,
     after: u64,
     upto: u64,

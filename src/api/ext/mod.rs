@@ -16,11 +16,11 @@
 //!
 //! `at` is a sequence number or an RFC 3339 time.
 
-mod asof;
-mod feed;
+pub(super) mod asof;
+pub(super) mod feed;
 mod gc;
 mod history;
-mod restore;
+pub(super) mod restore;
 
 use std::sync::Arc;
 
