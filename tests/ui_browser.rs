@@ -209,7 +209,7 @@ async fn every_page_shows_the_registry_and_restore_works_by_click() {
     assert!(referrers.contains(SIGNATURE_TYPE));
     b.screenshot("manifest").await;
     // A child, through its link.
-    b.click("#platforms a").await;
+    b.click_to("#platforms a").await;
     assert!(b.text("#layers").await.contains("Layers (1"));
 
     // History of web:stable: three changes; restore the first version.
@@ -218,20 +218,24 @@ async fn every_page_shows_the_registry_and_restore_works_by_click() {
     b.goto(&reg.url("/ui/r/web/-/history?tag=stable")).await;
     assert_eq!(b.texts("#timeline > li").await.len(), 3);
     b.screenshot("history").await;
-    b.click("#timeline li.c-tagged a.restore").await;
+    b.click_to("#timeline li.c-tagged a.restore").await;
     let confirm = b.text(".confirm").await;
     assert!(confirm.contains(short(&p.stable_v1)) && confirm.contains(short(&p.stable_v3)));
     b.screenshot("restore-confirm").await;
-    b.click("#confirm").await;
+    b.click_to("#confirm").await;
     assert!(b.path().await.contains("restored=1"));
     assert!(b.exists(".banner.ok").await);
     assert_eq!(tag_digest(&reg, "web", "stable").await, p.stable_v1);
     assert_eq!(tag_history_len(&reg, "web", "stable").await, before + 1);
     assert_eq!(b.texts("#timeline > li").await.len(), 4);
+    assert!(
+        b.exists("#timeline > li:first-child .k-restore").await,
+        "the newest entry reads as a restore"
+    );
 
     // What changed between two versions.
     b.goto(&reg.url("/ui/r/web/-/history?tag=stable")).await;
-    b.click("#timeline li.c-tag_moved a.small").await;
+    b.click_to("#timeline li.c-tag_moved a.small").await;
     let diff = b.text("#diff").await;
     assert!(diff.contains("Config: changed"), "{diff}");
     assert!(diff.contains("1 layers added, 1 removed"), "{diff}");
@@ -244,7 +248,7 @@ async fn every_page_shows_the_registry_and_restore_works_by_click() {
     let rows = b.texts("#repositories tbody tr td:first-child").await;
     assert_eq!(rows, vec!["library/app", "web"]);
     b.screenshot("asof").await;
-    b.click("#repositories a[href^='/ui/r/web']").await;
+    b.click_to("#repositories a[href^='/ui/r/web']").await;
     assert!(b.exists(".past-banner").await);
     let stable = b.text("#tags tr[data-tag='stable']").await;
     assert!(stable.contains(short(&p.stable_v1)), "{stable}");
@@ -252,7 +256,7 @@ async fn every_page_shows_the_registry_and_restore_works_by_click() {
 
     // Administration: a dry run reports, changes nothing.
     b.goto(&reg.url("/ui/admin")).await;
-    b.click("#gc-dry-run").await;
+    b.click_to("#gc-dry-run").await;
     let report = b.text("#gc-report").await;
     assert!(
         report.contains("dry run") && report.contains("true"),
@@ -262,10 +266,29 @@ async fn every_page_shows_the_registry_and_restore_works_by_click() {
 
     // Delete a tag, confirmed.
     b.goto(&reg.url("/ui/r/live/new")).await;
-    b.click("#tags tr[data-tag='1'] a.danger").await;
-    b.click("#confirm").await;
+    b.click_to("#tags tr[data-tag='1'] a.danger").await;
+    b.click_to("#confirm").await;
     assert_eq!(reg.head("/v2/live/new/manifests/1").await.status(), 404);
 
     b.close().await;
+
+    // The same pages in the dark, when pictures are wanted.
+    if browser::screenshots_wanted() {
+        let dark = Browser::start_with(&[
+            "--force-dark-mode",
+            "--blink-settings=preferredColorScheme=0",
+        ])
+        .await
+        .expect("a browser");
+        dark.goto(&reg.url("/ui/r/web/-/history?tag=stable")).await;
+        let background = dark
+            .eval("return getComputedStyle(document.body).backgroundColor")
+            .await;
+        assert_eq!(background, json!("rgb(18, 21, 27)"), "dark by preference");
+        dark.screenshot("history-dark").await;
+        dark.goto(&reg.url("/ui/")).await;
+        dark.screenshot("overview-dark").await;
+        dark.close().await;
+    }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

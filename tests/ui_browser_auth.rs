@@ -75,7 +75,7 @@ async fn log_in(b: &Browser, server: &Ferro, user: &str, password: &str) {
     );
     b.fill("#user", user).await;
     b.fill("#password", password).await;
-    b.click("#login").await;
+    b.click_to("#login").await;
     // Wait for the answer to the form (the page changes).
     b.wait_until(
         "the login's answer",
@@ -152,7 +152,7 @@ async fn a_user_limited_to_one_namespace_sees_only_it_and_cannot_restore() {
 
     // Logout ends the session.
     b.goto(&server.url("/ui/")).await;
-    b.click("form.user button").await;
+    b.click_to("form.user button").await;
     assert!(b.path().await.starts_with("/ui/login"));
     b.goto(&server.url("/ui/repositories")).await;
     assert!(b.path().await.starts_with("/ui/login"));
@@ -160,8 +160,8 @@ async fn a_user_limited_to_one_namespace_sees_only_it_and_cannot_restore() {
     // admin may restore: the control shows, and the click works.
     log_in(&b, &server, "admin", "admin-pw").await;
     b.goto(&server.url("/ui/r/team/api/-/history?tag=v1")).await;
-    b.click("a.restore").await;
-    b.click("#confirm").await;
+    b.click_to("a.restore").await;
+    b.click_to("#confirm").await;
     assert_eq!(tag_digest(&server, "team/api", "v1").await, v1);
     b.goto(&server.url("/ui/r/team/api/-/history?tag=v1")).await;
     let newest = b.text("#timeline > li:first-child").await;

@@ -38,8 +38,14 @@ pub fn image_manifest(i: u64, config: (&Digest, usize), layers: &[(Digest, u64)]
 /// its address. Its log is drained from then on, so it never blocks on a
 /// full pipe.
 pub fn spawn_ferro(dir: &Path) -> (Child, SocketAddr) {
+    spawn_ferro_with(dir, &[])
+}
+
+/// [`spawn_ferro`] with more flags.
+pub fn spawn_ferro_with(dir: &Path, extra: &[&str]) -> (Child, SocketAddr) {
     let mut child = Process::new(env!("CARGO_BIN_EXE_ferro"))
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .args([
             "--snapshot-every-records",
             "0",

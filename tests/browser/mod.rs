@@ -15,6 +15,11 @@ use serde_json::{json, Value};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// Whether screenshots are to be saved (`FERRO_UI_SCREENSHOTS`).
+pub fn screenshots_wanted() -> bool {
+    std::env::var_os("FERRO_UI_SCREENSHOTS").is_some()
+}
+
 /// A headless Chromium session; the driver is killed on drop.
 pub struct Browser {
     pub client: Client,
@@ -43,6 +48,11 @@ impl Browser {
     /// A browser, or `None` (the test skips) when Chromium or its driver
     /// is not installed and `FERRO_REQUIRE_BROWSER` is not set.
     pub async fn start() -> Option<Browser> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags.
+    pub async fn start_with(extra: &[&str]) -> Option<Browser> {
         let chromium = std::env::var("FERRO_CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_owned());
         if !found("chromedriver") || !PathBuf::from(&chromium).exists() {
             assert!(
@@ -86,6 +96,10 @@ impl Browser {
             "--window-size=1280,900".into(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert(
@@ -141,6 +155,19 @@ impl Browser {
             .expect("click");
     }
 
+    /// Clicks something that loads a new page (a link, a form's button)
+    /// and waits until that page has loaded.
+    pub async fn click_to(&self, css: &str) {
+        self.eval("window.__ferro_old_page = true; return true")
+            .await;
+        self.click(css).await;
+        self.wait_until(
+            "the next page",
+            "return window.__ferro_old_page === undefined && document.readyState === 'complete'",
+        )
+        .await;
+    }
+
     pub async fn fill(&self, css: &str, value: &str) {
         self.client
             .find(Locator::Css(css))
@@ -185,6 +212,9 @@ impl Browser {
     /// `FERRO_UI_SCREENSHOTS` names that directory (so that a test run
     /// does not rewrite the committed pictures).
     pub async fn screenshot(&self, name: &str) {
+        if !screenshots_wanted() {
+            return;
+        }
         let Some(dir) = std::env::var_os("FERRO_UI_SCREENSHOTS") else {
             return;
         };

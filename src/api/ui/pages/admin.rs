@@ -78,13 +78,32 @@ fn page(app: &Arc<App>, viewer: &Viewer, report: Option<(bool, serde_json::Value
     ))
 }
 
+/// Items of a report's list shown (a dry run can list many blobs).
+const REPORT_ITEMS_SHOWN_MAX: usize = 50;
+
 fn report_table(report: &serde_json::Value) -> Markup {
     html! {
         dl.kv #gc-report {
             @if let Some(map) = report.as_object() {
                 @for (k, v) in map {
                     dt { (k.replace('_', " ")) }
-                    dd { (v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())) }
+                    dd {
+                        @match v {
+                            serde_json::Value::Array(items) if items.is_empty() => { "none" }
+                            serde_json::Value::Array(items) => {
+                                ul.plain {
+                                    @for item in items.iter().take(REPORT_ITEMS_SHOWN_MAX) {
+                                        li { code { (item.as_str().map(str::to_owned).unwrap_or_else(|| item.to_string())) } }
+                                    }
+                                    @if items.len() > REPORT_ITEMS_SHOWN_MAX { li.muted { "and " (items.len() - REPORT_ITEMS_SHOWN_MAX) " more" } }
+                                }
+                            }
+                            serde_json::Value::Number(n) if k.contains("bytes") => {
+                                (view::bytes(n.as_u64().unwrap_or(0)))
+                            }
+                            v => { (v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())) }
+                        }
+                    }
                 }
             }
         }

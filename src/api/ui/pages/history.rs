@@ -115,7 +115,7 @@ pub async fn get(app: &Arc<App>, viewer: &Viewer, name: &RepoName, query: &str) 
                     div.when { span.seq { "#" (item.seq) } (view::timestamp(item.time_unix_ns)) span.who { (item.actor.user.as_deref().unwrap_or("anonymous")) } }
                     ul.changes {
                         @for c in &item.changes {
-                            (change_line(c, &base, at, tag.as_ref(), current.as_ref(), may_restore))
+                            (change_line(c, &base, at, (tag.as_ref(), current.as_ref()), may_restore, is_restore(item)))
                         }
                     }
                 }
@@ -144,14 +144,41 @@ fn version_select(name: &str, versions: &[&Digest], selected: usize) -> Markup {
     }
 }
 
+/// Whether an entry is a restore: only a restore sets a tag without a
+/// manifest put in the same entry (a push by tag always logs the put; a
+/// restore of a deleted manifest logs one too and reads as a push).
+fn is_restore(item: &HistoryItem) -> bool {
+    let sets = item
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::Tagged { .. } | Change::TagMoved { .. }));
+    let pushes = item
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::ManifestPushed { .. }));
+    sets && !pushes
+}
+
+/// One change of a timeline item; `(tag, current)` are the tag whose
+/// history this is and where it points now.
 fn change_line(
     c: &Change,
     base: &str,
     at: Option<&str>,
-    tag: Option<&Tag>,
-    current: Option<&Digest>,
+    (tag, current): (Option<&Tag>, Option<&Digest>),
     may_restore: bool,
+    restored: bool,
 ) -> Markup {
+    let (set_kind, set_class) = if restored {
+        ("restore", "kind k-restore")
+    } else {
+        ("tag", "kind k-tag")
+    };
+    let (move_kind, move_class) = if restored {
+        ("restore", "kind k-restore")
+    } else {
+        ("move", "kind k-move")
+    };
     let link = |d: &Digest| {
         html! { a href=(view::with_at(&format!("{base}/-/manifest/{d}"), at)) { (view::short_digest(d.as_str())) } }
     };
@@ -171,10 +198,10 @@ fn change_line(
                     @if let Some(s) = subject { " → refers to " (link(s)) }
                 }
                 Change::Tagged { tag: t, digest } => {
-                    span.kind.k-tag { "tag" } " " strong { (t) } " → " (link(digest)) (restore(t, digest))
+                    span class=(set_class) { (set_kind) } " " strong { (t) } " → " (link(digest)) (restore(t, digest))
                 }
                 Change::TagMoved { tag: t, digest, previous } => {
-                    span.kind.k-move { "move" } " " strong { (t) } " " (link(previous)) " → " (link(digest))
+                    span class=(move_class) { (move_kind) } " " strong { (t) } " " (link(previous)) " → " (link(digest))
                     " " a.small href=(view::with_at(&format!("{base}/-/diff?tag={}&from={previous}&to={digest}", view::query_value(t.as_str())), at)) { "what changed" }
                     (restore(t, digest))
                 }

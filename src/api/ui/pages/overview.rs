@@ -134,6 +134,11 @@ fn describe(entry: &FeedEntry, viewer: &Viewer, app: &App, everything: bool) -> 
         repo: repo.map(|r| r.to_string()),
         text,
     };
+    // Only a restore sets a tag without a manifest put in the same entry.
+    let restore = !entry
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ManifestPut { .. }));
     entry
         .events
         .iter()
@@ -162,7 +167,11 @@ fn describe(entry: &FeedEntry, viewer: &Viewer, app: &App, everything: bool) -> 
                     digest,
                     previous,
                 } => line(
-                    if previous.is_some() { "move" } else { "tag" },
+                    match (restore, previous.is_some()) {
+                        (true, _) => "restore",
+                        (false, true) => "move",
+                        (false, false) => "tag",
+                    },
                     Some(repo),
                     format!("{tag} → {}", view::short_digest(digest.as_str())),
                 ),
