@@ -465,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn ui_settings_are_checked() {
+        let mut c = Config::default();
+        assert!(c.ui.enabled && !c.ui.allow_writes_without_auth);
+        c.ui.session_lifetime_secs = 0;
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[ui]\nenabled = false\nsessions_max = 5\n").unwrap();
+        assert!(!c.ui.enabled);
+        assert_eq!(c.ui.sessions_max, 5);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn partial_file_and_unknown_keys() {
         let c: Config =
             toml::from_str("listen = \"127.0.0.1:9\"\n[limits]\nmanifest_bytes_max = 10\n")
