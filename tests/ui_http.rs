@@ -2,7 +2,7 @@
 //! with auth off on an address other than loopback the UI is read-only
 //! (no controls, writes refused) unless `ui.allow_writes_without_auth`;
 //! `ui.enabled = false` takes it away; pages say how long they took
-//! (`Server-Timing`).
+//! (`Server-Timing`) and make no session unless they carry a form.
 mod common;
 mod support;
 
@@ -49,6 +49,10 @@ async fn root_redirects_browsers_and_pages_report_their_time() {
     assert_eq!(r.status(), 200);
     let timing = r.headers()["server-timing"].to_str().unwrap().to_owned();
     assert!(timing.starts_with("render;dur="), "{timing}");
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "reading a page without a form makes no session"
+    );
     assert!(
         r.text().await.unwrap().contains("Delete"),
         "loopback: writable"

@@ -58,7 +58,7 @@ pub struct Ui {
     /// Whether the UI may write at all (restore, delete, collect): not on
     /// a past state, and with auth off only on loopback or when allowed.
     pub writes: bool,
-    pub sessions: session::Sessions,
+    pub sessions: Arc<session::Sessions>,
     pub timeline: timeline::Timeline,
 }
 
@@ -68,10 +68,10 @@ impl Ui {
         Ui {
             enabled: c.enabled,
             writes: !read_only && (auth_enabled || loopback || c.allow_writes_without_auth),
-            sessions: session::Sessions::new(
+            sessions: Arc::new(session::Sessions::new(
                 Duration::from_secs(c.session_lifetime_secs),
                 c.sessions_max,
-            ),
+            )),
             timeline: timeline::Timeline::default(),
         }
     }
@@ -247,12 +247,18 @@ impl IntoResponse for UiError {
 pub type UiResult = Result<Response, UiError>;
 
 /// Who is looking, what they may do, and their session's CSRF token.
+///
+/// A session is made only when a page needs a token (it has a form) and
+/// the browser has none: reading pages with auth off costs no session.
 pub struct Viewer {
     pub caller: Caller,
     pub user: Option<String>,
-    pub csrf: String,
-    pub token: String,
-    set_cookie: Option<String>,
+    /// The session the request's cookie names, if live.
+    found: Option<(String, session::Session)>,
+    /// The session made for this request's forms, if one was needed.
+    made: std::sync::OnceLock<session::Current>,
+    sessions: Arc<session::Sessions>,
+    secure: bool,
     /// Whether writes are possible in this UI at all (`Ui::writes`).
     writes: bool,
     auth_enabled: bool,
@@ -291,21 +297,44 @@ impl Viewer {
 
     /// The viewer whether logged in or not (the login page's).
     pub fn anyone(app: &App, headers: &HeaderMap) -> Viewer {
-        let current = app.ui.sessions.current(headers, app.tls);
-        let user = current.session.user.clone().filter(|_| app.auth.enabled());
+        let found = app.ui.sessions.find(headers);
+        let user = found
+            .as_ref()
+            .and_then(|(_, s)| s.user.clone())
+            .filter(|_| app.auth.enabled());
         Viewer {
             caller: match &user {
                 Some(u) => Caller::logged_in(u),
                 None => Caller::anonymous(),
             },
             user,
-            csrf: current.session.csrf,
-            token: current.token,
-            set_cookie: current.set_cookie,
+            found,
+            made: std::sync::OnceLock::new(),
+            sessions: app.ui.sessions.clone(),
+            secure: app.tls,
             writes: app.ui.writes,
             auth_enabled: app.auth.enabled(),
             started: Instant::now(),
         }
+    }
+
+    /// The session's CSRF token, making the session if there is none.
+    pub fn csrf(&self) -> &str {
+        match &self.found {
+            Some((_, s)) => &s.csrf,
+            None => {
+                &self
+                    .made
+                    .get_or_init(|| self.sessions.create(None, self.secure))
+                    .session
+                    .csrf
+            }
+        }
+    }
+
+    /// The session's token, if the request came with one.
+    pub fn token(&self) -> Option<&str> {
+        self.found.as_ref().map(|(t, _)| t.as_str())
     }
 
     pub fn sees(&self, app: &App, repo: &str) -> bool {
@@ -346,7 +375,8 @@ impl Viewer {
             .find(|(k, _)| k == "csrf")
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
-        if !session::same_token(token, &self.csrf) {
+        let expected = self.found.as_ref().map(|(_, s)| s.csrf.as_str());
+        if !expected.is_some_and(|e| session::same_token(token, e)) {
             return Err(UiError::forbidden(
                 "the form's token does not match this session; reload the page and try again",
             ));
@@ -363,11 +393,8 @@ impl Viewer {
     }
 
     pub fn finish(&self, r: &mut Response) {
-        if let Some(c) = self
-            .set_cookie
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-        {
+        let set_cookie = self.made.get().and_then(|m| m.set_cookie.as_deref());
+        if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(c).ok()) {
             r.headers_mut().append(header::SET_COOKIE, c);
         }
         let us = self.started.elapsed().as_micros();

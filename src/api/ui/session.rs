@@ -77,18 +77,6 @@ impl Sessions {
         }
     }
 
-    /// The request's session, or a new anonymous one.
-    pub fn current(&self, headers: &HeaderMap, secure: bool) -> Current {
-        if let Some((token, session)) = self.find(headers) {
-            return Current {
-                token,
-                session,
-                set_cookie: None,
-            };
-        }
-        self.create(None, secure)
-    }
-
     /// A new session for `user` (a login) or an anonymous one.
     pub fn create(&self, user: Option<String>, secure: bool) -> Current {
         let token = self.random_hex();

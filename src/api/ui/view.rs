@@ -109,7 +109,7 @@ pub fn error_page(status: StatusCode, message: &str) -> Markup {
 }
 
 pub fn csrf(v: &Viewer) -> Markup {
-    html! { input type="hidden" name="csrf" value=(v.csrf); }
+    html! { input type="hidden" name="csrf" value=(v.csrf()); }
 }
 
 /// The first 12 hex digits after the algorithm.

@@ -77,7 +77,9 @@ pub async fn post(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
         if user.is_empty() || !app.auth.verify_password(user, password).await {
             return Ok(form(&viewer, &next, true, StatusCode::UNAUTHORIZED));
         }
-        app.ui.sessions.remove(&viewer.token);
+        if let Some(t) = viewer.token() {
+            app.ui.sessions.remove(t);
+        }
         let session = app.ui.sessions.create(Some(user.to_owned()), app.tls);
         let mut r = redirect(&next);
         if let Some(c) = session
@@ -95,7 +97,9 @@ pub async fn logout(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     let served = async {
         let viewer = Viewer::anyone(&app, &headers);
         viewer.form(body).await?;
-        app.ui.sessions.remove(&viewer.token);
+        if let Some(t) = viewer.token() {
+            app.ui.sessions.remove(t);
+        }
         let mut r = redirect(if app.auth.enabled() {
             "/ui/login"
         } else {
