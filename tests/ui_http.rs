@@ -62,6 +62,18 @@ async fn root_redirects_browsers_and_pages_report_their_time() {
         r.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
+    let metrics = http
+        .get(reg.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ferro_http_requests_total{route=\"ui\""),
+        "UI requests counted under their own route"
+    );
 }
 
 /// A server bound on every address (reached here through loopback):
