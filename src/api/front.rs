@@ -184,8 +184,11 @@ impl Shared {
             }
             return (label, r);
         }
-        let label = if req.uri().path() == "/auth/token" {
+        let path = req.uri().path();
+        let label = if path == "/auth/token" {
             "token"
+        } else if path == "/" || path == "/ui" || path.starts_with("/ui/") {
+            "ui"
         } else {
             "other"
         };
