@@ -18,7 +18,6 @@
 //! included); the client's round trip is reported beside it. Medians and
 //! 99th percentiles, in milliseconds.
 
-#[allow(dead_code)] // the other benches use the rest of it
 mod support;
 
 use std::time::{Duration, Instant};
