@@ -45,6 +45,8 @@ async fn root_redirects_browsers_and_pages_report_their_time() {
     assert_eq!(r.headers()["location"], "/ui/");
     let r = http.get(reg.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    let r = http.post(reg.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     let r = http.get(reg.url("/ui/r/app")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let timing = r.headers()["server-timing"].to_str().unwrap().to_owned();
