@@ -52,6 +52,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Garbage collection (see `gc`).
     pub gc: crate::gc::GcConfig,
+    /// Events sent to HTTP endpoints from the log (see `notify`). Last:
+    /// its endpoints are an array of tables.
+    pub notifications: crate::notify::config::NotificationsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -247,6 +250,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             gc: crate::gc::GcConfig::default(),
+            notifications: Default::default(),
         }
     }
 }
@@ -416,6 +420,21 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serializes")
     }
+
+    /// The defaults as `ferro config --print-defaults` shows them: with a
+    /// commented notification endpoint in place of the empty list.
+    pub fn defaults_text() -> String {
+        let text = Config::default().to_toml();
+        let example = crate::notify::config::EXAMPLE;
+        match text.rfind("endpoints = []\n") {
+            Some(at) => format!(
+                "{}{example}{}",
+                &text[..at],
+                &text[at + "endpoints = []\n".len()..]
+            ),
+            None => format!("{text}\n{example}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -510,6 +529,47 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn notification_endpoints_from_file_and_environment() {
+        let text = Config::defaults_text();
+        assert!(text.contains("# [[notifications.endpoints]]"), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|_| {
+                        text.find("# [[notifications.endpoints]]")
+                            .is_some_and(|at| text[at..].contains(l))
+                    })
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.notifications.endpoints[0].name, "ci");
+        assert_eq!(c.notifications.endpoints[0].actions, ["push", "delete"]);
+        let mut c = Config::default();
+        c.apply_env([(
+            "FERRO_NOTIFICATIONS__ENDPOINTS".to_owned(),
+            r#"[{name = "ci", url = "http://127.0.0.1:9/h", format = "cloudevents", secret = "s"}]"#
+                .to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(c.notifications.endpoints[0].secret, "s");
+        c.validate().unwrap();
+        c.apply_env([(
+            "FERRO_NOTIFICATIONS__HOLD".to_owned(),
+            "retention".to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(
+            c.notifications.hold,
+            crate::notify::config::LogHold::Retention
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Default for GcConfig {
 }
 
 /// Durations as text (`"1h"`, `"90s"`), as in the rest of the config.
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

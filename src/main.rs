@@ -141,6 +141,8 @@ struct ServeArgs {
     /// 30d or 12h [default: forever].
     #[arg(long)]
     history_retention: Option<ferro::compaction::Retention>,
+    #[arg(long, value_enum)]
+    notifications_hold: Option<ferro::notify::config::LogHold>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -243,6 +245,9 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.history_retention {
         c.history.retention = v;
     }
+    if let Some(v) = args.notifications_hold {
+        c.notifications.hold = v;
+    }
     ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -288,7 +293,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Config { print_defaults }) => {
             if print_defaults {
-                print!("{}", Config::default().to_toml());
+                print!("{}", Config::defaults_text());
                 return ExitCode::SUCCESS;
             }
             eprintln!("nothing to do: try `ferro config --print-defaults`");

@@ -377,6 +377,7 @@ fn http_pushes_fail_with_5xx_on_a_full_disk_and_work_once_space_is_back() {
         tls: false,
         upload_permits: Arc::new(tokio::sync::Semaphore::new(16)),
         gc: None,
+        notifier: None,
         shutdown: Default::default(),
     });
     rt.block_on(async {

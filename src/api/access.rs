@@ -237,5 +237,18 @@ mod tests {
             Need::Everywhere(Action::Delete)
         );
         assert_eq!(feed("repo=a/b"), pull);
+        // Notification endpoints show and move every repository's events.
+        let notifications = Route::Extension {
+            repo: None,
+            extension: "ferro".into(),
+            component: "notifications".into(),
+            module: String::new(),
+        };
+        for method in [Method::GET, Method::POST] {
+            assert_eq!(
+                need(&notifications, &method, "endpoint=ci&to=end"),
+                Need::Everywhere(Action::Delete)
+            );
+        }
     }
 }

@@ -249,6 +249,9 @@ fn readyz(gate: &Gate) -> Response {
 fn metrics_page(gate: &Gate) -> Response {
     let text = match gate.app() {
         Some(app) => {
+            if let Some(n) = &app.notifier {
+                n.refresh_metrics();
+            }
             let summary = app.state.read().summary();
             let state = crate::metrics::StateFigures {
                 repositories: summary.repositories,

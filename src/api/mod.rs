@@ -76,6 +76,9 @@ pub struct App {
     /// Garbage collection (absent when serving a past state). Its
     /// `collector.last_report()` is the last run's report, for metrics.
     pub gc: Option<crate::gc::GcService>,
+    /// The notification endpoints (absent when none is configured, and
+    /// when serving a past state).
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// Cancelled when the server starts shutting down: requests that wait
     /// on purpose (the feed's long-poll) end early instead of holding the
     /// graceful drain.

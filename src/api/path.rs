@@ -121,6 +121,13 @@ fn extension(name_part: Option<&str>, ext: &[&str]) -> Result<Route, PathError> 
             component: (*c).to_owned(),
             module: (*m).to_owned(),
         }),
+        // The one `_ferro` endpoint with no module.
+        ["_ferro", "notifications"] => Ok(Route::Extension {
+            repo,
+            extension: "ferro".into(),
+            component: "notifications".into(),
+            module: String::new(),
+        }),
         _ => Err(PathError::NotFound),
     }
 }
@@ -202,6 +209,9 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
         let name_part = (n > 3).then(|| leading(rest, &segments, n - 3));
         return extension(name_part, &segments[n - 3..]);
     }
+    if segments == ["_ferro", "notifications"] {
+        return extension(&[], &segments);
+    }
     Err(PathError::NotFound)
 }
 
@@ -273,6 +283,15 @@ mod tests {
         ));
         assert_eq!(parse("/v2/_ferro/Events/feed"), Err(PathError::NotFound));
         assert_eq!(parse("/v2/_ferro/events"), Err(PathError::NotFound));
+        assert!(matches!(
+            parse("/v2/_ferro/notifications"),
+            Ok(Route::Extension { repo: None, component, module, .. })
+                if component == "notifications" && module.is_empty()
+        ));
+        assert_eq!(
+            parse("/v2/a/_ferro/notifications"),
+            Err(PathError::NotFound)
+        );
         assert!(matches!(
             parse("/v2/A/_ferro/history/tag"),
             Err(PathError::Invalid(_))
