@@ -210,7 +210,7 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
         return extension(name_part, &segments[n - 3..]);
     }
     if segments == ["_ferro", "notifications"] {
-        return extension(&[], &segments);
+        return extension(None, &segments);
     }
     Err(PathError::NotFound)
 }
