@@ -106,6 +106,13 @@ pub enum Command {
     },
     /// Garbage collection: put a finished run's figures on the record.
     RecordGcRun(GcRun),
+    /// An operator's move of a notification endpoint's cursor, on the
+    /// record before the cursor file changes.
+    RecordCursorMove {
+        endpoint: String,
+        from_seq: u64,
+        to_seq: u64,
+    },
 }
 
 /// The figures of a finished garbage collection run (see
@@ -265,7 +272,7 @@ impl Command {
                 k
             }
             // Reads and writes nothing the others touch.
-            Command::RecordGcRun(_) => Vec::new(),
+            Command::RecordGcRun(_) | Command::RecordCursorMove { .. } => Vec::new(),
         }
     }
 
@@ -539,6 +546,15 @@ impl Command {
                 orphans_removed: run.orphans_removed,
                 orphan_bytes_freed: run.orphan_bytes_freed,
                 duration_ms: run.duration_ms,
+            }]),
+            Command::RecordCursorMove {
+                endpoint,
+                from_seq,
+                to_seq,
+            } => Ok(vec![Event::NotificationCursorMoved {
+                endpoint: endpoint.clone(),
+                from_seq: *from_seq,
+                to_seq: *to_seq,
             }]),
         }
     }

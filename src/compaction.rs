@@ -6,7 +6,10 @@
 //!   the retention); with the default retention, `forever`, none is;
 //! - every record in it is at or before the newest valid snapshot;
 //! - every segment before it leaves too (the log stays one contiguous
-//!   chain), and it is not the active (last) segment.
+//!   chain), and it is not the active (last) segment;
+//! - every record in it was acknowledged by every enabled notification
+//!   endpoint (`keep_after_seq`), unless `notifications.hold` is
+//!   `"retention"` (see `notify`).
 //!
 //! Before any segment leaves, a *base snapshot* is written at the last
 //! sequence number that leaves (rebuilt from an older snapshot and the log
@@ -105,6 +108,9 @@ pub struct CompactOptions {
     pub compacted_segments: CompactedSegments,
     /// Snapshots kept besides the base (see `snapshot::plan_prune`).
     pub snapshots_keep: usize,
+    /// Records after this one stay in the live log whatever their age:
+    /// notification endpoints have not acknowledged them yet.
+    pub keep_after_seq: Option<u64>,
 }
 
 /// A segment that will leave the live log.
@@ -197,6 +203,12 @@ pub fn plan(layout: &Layout, options: &CompactOptions) -> Result<CompactionPlan,
         let last_seq = next_first_seq - 1;
         if last_seq > newest.seq {
             plan.limited_by = format!("the newest snapshot is at sequence {}", newest.seq);
+            break;
+        }
+        if let Some(keep_after) = options.keep_after_seq.filter(|k| last_seq > *k) {
+            plan.limited_by = format!(
+                "notification endpoints have acknowledged only up to sequence {keep_after}"
+            );
             break;
         }
         let by_snapshot = snapshot_times

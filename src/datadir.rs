@@ -49,6 +49,10 @@ impl Layout {
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
+    /// One cursor file per notification endpoint (see `notify::cursor`).
+    pub fn notifications_dir(&self) -> PathBuf {
+        self.root.join("notifications")
+    }
     pub fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs")
     }

@@ -169,6 +169,17 @@ pub enum Event {
         /// Wall time of the whole run.
         duration_ms: u64,
     },
+    /// An operator moved a notification endpoint's cursor
+    /// (`POST /v2/_ferro/notifications`): from then on the endpoint is
+    /// sent the entries after `to_seq`. It changes nothing in the state.
+    NotificationCursorMoved {
+        /// The endpoint's `name` in the configuration.
+        endpoint: String,
+        /// The cursor before the move: the last entry it had acknowledged.
+        from_seq: u64,
+        /// The cursor after the move.
+        to_seq: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,10 +211,11 @@ impl Event {
             Event::UploadCancelled { .. } => "upload_cancelled",
             Event::ReferrerRegistered { .. } => "referrer_registered",
             Event::GcCompleted { .. } => "gc_completed",
+            Event::NotificationCursorMoved { .. } => "notification_cursor_moved",
         }
     }
 
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "manifest_put",
         "tag_set",
         "tag_deleted",
@@ -217,6 +229,7 @@ impl Event {
         "upload_cancelled",
         "referrer_registered",
         "gc_completed",
+        "notification_cursor_moved",
     ];
 
     /// The repository the event concerns, when it concerns one.
@@ -234,7 +247,8 @@ impl Event {
             | Event::UploadChunk { .. }
             | Event::UploadCompleted { .. }
             | Event::UploadCancelled { .. }
-            | Event::GcCompleted { .. } => None,
+            | Event::GcCompleted { .. }
+            | Event::NotificationCursorMoved { .. } => None,
         }
     }
 }

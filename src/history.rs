@@ -206,7 +206,8 @@ fn change_of(event: &Event) -> Option<Change> {
         | Event::UploadChunk { .. }
         | Event::UploadCompleted { .. }
         | Event::UploadCancelled { .. }
-        | Event::GcCompleted { .. } => return None,
+        | Event::GcCompleted { .. }
+        | Event::NotificationCursorMoved { .. } => return None,
     })
 }
 

@@ -120,7 +120,7 @@ struct ServeArgs {
     /// Largest blob, in bytes.
     #[arg(long)]
     blob_bytes_max: Option<u64>,
-    /// Most entries per tag list / catalog page.
+    /// Most entries per tag list / catalog / referrers page.
     #[arg(long)]
     page_entries_max: Option<usize>,
     /// Log segment size before rolling, in bytes.
@@ -141,6 +141,21 @@ struct ServeArgs {
     /// 30d or 12h [default: forever].
     #[arg(long)]
     history_retention: Option<ferro::compaction::Retention>,
+    #[arg(long, value_enum)]
+    notifications_hold: Option<ferro::notify::config::LogHold>,
+    /// Do not serve the web UI at /ui/ (on by default).
+    #[arg(long)]
+    no_ui: bool,
+    /// Let the web UI write (restore, delete, collect) with auth off on an
+    /// address other than loopback.
+    #[arg(long)]
+    ui_allow_writes_without_auth: bool,
+    /// How long a web UI login lasts, in seconds [default: 28800].
+    #[arg(long)]
+    ui_session_lifetime_secs: Option<u64>,
+    /// Most web UI sessions kept at once [default: 10000].
+    #[arg(long)]
+    ui_sessions_max: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -201,6 +216,18 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
             *slot = v;
         }
     }
+    if args.no_ui {
+        c.ui.enabled = false;
+    }
+    if args.ui_allow_writes_without_auth {
+        c.ui.allow_writes_without_auth = true;
+    }
+    if let Some(v) = args.ui_session_lifetime_secs {
+        c.ui.session_lifetime_secs = v;
+    }
+    if let Some(v) = args.ui_sessions_max {
+        c.ui.sessions_max = v;
+    }
     if let Some(v) = args.data_dir {
         c.data_dir = v;
     }
@@ -243,7 +270,10 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.history_retention {
         c.history.retention = v;
     }
-    c.validate().map_err(|e| e.to_string())?;
+    if let Some(v) = args.notifications_hold {
+        c.notifications.hold = v;
+    }
+    ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)
 }
 
@@ -288,7 +318,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Config { print_defaults }) => {
             if print_defaults {
-                print!("{}", Config::default().to_toml());
+                print!("{}", Config::defaults_text());
                 return ExitCode::SUCCESS;
             }
             eprintln!("nothing to do: try `ferro config --print-defaults`");

@@ -64,6 +64,8 @@ pub enum ServerError {
     Tls(String),
     #[error("startup task failed: {0}")]
     Task(String),
+    #[error("notifications: {0}")]
+    Notifications(String),
 }
 
 /// What the blocking part of startup opened.
@@ -131,12 +133,24 @@ impl Listener {
     }
 }
 
+/// Every check of a configuration before it is used: the settings' own
+/// (`Config::validate`) and the `[auth]` section's, which need access
+/// control's knowledge (`auth::validate_config`).
+pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
+    config.validate()?;
+    crate::auth::validate_config(&config.auth).map_err(crate::config::ConfigError::Invalid)?;
+    config
+        .notifications
+        .validate()
+        .map_err(crate::config::ConfigError::Invalid)
+}
+
 /// Runs the registry until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     if config.durability == crate::config::DurabilityMode::Never {
         tracing::warn!("durability is \"never\": acknowledged writes can be lost on power failure");
     }
@@ -149,6 +163,7 @@ pub async fn run(
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
     let tls = listener.tls.is_some();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     tracing::info!(
         address = %listener.local,
         "bound; /healthz and /readyz answer, the registry once the log is replayed"
@@ -261,6 +276,31 @@ pub async fn run(
         );
     }
 
+    let notifier = if config.notifications.endpoints.is_empty() {
+        None
+    } else {
+        match crate::notify::Notifier::start(
+            &config.notifications,
+            layout.clone(),
+            crate::storage::real(),
+            writer.clone(),
+            opened.state.clone(),
+            &url,
+            stop.clone(),
+        ) {
+            Ok(n) => {
+                let hold = n.clone();
+                snapshots.set_log_hold(Box::new(move || hold.log_hold()));
+                Some(n)
+            }
+            Err(e) => {
+                stop.cancel();
+                let _ = serving.await;
+                return Err(ServerError::Notifications(e));
+            }
+        }
+    };
+
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: writer.clone(),
@@ -277,7 +317,9 @@ pub async fn run(
             config.limits.uploads_concurrent_max,
         )),
         gc: Some(gc_service),
+        notifier,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -420,7 +462,7 @@ pub async fn run_read_only(
     at: AsOf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
     crate::metrics::install();
     let layout = Layout::new(&config.data_dir);
@@ -441,6 +483,7 @@ pub async fn run_read_only(
     );
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     let stop = CancellationToken::new();
     let app = Arc::new(App {
         layout: layout.clone(),
@@ -456,7 +499,9 @@ pub async fn run_read_only(
         tls: listener.tls.is_some(),
         upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         gc: None,
+        notifier: None,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);

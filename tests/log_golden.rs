@@ -495,6 +495,18 @@ fn story() -> Vec<ExpectedRecord> {
             duration_ms: 150,
         }),
     );
+    // 29. An operator sends notification endpoint `ci` everything again
+    // from record 20 (appended with `NotificationCursorMoved`; records
+    // 1-28 are unchanged).
+    s.command(
+        30_000,
+        user("alice", alice),
+        Command::RecordCursorMove {
+            endpoint: "ci".into(),
+            from_seq: 28,
+            to_seq: 19,
+        },
+    );
     s.records
 }
 

@@ -569,7 +569,9 @@ impl Observed {
             },
             // Not generated: the manifest policy's re-check has its own
             // tests (`commands::tests`, `tests/gc_untagged.rs`).
-            Command::CollectManifests { .. } | Command::RecordGcRun(_) => {
+            Command::CollectManifests { .. }
+            | Command::RecordGcRun(_)
+            | Command::RecordCursorMove { .. } => {
                 unreachable!("no op resolves to {command:?}")
             }
         }
@@ -1180,6 +1182,13 @@ fn arb_event() -> impl Strategy<Value = Event> {
             orphans_removed: n[4],
             orphan_bytes_freed: n[5],
             duration_ms: n[6],
+        }),
+        (arb_text(), any::<u64>(), any::<u64>()).prop_map(|(endpoint, from_seq, to_seq)| {
+            Event::NotificationCursorMoved {
+                endpoint,
+                from_seq,
+                to_seq,
+            }
         }),
     ]
 }

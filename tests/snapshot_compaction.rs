@@ -117,6 +117,7 @@ fn compact(layout: &Layout, retention: Retention) -> compaction::CompactionRepor
             now_unix_ns: now_unix_ns(),
             compacted_segments: CompactedSegments::Archive,
             snapshots_keep: 1,
+            keep_after_seq: None,
         },
     )
     .unwrap()

@@ -1,4 +1,5 @@
 //! What the benchmarks that run the real server share.
+#![allow(dead_code)] // each benchmark uses a different part of it
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ pub fn image_manifest(i: u64, config: (&Digest, usize), layers: &[(Digest, u64)]
 /// its address. Its log is drained from then on, so it never blocks on a
 /// full pipe.
 pub fn spawn_ferro(dir: &Path) -> (Child, SocketAddr) {
+    spawn_ferro_with(dir, &[])
+}
+
+/// [`spawn_ferro`] with more arguments for `ferro serve`.
+pub fn spawn_ferro_with(dir: &Path, extra_args: &[&str]) -> (Child, SocketAddr) {
     let mut child = Process::new(env!("CARGO_BIN_EXE_ferro"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args([
@@ -48,6 +54,7 @@ pub fn spawn_ferro(dir: &Path) -> (Child, SocketAddr) {
         ])
         .arg("--data-dir")
         .arg(dir)
+        .args(extra_args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -24,6 +24,15 @@ pub enum Route {
         repo: RepoName,
         reference: Reference,
     },
+    /// `/v2/<name>/manifests/<reference>` where the reference is neither a
+    /// tag nor a digest: it names no manifest and never can (so reads and
+    /// deletes answer "unknown", a PUT "invalid"; see `manifests`).
+    /// `reference` is the raw path segment, `invalid` why it was refused.
+    ManifestInvalidReference {
+        repo: RepoName,
+        reference: String,
+        invalid: ApiErrorKind,
+    },
     /// `/v2/<name>/blobs/<digest>`
     Blob { repo: RepoName, digest: Digest },
     /// `/v2/<name>/blobs/uploads/`
@@ -106,6 +115,13 @@ fn extension(name_segments: &[&str], ext: &[&str]) -> Result<Route, PathError> {
             component: (*c).to_owned(),
             module: (*m).to_owned(),
         }),
+        // The one `_ferro` endpoint with no module.
+        ["_ferro", "notifications"] => Ok(Route::Extension {
+            repo,
+            extension: "ferro".into(),
+            component: "notifications".into(),
+            module: String::new(),
+        }),
         _ => Err(PathError::NotFound),
     }
 }
@@ -152,15 +168,17 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
                 // The name is judged first, as on every other route.
                 let repo = repo()?;
                 // A reference with a colon is a digest and is judged as one.
-                let reference = Reference::parse(last).map_err(|e| match e {
-                    ReferenceError::Digest(d) => {
-                        PathError::Invalid(ApiErrorKind::Digest(d.to_string()))
-                    }
-                    ReferenceError::Name(n) => {
-                        PathError::Invalid(ApiErrorKind::Reference(n.to_string()))
-                    }
-                })?;
-                return Ok(Route::Manifest { repo, reference });
+                return Ok(match Reference::parse(last) {
+                    Ok(reference) => Route::Manifest { repo, reference },
+                    Err(e) => Route::ManifestInvalidReference {
+                        repo,
+                        reference: last.to_owned(),
+                        invalid: match e {
+                            ReferenceError::Digest(d) => ApiErrorKind::Digest(d.to_string()),
+                            ReferenceError::Name(n) => ApiErrorKind::Reference(n.to_string()),
+                        },
+                    },
+                });
             }
             "blobs" => {
                 return Ok(Route::Blob {
@@ -183,6 +201,9 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     // with an invalid name, not an extension.)
     if n >= 3 && segments[n - 3].starts_with('_') {
         return extension(&segments[..n - 3], &segments[n - 3..]);
+    }
+    if segments == ["_ferro", "notifications"] {
+        return extension(&[], &segments);
     }
     Err(PathError::NotFound)
 }
@@ -256,6 +277,15 @@ mod tests {
         assert_eq!(parse("/v2/_ferro/Events/feed"), Err(PathError::NotFound));
         assert_eq!(parse("/v2/_ferro/events"), Err(PathError::NotFound));
         assert!(matches!(
+            parse("/v2/_ferro/notifications"),
+            Ok(Route::Extension { repo: None, component, module, .. })
+                if component == "notifications" && module.is_empty()
+        ));
+        assert_eq!(
+            parse("/v2/a/_ferro/notifications"),
+            Err(PathError::NotFound)
+        );
+        assert!(matches!(
             parse("/v2/A/_ferro/history/tag"),
             Err(PathError::Invalid(_))
         ));
@@ -275,13 +305,27 @@ mod tests {
             parse("/v2/a//b/manifests/x"),
             Err(PathError::Invalid(_))
         ));
+        // A manifest reference outside the grammar is still a manifest
+        // route (it names nothing); the name is judged first.
         assert!(matches!(
             parse("/v2/a/manifests/sha256:zz"),
-            Err(PathError::Invalid(ApiErrorKind::Digest(_)))
+            Ok(Route::ManifestInvalidReference { invalid: ApiErrorKind::Digest(_), reference, .. })
+                if reference == "sha256:zz"
         ));
         assert!(matches!(
             parse("/v2/a/manifests/-tag"),
-            Err(PathError::Invalid(ApiErrorKind::Reference(_)))
+            Ok(Route::ManifestInvalidReference {
+                invalid: ApiErrorKind::Reference(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            Ok(Route::ManifestInvalidReference { .. })
+        ));
+        assert!(matches!(
+            parse("/v2/A/manifests/-tag"),
+            Err(PathError::Invalid(ApiErrorKind::Name(_)))
         ));
         assert!(matches!(
             parse("/v2/a/blobs/latest"),

@@ -18,7 +18,7 @@ use super::body::{drain, read_limited, stream_to_staging};
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
 use super::ranges::parse_content_range;
-use super::router::{query_param, RequestContext};
+use super::request::{query_param, RequestContext};
 use super::App;
 use crate::blobs::{is_upload_id, new_upload_id, BlobStore, DigestGuard};
 use crate::commands::{Chunk, Command, Rejection};

@@ -338,6 +338,8 @@ impl State {
             }
             // On the record only: the run's deletions are their own events.
             Event::GcCompleted { .. } => {}
+            // On the record only: the cursor itself lives in its own file.
+            Event::NotificationCursorMoved { .. } => {}
         }
     }
 

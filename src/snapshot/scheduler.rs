@@ -59,7 +59,13 @@ pub struct Scheduler {
     /// One snapshot at a time (the background loop and shutdown).
     busy: tokio::sync::Mutex<()>,
     stop: Notify,
+    /// What compaction must keep for notification endpoints (see
+    /// `CompactOptions::keep_after_seq`).
+    log_hold: Mutex<Option<LogHold>>,
 }
+
+/// The last sequence number compaction may remove, asked before each run.
+pub type LogHold = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl Scheduler {
     /// `last_snapshot_seq`: the snapshot startup loaded (0: none).
@@ -106,7 +112,14 @@ impl Scheduler {
             }),
             busy: tokio::sync::Mutex::new(()),
             stop: Notify::new(),
+            log_hold: Mutex::new(None),
         })
+    }
+
+    /// Sets what compaction must keep (the notification endpoints'
+    /// cursors).
+    pub fn set_log_hold(&self, hold: LogHold) {
+        *self.log_hold.lock() = Some(hold);
     }
 
     /// Runs the background loop until [`Scheduler::stop`]. It checks once
@@ -172,6 +185,7 @@ impl Scheduler {
         let keep = self.snapshots.keep;
         let history = self.history.clone();
         let fs = self.fs.clone();
+        let keep_after_seq = self.log_hold.lock().as_ref().and_then(|hold| hold());
         let (written, removed, compacted) = tokio::task::spawn_blocking(move || {
             let dir = layout.snapshots_dir();
             let written = super::write_with_fs(&*fs, &dir, &state, crc)?;
@@ -190,6 +204,7 @@ impl Scheduler {
                         now_unix_ns: now_unix_ns(),
                         compacted_segments: history.compacted_segments,
                         snapshots_keep: keep,
+                        keep_after_seq,
                     },
                 )?),
             };

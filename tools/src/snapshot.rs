@@ -143,6 +143,9 @@ pub fn run_compact(data_dir: &Path, args: &CompactArgs, out: &Out) -> CtlResult<
             CompactedSegments::Archive
         },
         snapshots_keep: args.keep,
+        // Offline, the configuration is not known: every cursor file
+        // holds the log (remove the file of an endpoint taken out).
+        keep_after_seq: ferro::notify::cursor::min_acked(&layout.notifications_dir()),
     };
     let spinner = out.spinner("compacting");
     let report = compaction::compact(&layout, &options);

@@ -12,35 +12,22 @@
 //! number examined, whether it matched the filter or not. Only committed
 //! entries are served (never one whose fsync is still pending).
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_pairs;
+use super::super::request::query_pairs;
 use super::super::App;
-use crate::events::{Actor, Event};
-use crate::log::recovery::{self, ReadOptions, RecoveryMode};
+use crate::events::Event;
+use crate::feed::{read_page, RepoKindFilter};
 use crate::oci::RepoName;
-use crate::timefmt::rfc3339;
 
 const FEED_ENTRIES_DEFAULT: usize = 100;
 const FEED_WAIT_SECONDS_MAX: u64 = 60;
-
-/// One entry as the feed (and `ferroctl dump`) writes it.
-#[derive(Debug, Serialize)]
-pub struct FeedEntry {
-    pub seq: u64,
-    pub time: String,
-    pub time_unix_ns: u64,
-    pub actor: Actor,
-    pub events: Vec<Event>,
-}
 
 struct FeedQuery {
     after: u64,
@@ -117,10 +104,15 @@ pub async fn get(app: &Arc<App>, query: &str) -> ApiResult<Response> {
     let log_dir = app.layout.log_dir();
     let (after, n, repo, kinds) = (q.after, q.n, q.repo.clone(), q.kinds.clone());
     let read = tokio::task::spawn_blocking(move || {
-        read_page(&log_dir, after, upto, n, repo.as_ref(), &kinds)
+        let filter = RepoKindFilter {
+            repo: repo.as_ref(),
+            kinds: &kinds,
+        };
+        read_page(&log_dir, after, upto, n, &filter)
     })
     .await
-    .map_err(ApiError::internal)??;
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     if let Some(first) = read.log_first_seq {
         if q.after + 1 < first && q.after < upto {
             return Err(ApiError::new(
@@ -156,79 +148,4 @@ pub async fn get(app: &Arc<App>, query: &str) -> ApiResult<Response> {
         }
     }
     Ok(response)
-}
-
-struct Page {
-    entries: Vec<FeedEntry>,
-    last_examined: u64,
-    log_first_seq: Option<u64>,
-}
-
-fn read_page(
-    log_dir: &std::path::Path,
-    after: u64,
-    upto: u64,
-    n: usize,
-    repo: Option<&RepoName>,
-    kinds: &[String],
-) -> ApiResult<Page> {
-    let mut entries = Vec::new();
-    let mut last_examined = after;
-    if n == 0 || after >= upto {
-        return Ok(Page {
-            entries,
-            last_examined,
-            log_first_seq: None,
-        });
-    }
-    let options = ReadOptions {
-        mode: RecoveryMode::TolerateTornTail,
-        replay_after: after,
-        skip_covered_segments: true,
-    };
-    let report = recovery::read_log(log_dir, &options, &mut |record| {
-        if record.seq > upto {
-            return Ok(ControlFlow::Break(()));
-        }
-        let entry = record
-            .decode()
-            .map_err(|e| format!("record {} checksum is valid but {e}", record.seq))?;
-        last_examined = record.seq;
-        let names_repo = |e: &Event| repo.is_none_or(|r| e.repo() == Some(r));
-        let entry_names_repo = entry
-            .events
-            .iter()
-            .any(|e| e.repo().is_some() && names_repo(e));
-        let events: Vec<Event> = entry
-            .events
-            .into_iter()
-            .filter(|e| kinds.is_empty() || kinds.iter().any(|k| k == e.kind()))
-            .filter(|e| match e.repo() {
-                Some(_) => names_repo(e),
-                // Upload events name no repository: they go with an entry
-                // that names the one asked for.
-                None => repo.is_none() || entry_names_repo,
-            })
-            .collect();
-        if !events.is_empty() {
-            entries.push(FeedEntry {
-                seq: record.seq,
-                time: rfc3339(record.time_unix_ns),
-                time_unix_ns: record.time_unix_ns,
-                actor: entry.actor,
-                events,
-            });
-        }
-        Ok(if entries.len() >= n {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
-    })
-    .map_err(ApiError::internal)?;
-    Ok(Page {
-        entries,
-        last_examined,
-        log_first_seq: report.first_seq,
-    })
 }

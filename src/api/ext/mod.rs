@@ -13,14 +13,17 @@
 //! | POST   | /v2/<name>/_ferro/restore/tag?tag=&digest=\|at= | move a tag back (`restore`) |
 //! | POST   | /v2/<name>/_ferro/restore/manifest?digest=      | bring back a deleted manifest |
 //! | POST   | /v2/_ferro/gc/run[?dry_run=true]                | garbage collection now (`gc`) |
+//! | GET    | /v2/_ferro/notifications                        | notification endpoints (`notifications`) |
+//! | POST   | /v2/_ferro/notifications?endpoint=&replay_from=\|to=end | move an endpoint's cursor |
 //!
 //! `at` is a sequence number or an RFC 3339 time.
 
-mod asof;
-mod feed;
+pub(super) mod asof;
+pub(super) mod feed;
 mod gc;
 mod history;
-mod restore;
+mod notifications;
+pub(super) mod restore;
 
 use std::sync::Arc;
 
@@ -29,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::RequestContext;
+use super::request::RequestContext;
 use super::App;
 use crate::oci::RepoName;
 
@@ -44,6 +47,7 @@ const DOCS: &str = include_str!("../../../docs/ferro-extension.md");
 pub fn allowed_methods(extension: &str, component: &str) -> &'static str {
     match (extension, component) {
         ("ferro", "restore" | "gc") => "POST",
+        ("ferro", "notifications") => "GET, HEAD, POST",
         _ => "GET, HEAD",
     }
 }
@@ -98,6 +102,11 @@ pub async fn route(
         }
         ("ferro", "gc", "run", None) if *method == Method::POST => gc::run(app, query).await,
         ("ferro", "gc", "run", None) => Err(unsupported()),
+        ("ferro", "notifications", "", None) if read => notifications::get(app).await,
+        ("ferro", "notifications", "", None) if *method == Method::POST => {
+            notifications::post(app, ctx, query).await
+        }
+        ("ferro", "notifications", "", None) => Err(unsupported()),
         ("oci", "ext", "discover", _)
         | ("ferro", "events", "feed", None)
         | ("ferro", "docs", "extension", None)
@@ -126,6 +135,7 @@ fn discover(repository_level: bool) -> Response {
             "_ferro/events/feed",
             "_ferro/docs/extension",
             "_ferro/gc/run",
+            "_ferro/notifications",
         ]);
     }
     axum::Json(json!({
@@ -149,7 +159,7 @@ fn discover(repository_level: bool) -> Response {
 
 /// Parses the `at` parameter (required where a past is read).
 fn at_param(query: &str) -> ApiResult<crate::replay::AsOf> {
-    let at = super::router::query_param(query, "at").ok_or_else(|| {
+    let at = super::request::query_param(query, "at").ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unsupported,
             "the at parameter (a sequence number or an RFC 3339 time) is required",

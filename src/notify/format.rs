@@ -1,0 +1,398 @@
+//! Request bodies: distribution's notification envelope and CloudEvents
+//! 1.0 structured JSON, from log entries. Both carry stable event ids,
+//! `<seq>-<index>` (the record's sequence number and the event's place in
+//! its entry), so a receiver deduplicates redeliveries by id.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::config::Format;
+use crate::events::{Event, LinkSource};
+use crate::feed::FeedEntry;
+use crate::oci::{Digest, RepoName};
+use crate::timefmt::rfc3339;
+
+/// distribution's envelope media type.
+pub const DISTRIBUTION_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
+pub const CLOUDEVENTS_MEDIA_TYPE: &str = "application/cloudevents+json";
+pub const CLOUDEVENTS_BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
+/// A blob's media type in a distribution event (the log does not keep one).
+const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
+
+/// The distribution action of an event, when it has one: events with none
+/// (uploads, garbage collection, ...) are not sent in that format.
+pub fn action(event: &Event) -> Option<&'static str> {
+    match event {
+        Event::ManifestPut { .. } | Event::TagSet { .. } => Some("push"),
+        Event::BlobLinked { source, .. } => Some(match source {
+            LinkSource::Upload { .. } => "push",
+            LinkSource::Mount { .. } => "mount",
+        }),
+        Event::ManifestDeleted { .. } | Event::TagDeleted { .. } | Event::BlobUnlinked { .. } => {
+            Some("delete")
+        }
+        _ => None,
+    }
+}
+
+/// The CloudEvents `type` of an event.
+pub fn cloudevents_type(event: &Event) -> &'static str {
+    match event {
+        Event::ManifestPut { .. } => "dev.ferro.manifest.pushed",
+        Event::TagSet { .. } => "dev.ferro.tag.set",
+        Event::TagDeleted { .. } => "dev.ferro.tag.deleted",
+        Event::ManifestDeleted { .. } => "dev.ferro.manifest.deleted",
+        Event::BlobLinked { .. } => "dev.ferro.blob.linked",
+        Event::BlobUnlinked { .. } => "dev.ferro.blob.unlinked",
+        Event::BlobDeleted { .. } => "dev.ferro.blob.deleted",
+        Event::UploadStarted { .. } => "dev.ferro.upload.started",
+        Event::UploadChunk { .. } => "dev.ferro.upload.chunk",
+        Event::UploadCompleted { .. } => "dev.ferro.upload.completed",
+        Event::UploadCancelled { .. } => "dev.ferro.upload.cancelled",
+        Event::ReferrerRegistered { .. } => "dev.ferro.referrer.registered",
+        Event::GcCompleted { .. } => "dev.ferro.gc.completed",
+        Event::NotificationCursorMoved { .. } => "dev.ferro.notifications.cursor_moved",
+    }
+}
+
+pub const GAP_TYPE: &str = "dev.ferro.notifications.gap";
+pub const GAP_ACTION: &str = "ferro.gap";
+
+/// A manifest's media type and size, looked up when an event lacks them
+/// (a tag move names only the digest).
+pub type ManifestLookup<'a> = &'a dyn Fn(&RepoName, &Digest) -> Option<(String, u64)>;
+
+/// What one request carries.
+pub enum Batch<'a> {
+    Entries(&'a [FeedEntry]),
+    /// Entries `from_seq..=to_seq` left the live log before the endpoint
+    /// acknowledged them (history retention over `hold`).
+    Gap {
+        from_seq: u64,
+        to_seq: u64,
+        now_unix_ns: u64,
+    },
+}
+
+/// A request body and its content type; `None` when no event of the batch
+/// exists in the format (the cursor moves on without a request).
+pub fn body(
+    format: Format,
+    source: &str,
+    batch: &Batch<'_>,
+    lookup: ManifestLookup<'_>,
+    batch_max: usize,
+) -> Option<(Bytes, &'static str)> {
+    let events: Vec<Value> = match batch {
+        Batch::Entries(entries) => entries
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .events
+                    .iter()
+                    .zip(&entry.indexes)
+                    .filter_map(move |(e, i)| match format {
+                        Format::Distribution => distribution_event(source, entry, *i, e, lookup),
+                        Format::Cloudevents => Some(cloudevent(source, entry, *i, e)),
+                    })
+            })
+            .collect(),
+        Batch::Gap {
+            from_seq,
+            to_seq,
+            now_unix_ns,
+        } => vec![gap_event(format, source, *from_seq, *to_seq, *now_unix_ns)],
+    };
+    if events.is_empty() {
+        return None;
+    }
+    let (value, content_type) = match format {
+        Format::Distribution => (json!({ "events": events }), DISTRIBUTION_MEDIA_TYPE),
+        Format::Cloudevents if batch_max == 1 && events.len() == 1 => {
+            let mut events = events;
+            (events.remove(0), CLOUDEVENTS_MEDIA_TYPE)
+        }
+        Format::Cloudevents => (Value::Array(events), CLOUDEVENTS_BATCH_MEDIA_TYPE),
+    };
+    let bytes = serde_json::to_vec(&value).ok()?;
+    Some((Bytes::from(bytes), content_type))
+}
+
+pub fn event_id(seq: u64, index: u32) -> String {
+    format!("{seq}-{index}")
+}
+
+fn distribution_event(
+    source: &str,
+    entry: &FeedEntry,
+    index: u32,
+    event: &Event,
+    lookup: ManifestLookup<'_>,
+) -> Option<Value> {
+    let action = action(event)?;
+    let mut target = Map::new();
+    let manifest_url =
+        |repo: &RepoName, digest: &Digest| format!("{source}/v2/{repo}/manifests/{digest}");
+    let blob_url = |repo: &RepoName, digest: &Digest| format!("{source}/v2/{repo}/blobs/{digest}");
+    // The same entry's manifest push, else the state, names a tag's target.
+    let manifest_facts = |repo: &RepoName, digest: &Digest| {
+        entry
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::ManifestPut {
+                    repo: r,
+                    digest: d,
+                    media_type,
+                    body,
+                    ..
+                } if r == repo && d == digest => Some((media_type.clone(), body.len() as u64)),
+                _ => None,
+            })
+            .or_else(|| lookup(repo, digest))
+    };
+    let mut put = |k: &str, v: Value| {
+        target.insert(k.to_owned(), v);
+    };
+    let repo = match event {
+        Event::ManifestPut {
+            repo,
+            digest,
+            media_type,
+            body,
+            ..
+        } => {
+            put("mediaType", json!(media_type));
+            put("digest", json!(digest.to_string()));
+            put("size", json!(body.len()));
+            put("length", json!(body.len()));
+            put("url", json!(manifest_url(repo, digest)));
+            repo
+        }
+        Event::TagSet {
+            repo, tag, digest, ..
+        }
+        | Event::TagDeleted {
+            repo, tag, digest, ..
+        } => {
+            if let Some((media_type, size)) = manifest_facts(repo, digest) {
+                put("mediaType", json!(media_type));
+                put("size", json!(size));
+                put("length", json!(size));
+            }
+            put("digest", json!(digest.to_string()));
+            put("tag", json!(tag.as_str()));
+            put("url", json!(manifest_url(repo, digest)));
+            repo
+        }
+        Event::ManifestDeleted { repo, digest } => {
+            put("digest", json!(digest.to_string()));
+            repo
+        }
+        Event::BlobLinked {
+            repo,
+            digest,
+            size,
+            source: link,
+        } => {
+            put("mediaType", json!(BLOB_MEDIA_TYPE));
+            put("digest", json!(digest.to_string()));
+            put("size", json!(size));
+            put("length", json!(size));
+            put("url", json!(blob_url(repo, digest)));
+            if let LinkSource::Mount { from: Some(from) } = link {
+                put("fromRepository", json!(from.as_str()));
+            }
+            repo
+        }
+        Event::BlobUnlinked { repo, digest } => {
+            put("digest", json!(digest.to_string()));
+            repo
+        }
+        _ => return None,
+    };
+    target.insert("repository".into(), json!(repo.as_str()));
+    let method = match action {
+        "delete" => "DELETE",
+        _ if matches!(event, Event::BlobLinked { .. }) => "POST",
+        _ => "PUT",
+    };
+    Some(json!({
+        "id": event_id(entry.seq, index),
+        "timestamp": entry.time,
+        "action": action,
+        "target": target,
+        "request": {
+            "id": "",
+            "addr": entry.actor.peer.clone().unwrap_or_default(),
+            "host": source_host(source),
+            "method": method,
+            "useragent": "",
+        },
+        "actor": { "name": entry.actor.user.clone().unwrap_or_default() },
+        "source": { "addr": source_host(source), "instanceID": "" },
+        "ferro": { "seq": entry.seq, "index": index },
+    }))
+}
+
+fn cloudevent(source: &str, entry: &FeedEntry, index: u32, event: &Event) -> Value {
+    let mut v = json!({
+        "specversion": "1.0",
+        "id": event_id(entry.seq, index),
+        "source": source,
+        "type": cloudevents_type(event),
+        "time": entry.time,
+        "datacontenttype": "application/json",
+        "ferroseq": entry.seq,
+        "data": {
+            "seq": entry.seq,
+            "index": index,
+            "actor": entry.actor,
+            "event": event,
+        },
+    });
+    if let (Some(repo), Some(map)) = (event.repo(), v.as_object_mut()) {
+        map.insert("subject".into(), json!(repo.as_str()));
+    }
+    v
+}
+
+fn gap_event(format: Format, source: &str, from_seq: u64, to_seq: u64, now_unix_ns: u64) -> Value {
+    let id = format!("gap-{from_seq}-{to_seq}");
+    let gap = json!({ "from_seq": from_seq, "to_seq": to_seq });
+    match format {
+        Format::Distribution => json!({
+            "id": id,
+            "timestamp": rfc3339(now_unix_ns),
+            "action": GAP_ACTION,
+            "target": {},
+            "source": { "addr": source_host(source), "instanceID": "" },
+            "gap": gap,
+        }),
+        Format::Cloudevents => json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": source,
+            "type": GAP_TYPE,
+            "time": rfc3339(now_unix_ns),
+            "datacontenttype": "application/json",
+            "data": gap,
+        }),
+    }
+}
+
+/// `host:port` of a source URL (distribution's `source.addr`).
+fn source_host(source: &str) -> &str {
+    let rest = source.split_once("://").map_or(source, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Actor;
+    use crate::oci::Tag;
+
+    fn entry() -> FeedEntry {
+        let repo = RepoName::parse("team/app").unwrap();
+        let body = Bytes::from_static(b"{\"schemaVersion\":2}");
+        let digest = Digest::sha256_of(&body);
+        FeedEntry {
+            seq: 7,
+            time: rfc3339(1_764_000_000_000_000_000),
+            time_unix_ns: 1_764_000_000_000_000_000,
+            actor: Actor {
+                user: Some("alice".into()),
+                peer: Some("10.0.0.1:5555".into()),
+            },
+            events: vec![
+                Event::ManifestPut {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    body,
+                    blobs: vec![],
+                    manifests: vec![],
+                    subject: None,
+                    artifact_type: None,
+                },
+                Event::TagSet {
+                    repo,
+                    tag: Tag::parse("v1").unwrap(),
+                    digest,
+                    previous: None,
+                },
+            ],
+            indexes: vec![0, 1],
+        }
+    }
+
+    #[test]
+    fn distribution_envelope_has_the_documented_fields() {
+        let entries = [entry()];
+        let (bytes, ct) = body(
+            Format::Distribution,
+            "https://registry.example",
+            &Batch::Entries(&entries),
+            &|_, _| None,
+            10,
+        )
+        .unwrap();
+        assert_eq!(ct, DISTRIBUTION_MEDIA_TYPE);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let events = v["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        let tag = &events[1];
+        assert_eq!(tag["id"], "7-1");
+        assert_eq!(tag["action"], "push");
+        assert_eq!(tag["target"]["tag"], "v1");
+        assert_eq!(tag["target"]["repository"], "team/app");
+        assert_eq!(tag["target"]["size"], 19, "taken from the same entry's put");
+        assert_eq!(
+            tag["target"]["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(tag["actor"]["name"], "alice");
+        assert_eq!(tag["request"]["addr"], "10.0.0.1:5555");
+        assert_eq!(tag["source"]["addr"], "registry.example");
+        assert!(tag["target"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://registry.example/v2/team/app/manifests/sha256:"));
+    }
+
+    #[test]
+    fn cloudevents_are_structured_with_stable_ids() {
+        let entries = [entry()];
+        let batch = Batch::Entries(&entries);
+        let (bytes, ct) = body(Format::Cloudevents, "/r", &batch, &|_, _| None, 10).unwrap();
+        assert_eq!(ct, CLOUDEVENTS_BATCH_MEDIA_TYPE);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v[0]["specversion"], "1.0");
+        assert_eq!(v[0]["type"], "dev.ferro.manifest.pushed");
+        assert_eq!(v[0]["id"], "7-0");
+        assert_eq!(v[0]["subject"], "team/app");
+        assert_eq!(v[1]["data"]["event"]["TagSet"]["tag"], "v1");
+        let (again, _) = body(Format::Cloudevents, "/r", &batch, &|_, _| None, 10).unwrap();
+        assert_eq!(bytes, again, "the same entries give the same body");
+    }
+
+    #[test]
+    fn events_without_an_action_are_not_sent_as_distribution() {
+        let mut e = entry();
+        e.events = vec![Event::GcCompleted {
+            mark_seq: 1,
+            manifests_deleted: 0,
+            blobs_deleted: 0,
+            bytes_freed: 0,
+            orphans_removed: 0,
+            orphan_bytes_freed: 0,
+            duration_ms: 0,
+        }];
+        e.indexes = vec![0];
+        let entries = [e];
+        let batch = Batch::Entries(&entries);
+        assert!(body(Format::Distribution, "/r", &batch, &|_, _| None, 10).is_none());
+        assert!(body(Format::Cloudevents, "/r", &batch, &|_, _| None, 10).is_some());
+    }
+}
