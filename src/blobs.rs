@@ -9,6 +9,13 @@
 //! and only then is the event logged. So an event never names a missing
 //! file; a crash in between leaves an orphan file, which is harmless.
 //!
+//! A session's staging file (`uploads/<id>`) holds acknowledged chunks, so
+//! its closing step links it into the store instead of renaming it
+//! ([`BlobStore::link_staging`]): the staging name goes only after the
+//! completion is logged. A crash in between leaves the upload resumable at
+//! its logged size (startup gives it a private copy of those bytes, see
+//! `reconcile`), never an upload whose acknowledged bytes are gone.
+//!
 //! A chunk of an upload is fsynced, and the first one also fsyncs
 //! `uploads/` (the staging file's name), before its event is logged: an
 //! acknowledged chunk survives power loss.
@@ -324,13 +331,98 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Fsyncs a staging file just written and commits it as `digest`
-    /// (the closing step of every upload).
+    /// Fsyncs a one-shot staging file just written and commits it as
+    /// `digest` (the closing step of a whole blob in one request).
     pub fn commit_staging(&self, writer: StagingWriter, digest: &Digest) -> io::Result<()> {
         writer.file.sync_all()?;
         let path = writer.path.clone();
         drop(writer);
         self.commit(&path, digest)
+    }
+
+    /// Fsyncs a session's staging file just written and gives it a second,
+    /// durable name in the store as `digest`, keeping the staging name (the
+    /// closing step of a chunked upload). Until the completion is logged
+    /// the upload stays resumable: its acknowledged bytes are still under
+    /// the staging name. The caller removes that name once the completion
+    /// is logged, or brings the file back to the logged size
+    /// ([`BlobStore::restore_staging`]) if it could not be logged. When the
+    /// store already has the blob (a concurrent upload of the same
+    /// content), nothing is linked; its name is made durable all the same.
+    pub fn link_staging(&self, writer: StagingWriter, digest: &Digest) -> io::Result<()> {
+        writer.file.sync_all()?;
+        let staging = writer.path.clone();
+        drop(writer);
+        let target = self.blob_path(digest);
+        let dir = target.parent().expect("blob paths have a parent");
+        self.ensure_durable_dir(dir)?;
+        if !target.exists() {
+            match self.fs.hard_link(&staging, &target) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // The directory went away after it was made durable
+                // (removed by hand): make it again, durably, and retry once.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_dir() => {
+                    self.durable_dirs.lock().remove(dir);
+                    self.ensure_durable_dir(dir)?;
+                    self.fs.hard_link(&staging, &target)?;
+                }
+                other => other?,
+            }
+        }
+        self.fs.sync_dir(dir)
+    }
+
+    /// Brings a session's staging file back to its first `len` bytes, what
+    /// the log acknowledged. A file that is also a blob's name (a closing
+    /// step linked it and its completion was not logged) is not cut in
+    /// place, which would cut the blob: its first `len` bytes are copied
+    /// to a new file that replaces the staging name, durably. Any other
+    /// is cut (or left, when it has `len` bytes) and fsynced.
+    pub fn restore_staging(&self, path: &Path, len: u64) -> io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if link_count(&meta) <= 1 {
+            if meta.len() != len {
+                let file = self.fs.open(path, OpenMode::Existing)?;
+                file.set_len(len)?;
+                file.sync_all()?;
+            }
+            return Ok(());
+        }
+        // `uploads/<id>.copy` is no upload id: if the power goes before
+        // the rename, startup removes it and finds the linked file again.
+        let copy = path.with_extension("copy");
+        let out = self.fs.open(&copy, OpenMode::CreateTruncate)?;
+        let mut source = File::open(path)?;
+        let mut buf = vec![0u8; IO_BUFFER_BYTES];
+        let mut left = len;
+        while left > 0 {
+            let want = (left as usize).min(buf.len());
+            let n = source.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "staging file shorter than the upload",
+                ));
+            }
+            out.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        out.sync_all()?;
+        drop(out);
+        self.fs.rename(&copy, path)?;
+        self.fs
+            .sync_dir(path.parent().expect("staging paths have a parent"))
+    }
+
+    /// Removes a session's staging name once its completion is logged (the
+    /// blob keeps the file under its own name). Not made durable: a name
+    /// that comes back after a crash belongs to no open upload, and
+    /// startup removes it.
+    pub fn remove_staging(&self, path: &Path) -> io::Result<()> {
+        match self.fs.remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     /// Makes a chunk just written to a staging file durable, before its
@@ -345,8 +437,14 @@ impl BlobStore {
     }
 
     /// Opens (creating if needed) a staging file through the store's file
-    /// system (see [`StagingWriter::open_at`]).
+    /// system (see [`StagingWriter::open_at`]). A file still linked to a
+    /// blob (a closing step whose completion failed to be logged, and
+    /// whose restoring failed too) first gets a private copy of its
+    /// `offset` bytes: writing through to the blob would change it.
     pub fn open_staging(&self, path: &Path, offset: u64) -> io::Result<StagingWriter> {
+        if std::fs::metadata(path).is_ok_and(|m| link_count(&m) > 1) {
+            self.restore_staging(path, offset)?;
+        }
         StagingWriter::open_at_with(&*self.fs, path, offset)
     }
 
@@ -396,6 +494,20 @@ impl BlobStore {
             left -= n as u64;
         }
         Ok(hasher)
+    }
+}
+
+/// How many names the file of `meta` has (1 where hard links are unknown).
+pub fn link_count(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.nlink()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        1
     }
 }
 

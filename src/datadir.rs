@@ -15,7 +15,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::create_dir_all_durable;
+use crate::fsutil::{create_dir_all_durable_with, ensure_dir_durable_with};
+use crate::storage::{self, FileSystem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -66,12 +67,22 @@ impl Layout {
 impl DataDir {
     /// Creates the directory tree if needed and takes the lock.
     pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
+        DataDir::open_with_fs(root, &*storage::real())
+    }
+
+    /// [`DataDir::open`], with the directories made through `fs`.
+    ///
+    /// The four directories are made durable even when they exist: a
+    /// process killed after making one and before fsyncing the data
+    /// directory leaves a name only the page cache knows, and what this
+    /// process then writes in it would go with the next power cut.
+    pub fn open_with_fs(root: &Path, fs: &dyn FileSystem) -> Result<DataDir, DataDirError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| DataDirError::Io { path, source }
         };
         let layout = Layout::new(root);
-        create_dir_all_durable(root).map_err(io_err(root))?;
+        create_dir_all_durable_with(fs, root).map_err(io_err(root))?;
         let lock_path = layout.lock_path();
         let lock = OpenOptions::new()
             .read(true)
@@ -91,7 +102,7 @@ impl DataDir {
             layout.blobs_dir(),
             layout.uploads_dir(),
         ] {
-            create_dir_all_durable(&dir).map_err(io_err(&dir))?;
+            ensure_dir_durable_with(fs, &dir).map_err(io_err(&dir))?;
         }
         Ok(DataDir {
             root: root.to_owned(),
@@ -101,5 +112,36 @@ impl DataDir {
 
     pub fn layout(&self) -> Layout {
         Layout::new(&self.root)
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+    use crate::storage::sim::SimFs;
+
+    #[test]
+    fn directories_found_but_not_durable_are_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        let sim = SimFs::new(dir.path()).unwrap();
+        // A process killed after making the directories and before
+        // fsyncing data/.
+        for sub in ["log", "snapshots", "blobs", "uploads"] {
+            sim.create_dir(&root.join(sub)).unwrap();
+        }
+        assert!(!sim
+            .durable_image()
+            .entries
+            .contains_key(Path::new("data/log")));
+        let _data = DataDir::open_with_fs(&root, &sim).unwrap();
+        let image = sim.durable_image();
+        for sub in ["log", "snapshots", "blobs", "uploads"] {
+            assert!(
+                image.entries.contains_key(&Path::new("data").join(sub)),
+                "data/{sub} is durable"
+            );
+        }
     }
 }

@@ -395,7 +395,7 @@ impl Collector {
             total_ms = report.total_ms,
             "garbage collection finished"
         );
-        crate::metrics::record_gc(&report);
+        crate::metrics::record_gc(&report.metrics_figures());
         *self.last_report.lock() = Some(report.clone());
         Ok(report)
     }
@@ -520,6 +520,20 @@ impl Collector {
 }
 
 impl GcReport {
+    /// What the metrics count of this run.
+    fn metrics_figures(&self) -> crate::metrics::GcRun {
+        crate::metrics::GcRun {
+            dry_run: self.dry_run,
+            started_unix_ns: self.started_unix_ns,
+            total_ms: self.total_ms,
+            manifests_deleted: self.manifests_deleted,
+            blobs_deleted: self.blobs_deleted,
+            bytes_freed: self.bytes_freed,
+            orphans_removed: self.orphans_removed,
+            orphan_bytes_freed: self.orphan_bytes_freed,
+        }
+    }
+
     fn note_manifest_deleted(&mut self, repo: &RepoName, digest: &Digest) {
         self.manifests_deleted += 1;
         if self.manifests.len() < REPORT_LISTED_MANIFESTS_MAX {

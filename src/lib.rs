@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oci;
 pub mod projection;
+pub mod reconcile;
 pub mod replay;
 pub mod restore;
 pub mod server;

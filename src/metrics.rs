@@ -7,6 +7,11 @@
 //! - `ferro_http_requests_in_flight`
 //! - `ferro_auth_refusals_total{reason}`, `ferro_uploads_expired_total`
 //!
+//! This module is a leaf: it knows metric names and how to render them,
+//! and nothing of the modules whose figures it shows. Garbage collection,
+//! the log writer and the projection report plain numbers to it
+//! ([`GcRun`], [`LogFigures`], [`StateFigures`]).
+//!
 //! Garbage collection reports each run as it ends (see [`record_gc`]):
 //! - `ferro_gc_runs_total{dry_run}`
 //! - `ferro_gc_last_run_timestamp_seconds`, `ferro_gc_last_duration_seconds`
@@ -18,7 +23,7 @@
 //!
 //! The log writer and the projection keep their own figures
 //! (`WriterStats`, `LogTip`, `State::summary`); they are read at scrape
-//! time and rendered here, so a scrape costs nothing between scrapes and
+//! time (as [`LogFigures`] and [`StateFigures`]) and rendered here, so a scrape costs nothing between scrapes and
 //! the figures are exact:
 //! - `ferro_log_records_total`, `ferro_log_appended_bytes_total`,
 //!   `ferro_log_last_seq`
@@ -43,9 +48,6 @@ use bytes::Bytes;
 use http_body::Frame;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::RwLock;
-
-use crate::log::LogWriter;
-use crate::projection::StateSummary;
 
 pub const REQUESTS: &str = "ferro_http_requests_total";
 pub const REQUEST_SECONDS: &str = "ferro_http_request_duration_seconds";
@@ -206,21 +208,34 @@ fn describe() {
     );
 }
 
+/// The figures of one finished garbage collection run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcRun {
+    pub dry_run: bool,
+    pub started_unix_ns: u64,
+    pub total_ms: u64,
+    pub manifests_deleted: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub orphans_removed: u64,
+    pub orphan_bytes_freed: u64,
+}
+
 /// Counts a finished garbage collection run.
-pub fn record_gc(report: &crate::gc::GcReport) {
-    let dry_run = if report.dry_run { "true" } else { "false" };
+pub fn record_gc(run: &GcRun) {
+    let dry_run = if run.dry_run { "true" } else { "false" };
     metrics::counter!(GC_RUNS, "dry_run" => dry_run).increment(1);
-    metrics::gauge!(GC_LAST_RUN_TIMESTAMP).set(report.started_unix_ns as f64 / 1e9);
-    metrics::gauge!(GC_LAST_DURATION).set(report.total_ms as f64 / 1e3);
-    if report.dry_run {
+    metrics::gauge!(GC_LAST_RUN_TIMESTAMP).set(run.started_unix_ns as f64 / 1e9);
+    metrics::gauge!(GC_LAST_DURATION).set(run.total_ms as f64 / 1e3);
+    if run.dry_run {
         return;
     }
     for (name, value) in [
-        (GC_MANIFESTS_DELETED, report.manifests_deleted),
-        (GC_BLOBS_DELETED, report.blobs_deleted),
-        (GC_BYTES_FREED, report.bytes_freed),
-        (GC_ORPHANS_REMOVED, report.orphans_removed),
-        (GC_ORPHAN_BYTES_FREED, report.orphan_bytes_freed),
+        (GC_MANIFESTS_DELETED, run.manifests_deleted),
+        (GC_BLOBS_DELETED, run.blobs_deleted),
+        (GC_BYTES_FREED, run.bytes_freed),
+        (GC_ORPHANS_REMOVED, run.orphans_removed),
+        (GC_ORPHAN_BYTES_FREED, run.orphan_bytes_freed),
     ] {
         metrics::counter!(name).increment(value);
     }
@@ -312,9 +327,31 @@ pub fn set_startup(s: Startup) {
     let _ = STARTUP.set(s);
 }
 
-/// Everything, as Prometheus text. `live` is the writer and a summary of
-/// the state once the registry is ready.
-pub fn render(live: Option<(&LogWriter, StateSummary)>) -> String {
+/// The log writer's figures at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogFigures {
+    /// Records appended since start (one per command).
+    pub records_total: u64,
+    pub appended_bytes_total: u64,
+    pub last_seq: u64,
+    pub group_commits_total: u64,
+    /// Most records written by one group commit.
+    pub group_commit_records_max: u64,
+}
+
+/// What the state holds at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateFigures {
+    pub repositories: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub blobs: u64,
+    pub uploads: u64,
+}
+
+/// Everything, as Prometheus text. `live` is the writer's and the state's
+/// figures once the registry is ready.
+pub fn render(live: Option<(LogFigures, StateFigures)>) -> String {
     let mut out = HANDLE
         .get()
         .and_then(|h| h.as_ref())
@@ -356,45 +393,43 @@ pub fn render(live: Option<(&LogWriter, StateSummary)>) -> String {
             s.total.as_secs_f64().to_string(),
         );
     }
-    let Some((writer, summary)) = live else {
+    let Some((log, summary)) = live else {
         return out;
     };
-    let stats = writer.stats();
-    let tip = writer.tip();
     put(
         &mut out,
         "ferro_log_records_total",
         "counter",
         "Log records appended since start (one per command)",
-        stats.entries.to_string(),
+        log.records_total.to_string(),
     );
     put(
         &mut out,
         "ferro_log_appended_bytes_total",
         "counter",
         "Log bytes appended since start",
-        tip.appended_bytes().to_string(),
+        log.appended_bytes_total.to_string(),
     );
     put(
         &mut out,
         "ferro_log_last_seq",
         "gauge",
         "Sequence number of the last committed record",
-        tip.seq().to_string(),
+        log.last_seq.to_string(),
     );
     put(
         &mut out,
         "ferro_log_group_commits_total",
         "counter",
         "Group commits (one write and at most one fsync each)",
-        stats.batches.to_string(),
+        log.group_commits_total.to_string(),
     );
     put(
         &mut out,
         "ferro_log_group_commit_records_max",
         "gauge",
         "Most records written by one group commit",
-        stats.largest_batch.to_string(),
+        log.group_commit_records_max.to_string(),
     );
     for (name, help, value) in [
         (

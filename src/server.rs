@@ -24,14 +24,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::front::{front, Front, Gate};
 use crate::api::{App, PastStates, UploadSessions};
 use crate::auth::Auth;
-use crate::blobs::{is_upload_id, BlobStore};
-use crate::commands::Command;
+use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::datadir::{DataDir, Layout};
-use crate::events::{Actor, CancelReason};
 use crate::limits::Limits;
 use crate::log::{self, Durability, WriterOptions};
-use crate::projection::State;
 use crate::replay::{self, AsOf};
 use crate::snapshot::{self, scheduler::Scheduler};
 use crate::startup;
@@ -55,6 +52,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("log writer: {0}")]
     Writer(#[from] log::SubmitError),
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
     #[error("{0} is not a ferro data directory (it has no log/ directory)")]
     NotADataDir(std::path::PathBuf),
     #[error(transparent)]
@@ -134,12 +133,24 @@ impl Listener {
     }
 }
 
+/// Every check of a configuration before it is used: the settings' own
+/// (`Config::validate`) and the `[auth]` section's, which need access
+/// control's knowledge (`auth::validate_config`).
+pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
+    config.validate()?;
+    crate::auth::validate_config(&config.auth).map_err(crate::config::ConfigError::Invalid)?;
+    config
+        .notifications
+        .validate()
+        .map_err(crate::config::ConfigError::Invalid)
+}
+
 /// Runs the registry until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     if config.durability == crate::config::DurabilityMode::Never {
         tracing::warn!("durability is \"never\": acknowledged writes can be lost on power failure");
     }
@@ -152,6 +163,7 @@ pub async fn run(
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
     let tls = listener.tls.is_some();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     tracing::info!(
         address = %listener.local,
         "bound; /healthz and /readyz answer, the registry once the log is replayed"
@@ -232,10 +244,10 @@ pub async fn run(
     if let Durability::Interval { interval_ms } = config.log_durability() {
         log::writer::spawn_interval_sync(writer.clone(), Duration::from_millis(interval_ms));
     }
-    if let Err(e) = reconcile_uploads(&opened.state, &store, &writer).await {
+    if let Err(e) = crate::reconcile::reconcile_uploads(&opened.state, &store, &writer).await {
         stop.cancel();
         let _ = serving.await;
-        return Err(e);
+        return Err(e.into());
     }
     let snapshots = Scheduler::new(
         layout.clone(),
@@ -307,6 +319,7 @@ pub async fn run(
         gc: Some(gc_service),
         notifier,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -449,7 +462,7 @@ pub async fn run_read_only(
     at: AsOf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    config.validate()?;
+    check_config(&config)?;
     let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
     crate::metrics::install();
     let layout = Layout::new(&config.data_dir);
@@ -470,6 +483,7 @@ pub async fn run_read_only(
     );
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     let stop = CancellationToken::new();
     let app = Arc::new(App {
         layout: layout.clone(),
@@ -487,6 +501,7 @@ pub async fn run_read_only(
         gc: None,
         notifier: None,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);
@@ -505,63 +520,6 @@ pub async fn run_read_only(
     gate.drain();
     stop.cancel();
     let _ = serving.await;
-    Ok(())
-}
-
-/// Makes staging files agree with the log after a restart: bytes past the
-/// last logged chunk are cut off (they were never acknowledged); an upload
-/// whose staging file lost acknowledged bytes is cancelled on the record;
-/// staging files no upload owns are removed.
-async fn reconcile_uploads(
-    state: &parking_lot::RwLock<State>,
-    store: &BlobStore,
-    writer: &log::LogWriter,
-) -> Result<(), ServerError> {
-    let uploads: Vec<(String, u64)> = state
-        .read()
-        .uploads
-        .iter()
-        .map(|(id, u)| (id.clone(), u.size))
-        .collect();
-    let mut lost = Vec::new();
-    for (id, size) in &uploads {
-        let path = store.staging_path(id);
-        let len = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if len > *size {
-            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            f.set_len(*size)?;
-            f.sync_all()?;
-            tracing::info!(upload = %id, acknowledged = size, found = len, "cut an upload back to its last logged chunk");
-        } else if len < *size {
-            tracing::warn!(upload = %id, acknowledged = size, found = len, "upload staging file lost acknowledged bytes; cancelling it");
-            lost.push(id.clone());
-        }
-    }
-    for id in lost {
-        let _ = std::fs::remove_file(store.staging_path(&id));
-        writer
-            .submit(
-                Actor::system(),
-                Command::CancelUpload {
-                    upload: id,
-                    reason: CancelReason::StagingLost,
-                },
-            )
-            .await?;
-    }
-    let live: std::collections::HashSet<&String> = uploads.iter().map(|(id, _)| id).collect();
-    for entry in std::fs::read_dir(store.uploads_dir())? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(is_upload_id(&name) && live.contains(&name)) {
-            tracing::info!(file = %entry.path().display(), "removing an orphan staging file");
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
     Ok(())
 }
 

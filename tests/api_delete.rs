@@ -145,12 +145,13 @@ async fn uppercase_digest_never_reaches_the_blob() {
         assert_eq!(r.status(), 400);
     }
     let upper_manifest = format!("sha256:{}", img.digest["sha256:".len()..].to_uppercase());
+    // Not a digest, so it names no manifest (see api_errors).
     let r = reg
         .delete(&format!("/v2/r/manifests/{upper_manifest}"))
         .await;
-    expect_error(r, 400, "DIGEST_INVALID").await;
+    expect_error(r, 404, "MANIFEST_UNKNOWN").await;
     let r = reg.get(&format!("/v2/r/manifests/{upper_manifest}")).await;
-    expect_error(r, 400, "DIGEST_INVALID").await;
+    expect_error(r, 404, "MANIFEST_UNKNOWN").await;
     // Everything is still there, bytes and all.
     let r = reg.get(&format!("/v2/r/blobs/{}", img.layer_digest)).await;
     assert_eq!(r.status(), 200);
@@ -185,5 +186,8 @@ async fn deletes_can_be_disabled() {
         expect_error(r, 405, "UNSUPPORTED").await;
         let r = reg.get(&path).await;
         assert_eq!(r.status(), 200, "{path} is still there");
-    }
+    } // A reference that names nothing is refused the same way.
+    let r = reg.delete("/v2/r/manifests/.INVALID_MANIFEST_NAME").await;
+    assert_eq!(header(&r, "allow"), Some("GET, HEAD, PUT"));
+    expect_error(r, 405, "UNSUPPORTED").await;
 }

@@ -1,6 +1,6 @@
 //! Content discovery: tag lists and the catalog (sorted, `n`/`last`, `Link`
 //! to the next page), and referrers (an image index, `artifactType`
-//! filtering, never a 404).
+//! filtering, paginated the same way, never a 404).
 mod common;
 mod support;
 
@@ -370,6 +370,118 @@ async fn referrers_list_and_filter() {
     let r = reg.get(&format!("/v2/r/referrers/{}", img.digest)).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 2);
+}
+
+/// Follows `Link` headers from a referrers query to the end; returns each
+/// page's referrer digests, checking every page is an index and, when
+/// `filtered`, says so.
+async fn follow_referrers(reg: &Registry, first: &str, filtered: bool) -> Vec<Vec<String>> {
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut links = Vec::new();
+    let mut next = Some(first.to_owned());
+    while let Some(url) = next {
+        assert!(pages.len() < 100, "pagination does not end");
+        let r = reg.get(&url).await;
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(header(&r, "content-type"), Some(OCI_INDEX), "{url}");
+        let applied = header(&r, "oci-filters-applied");
+        assert_eq!(applied, filtered.then_some("artifactType"), "{url}");
+        next = next_link(&r);
+        links.push(next.is_some());
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["mediaType"], OCI_INDEX);
+        pages.push(
+            v["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["digest"].as_str().unwrap().to_owned())
+                .collect(),
+        );
+    }
+    // A `Link` on every page but the last.
+    assert!(links[..links.len() - 1].iter().all(|l| *l), "{links:?}");
+    pages
+}
+
+#[tokio::test]
+async fn referrers_are_paginated() {
+    let reg = Registry::start(&["--page-entries-max", "3"]);
+    let img = reg.push_image("r", "v1", "subject").await;
+    let sbom = "application/vnd.example.sbom.v1+json";
+    let sig = "application/vnd.example.signature.v1";
+    let mut all = Vec::new();
+    let mut sboms = Vec::new();
+    for i in 0..7 {
+        let t = if i % 2 == 0 { sbom } else { sig };
+        let (d, _) =
+            push_referrer(&reg, "r", &img.digest, Some(t), OCI_CONFIG, &i.to_string()).await;
+        all.push(d.clone());
+        if t == sbom {
+            sboms.push(d);
+        }
+    }
+    all.sort();
+    sboms.sort();
+
+    // 7 referrers, 3 a page: three pages, `Link` on the first two only,
+    // every referrer exactly once, in digest order.
+    let pages = follow_referrers(&reg, &format!("/v2/r/referrers/{}", img.digest), false).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    assert_eq!(pages.concat(), all);
+    let r = reg.get(&format!("/v2/r/referrers/{}", img.digest)).await;
+    let link = header(&r, "link").unwrap().to_owned();
+    assert_eq!(
+        link,
+        format!(
+            "</v2/r/referrers/{}?n=3&last={}>; rel=\"next\"",
+            img.digest,
+            all[2].replace(':', "%3A")
+        )
+    );
+
+    // `n` below the limit is honoured; above it, the limit wins.
+    let pages = follow_referrers(&reg, &format!("/v2/r/referrers/{}?n=2", img.digest), false).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 1]);
+    assert_eq!(pages.concat(), all);
+    let pages =
+        follow_referrers(&reg, &format!("/v2/r/referrers/{}?n=50", img.digest), false).await;
+    assert_eq!(pages.concat(), all);
+    assert_eq!(pages.len(), 3);
+    let r = reg
+        .get(&format!("/v2/r/referrers/{}?n=x", img.digest))
+        .await;
+    assert_eq!(r.status(), 400);
+
+    // The filter applies before paging and travels in the link (its `+`
+    // encoded): four matches are two pages, each filtered.
+    let first = format!("/v2/r/referrers/{}?artifactType={sbom}", img.digest);
+    let pages = follow_referrers(&reg, &first, true).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 1]);
+    assert_eq!(pages.concat(), sboms);
+    let r = reg.get(&first).await;
+    assert!(header(&r, "link")
+        .unwrap()
+        .contains("artifactType=application%2Fvnd.example.sbom.v1%2Bjson"));
+
+    // A cursor past the end: an empty last page, no link.
+    let r = reg
+        .get(&format!("/v2/r/referrers/{}?last={}", img.digest, all[6]))
+        .await;
+    assert_eq!(header(&r, "link"), None);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["manifests"], json!([]));
+
+    // The past is read the same way (the as-of endpoint shares the handler).
+    let first = format!(
+        "/v2/r/_ferro/asof/referrers?digest={}&at=2100-01-01T00:00:00Z",
+        img.digest
+    );
+    let pages = follow_referrers(&reg, &first, false).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    assert_eq!(pages.concat(), all);
+    let pages = follow_referrers(&reg, &format!("{first}&artifactType={sbom}"), true).await;
+    assert_eq!(pages.concat(), sboms);
 }
 
 #[tokio::test]

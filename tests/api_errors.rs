@@ -113,9 +113,7 @@ async fn malformed_digests_are_digest_invalid() {
         for (method, path) in [
             ("GET", format!("/v2/r/blobs/{digest}")),
             ("DELETE", format!("/v2/r/blobs/{digest}")),
-            ("GET", format!("/v2/r/manifests/{digest}")),
             ("PUT", format!("/v2/r/manifests/{digest}")),
-            ("DELETE", format!("/v2/r/manifests/{digest}")),
             ("GET", format!("/v2/r/referrers/{digest}")),
             ("POST", format!("/v2/r/blobs/uploads/?digest={digest}")),
             (
@@ -147,24 +145,79 @@ async fn malformed_digests_are_digest_invalid() {
     assert_eq!(r.status(), 200);
 }
 
+/// A manifest reference that is neither a tag nor a digest names nothing:
+/// GET, HEAD and DELETE answer 404 as for a reference that names nothing
+/// (`MANIFEST_UNKNOWN`, or `NAME_UNKNOWN` for an unknown repository); a
+/// PUT, which would create it, is refused as invalid (400).
 #[tokio::test]
-async fn invalid_tags() {
+async fn invalid_manifest_references() {
     let reg = Registry::start(&[]);
     let img = reg.push_image("r", "v1", "a").await;
+    let hex = &img.digest["sha256:".len()..];
     let long = "t".repeat(129);
-    for tag in ["-dash", ".dot", long.as_str(), "a%2Fb", "%2e%2e", "t@g"] {
-        for method in ["GET", "PUT", "DELETE"] {
-            let path = format!("/v2/r/manifests/{tag}");
-            let r = raw_once(reg.addr(), method, &path, &[], &img.manifest);
+    let tags = [
+        // The conformance suite's "nonexistent manifest".
+        ".INVALID_MANIFEST_NAME".to_owned(),
+        ".dot".to_owned(),
+        "-dash".to_owned(),
+        long,
+        "a%2Fb".to_owned(),
+        "%2e%2e".to_owned(),
+        "t@g".to_owned(),
+    ];
+    let digests = [
+        format!("sha256:{}", hex.to_uppercase()),
+        format!("sha256:{}", &hex[..63]),
+        format!("sha256:{}g", &hex[..63]),
+        "sha256:totallywrong".to_owned(),
+        format!("md5:{hex}"),
+        format!("foo+bar:{hex}"),
+    ];
+    let cases = tags
+        .iter()
+        .map(|t| (t, "MANIFEST_INVALID"))
+        .chain(digests.iter().map(|d| (d, "DIGEST_INVALID")));
+    for (reference, put_code) in cases {
+        let path = format!("/v2/r/manifests/{reference}");
+        for method in ["GET", "DELETE"] {
+            let r = raw_once(reg.addr(), method, &path, &[], b"");
             expect_raw_error(
                 &reg,
                 &r,
-                400,
-                "MANIFEST_INVALID",
+                404,
+                "MANIFEST_UNKNOWN",
                 &format!("{method} {path}"),
             );
         }
+        let r = raw_once(reg.addr(), "HEAD", &path, &[], b"");
+        assert_eq!(r.status, 404, "HEAD {path}");
+        assert!(r.body.is_empty(), "HEAD {path}");
+        let r = raw_once(
+            reg.addr(),
+            "PUT",
+            &path,
+            &[&format!("Content-Type: {OCI_MANIFEST}")],
+            &img.manifest,
+        );
+        expect_raw_error(&reg, &r, 400, put_code, &format!("PUT {path}"));
+        // In a repository that does not exist: the same 404 as any
+        // reference there.
+        let path = format!("/v2/nowhere/manifests/{reference}");
+        for method in ["GET", "DELETE"] {
+            let r = raw_once(reg.addr(), method, &path, &[], b"");
+            expect_raw_error(&reg, &r, 404, "NAME_UNKNOWN", &format!("{method} {path}"));
+        }
     }
+    // Nothing was created or removed by any of it.
+    let r = reg.get("/v2/r/tags/list").await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["v1"]));
+    assert!(reg.get("/v2/nowhere/tags/list").await.status() == 404);
+    let r = reg.get(&format!("/v2/r/manifests/{}", img.digest)).await;
+    assert_eq!(r.status(), 200);
+    // A bad name is still judged first.
+    let r = raw_once(reg.addr(), "GET", "/v2/R/manifests/.x", &[], b"");
+    expect_raw_error(&reg, &r, 400, "NAME_INVALID", "GET /v2/R/manifests/.x");
     let longest = "t".repeat(128);
     let r = reg
         .put_manifest("r", &longest, Some(OCI_MANIFEST), &img.manifest)

@@ -15,7 +15,10 @@
 //! - every blob the state knows has its file, whose bytes hash to its
 //!   digest; every file in the store matches its name;
 //! - every open upload's staging file holds the bytes of its acknowledged
-//!   chunks.
+//!   chunks, after the server's startup reconciliation (which must not
+//!   cancel any: an acknowledged chunk is never lost), under its own name
+//!   only; and an upload whose closing step the power cut short finishes
+//!   when the client retries it.
 //!
 //! The workload is the write path as the server runs it: concurrent
 //! commands through the group-commit writer, segments small enough to roll
@@ -44,6 +47,7 @@ use ferro::log::recovery;
 use ferro::log::{Durability, LogWriter, RecoveryMode, ReplayFrom, SubmitError, WriterOptions};
 use ferro::oci::{Digest, RepoName, Tag};
 use ferro::projection::State;
+use ferro::reconcile::reconcile_uploads;
 use ferro::snapshot::scheduler::Scheduler;
 use ferro::startup;
 use ferro::storage::sim::{Fault, FaultOp, SimFs, EIO, ENOSPC};
@@ -66,6 +70,8 @@ struct Model {
     /// Uploads whose closing step started: their staging file may have
     /// moved into the store before the completion was logged.
     finishing: BTreeSet<String>,
+    /// Uploads whose completion was acknowledged, with its sequence number.
+    completed: BTreeMap<String, u64>,
     /// Entries acknowledged, in all epochs.
     acknowledged: u64,
 }
@@ -222,24 +228,45 @@ impl Ctx {
                 let r = tokio::task::spawn_blocking(move || {
                     let mut w = store.open_staging(&path, a)?;
                     w.write(&chunk)?;
-                    store.commit_staging(w, &d)
+                    store.link_staging(w, &d)
                 })
                 .await
                 .unwrap();
                 if self.dead_or_skip(r)?.is_none() {
+                    // As the handler does: the staging file goes back to
+                    // what the log acknowledged.
+                    let (store, path) = (self.store.clone(), staging.clone());
+                    let r = tokio::task::spawn_blocking(move || store.restore_staging(&path, a))
+                        .await
+                        .unwrap();
+                    self.dead_or_skip(r)?;
                     return Ok(());
                 }
-                self.submit(Command::CompleteUpload {
-                    upload: id.clone(),
-                    digest,
-                    size: b,
-                    last_chunk: Some(Chunk {
-                        offset: a,
-                        length: b - a,
-                        crc32,
-                    }),
+                let logged = self
+                    .submit(Command::CompleteUpload {
+                        upload: id.clone(),
+                        digest,
+                        size: b,
+                        last_chunk: Some(Chunk {
+                            offset: a,
+                            length: b - a,
+                            crc32,
+                        }),
+                    })
+                    .await?;
+                if let Some(seq) = logged {
+                    self.model.lock().completed.insert(id.clone(), seq);
+                }
+                let (store, path) = (self.store.clone(), staging.clone());
+                let r = tokio::task::spawn_blocking(move || match logged {
+                    // The staging name goes only once the completion is
+                    // logged.
+                    Some(_) => store.remove_staging(&path),
+                    None => store.restore_staging(&path, a),
                 })
-                .await?;
+                .await
+                .unwrap();
+                self.dead_or_skip(r)?;
             }
         }
         Ok(())
@@ -462,6 +489,7 @@ fn run_epoch(
 /// The real recovery on `root`, and every invariant. Updates the model
 /// with what recovery found (it is durable from now on).
 fn recover_and_check(
+    runtime: &tokio::runtime::Runtime,
     root: &Path,
     model: &Mutex<Model>,
     must_have_up_to: Option<u64>,
@@ -476,6 +504,40 @@ fn recover_and_check(
     }))
     .map_err(|_| "recovery panicked".to_string())?
     .map_err(|e| format!("recovery refused to start: {e}"))?;
+    // The server's own reconciliation of staging files, as it runs before
+    // serving; the staging directory exists, as `DataDir::open` makes it.
+    std::fs::create_dir_all(layout.uploads_dir()).map_err(|e| e.to_string())?;
+    let store = BlobStore::new(&layout);
+    let report = runtime
+        .block_on(reconcile_uploads(
+            &started.log.state,
+            &store,
+            &started.log.writer,
+        ))
+        .map_err(|e| format!("reconciling staging files failed: {e}"))?;
+    let lost: Vec<&(String, u64, u64)> = {
+        let m = model.lock();
+        report
+            .lost
+            .iter()
+            .filter(|(id, _, _)| {
+                // Under interval durability a completion acknowledged after
+                // the last sync may be dropped, and with it the upload's
+                // staging name (removed once the completion was
+                // acknowledged): the upload comes back cancelled.
+                let dropped_completion = must_have_up_to
+                    .is_some_and(|synced| m.completed.get(id).is_some_and(|seq| *seq > synced));
+                !dropped_completion
+            })
+            .collect()
+    };
+    if !lost.is_empty() {
+        return Err(format!(
+            "startup cancelled uploads for lost acknowledged bytes (id, acknowledged, found): {:?}",
+            lost
+        ));
+    }
+    let resumed = runtime.block_on(retry_closing_steps(&started, &store, model))?;
     let served = started.log.state.read().clone();
     drop(started.log.writer);
     started
@@ -523,7 +585,6 @@ fn recover_and_check(
     }
 
     // Blobs: every one the state knows is whole; every file matches.
-    let store = BlobStore::new(&layout);
     for (digest, size) in &served.blobs {
         let bytes = std::fs::read(store.blob_path(digest))
             .map_err(|e| format!("blob {digest} in the state has no file: {e}"))?;
@@ -552,18 +613,13 @@ fn recover_and_check(
             .ok_or_else(|| format!("upload {id} unknown to the test"))?;
         let bytes = std::fs::read(store.staging_path(id)).unwrap_or_default();
         let size = upload.size as usize;
-        if m.finishing.contains(id) && bytes.len() < size {
-            // The closing step moved the staging file into the store and
-            // the power went before the completion was logged: the blob
-            // must then be whole in the store (the server cancels the
-            // session as `StagingLost`; the client's PUT was never
-            // answered).
-            let blob = std::fs::read(store.blob_path(&Digest::sha256_of(intended)))
-                .map_err(|e| format!("upload {id}: neither staging file nor blob: {e}"))?;
-            if blob != *intended {
-                return Err(format!("upload {id}: its blob is not its bytes"));
-            }
-            continue;
+        let links = std::fs::metadata(store.staging_path(id))
+            .map(|meta| ferro::blobs::link_count(&meta))
+            .unwrap_or(1);
+        if links > 1 {
+            return Err(format!(
+                "upload {id}: its staging file is also a blob's name (resuming it would write to the blob)"
+            ));
         }
         if bytes.len() < size || bytes[..size] != intended[..size] {
             return Err(format!(
@@ -577,9 +633,88 @@ fn recover_and_check(
             ));
         }
     }
+    for (id, digest) in &resumed {
+        if served.uploads.contains_key(id) {
+            return Err(format!(
+                "upload {id}: the retried closing step did not complete it"
+            ));
+        }
+        if !served.blobs.contains_key(digest) {
+            return Err(format!(
+                "upload {id}: retried, but blob {digest} is not in the state"
+            ));
+        }
+    }
     // What this recovery found is durable now; later crashes must keep it.
     m.entries = log;
     Ok(())
+}
+
+/// What a client does after the power came back: retries the closing PUT
+/// of each upload whose closing step was cut short, from the offset the
+/// server reports (the upload's logged size). Returns the uploads retried
+/// and their digests; an upload that cannot be finished is an error.
+async fn retry_closing_steps(
+    started: &startup::Started,
+    store: &BlobStore,
+    model: &Mutex<Model>,
+) -> Result<Vec<(String, Digest)>, String> {
+    let open: Vec<(String, u64)> = started
+        .log
+        .state
+        .read()
+        .uploads
+        .iter()
+        .map(|(id, u)| (id.clone(), u.size))
+        .collect();
+    let mut resumed = Vec::new();
+    for (id, size) in open {
+        let intended = {
+            let m = model.lock();
+            if !m.finishing.contains(&id) {
+                continue;
+            }
+            m.uploads.get(&id).cloned().unwrap_or_default()
+        };
+        if (size as usize) > intended.len() {
+            return Err(format!("upload {id}: more bytes logged than it has"));
+        }
+        let digest = Digest::sha256_of(&intended);
+        let rest = intended[size as usize..].to_vec();
+        let crc32 = crc32fast::hash(&rest);
+        let (s, path, d) = (store.clone(), store.staging_path(&id), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut w = s.open_staging(&path, size)?;
+            w.write(&rest)?;
+            s.link_staging(w, &d)
+        })
+        .await
+        .unwrap()
+        .map_err(|e| format!("upload {id}: retrying its closing step: {e}"))?;
+        started
+            .log
+            .writer
+            .submit(
+                Actor::system(),
+                Command::CompleteUpload {
+                    upload: id.clone(),
+                    digest: digest.clone(),
+                    size: intended.len() as u64,
+                    last_chunk: Some(Chunk {
+                        offset: size,
+                        length: intended.len() as u64 - size,
+                        crc32,
+                    }),
+                },
+            )
+            .await
+            .map_err(|e| format!("upload {id}: its retried completion was refused: {e}"))?;
+        store
+            .remove_staging(&store.staging_path(&id))
+            .map_err(|e| format!("upload {id}: removing its staging name: {e}"))?;
+        resumed.push((id, digest));
+    }
+    Ok(resumed)
 }
 
 fn check_store_files(dir: &Path) -> Result<(), String> {
@@ -661,7 +796,7 @@ fn trial(
             Durability::Always => None,
             _ => Some(synced),
         };
-        recover_and_check(&next, &model, must_have).map_err(|e| {
+        recover_and_check(runtime, &next, &model, must_have).map_err(|e| {
             format!("seed {seed:#x} epoch {epoch} (crash before op {crash_at} of {ops}): {e}")
         })?;
         let _ = std::fs::remove_dir_all(&root);
@@ -788,4 +923,120 @@ fn a_staging_file_created_without_a_directory_fsync_is_caught() {
             sim.ignore_dir_syncs(&layout.uploads_dir());
         },
     );
+}
+
+#[test]
+fn a_cut_between_the_closing_link_and_its_entry_leaves_the_upload_resumable() {
+    // The closing step of a chunked upload makes the blob's name durable
+    // before the completion is logged. A cut right there used to leave the
+    // log saying "N bytes staged" and no staging file: startup cancelled
+    // the upload ("lost acknowledged bytes") and the client's retry got
+    // 404. The staging name must survive until the completion is logged.
+    let runtime = runtime();
+    let tmp = temp_root();
+    let root = tmp.path().join("before");
+    std::fs::create_dir(&root).unwrap();
+    let layout = Layout::new(&root);
+    let sim = SimFs::new(&root).unwrap();
+    let fs: Fs = Arc::new(sim.clone());
+    ferro::fsutil::create_dir_all_durable_with(&*fs, &layout.uploads_dir()).unwrap();
+    let store = BlobStore::new_with_fs(&layout, fs.clone());
+    store.prepare_dirs().unwrap();
+    let started = startup::open_with_fs(
+        &layout,
+        RecoveryMode::TolerateTornTail,
+        options(Durability::Always),
+        fs,
+    )
+    .unwrap();
+    let writer = started.log.writer.clone();
+    let repo = RepoName::parse("pl/cut").unwrap();
+    let id = new_upload_id();
+    let bytes: Vec<u8> = Rng(7).bytes(5000);
+    let digest = Digest::sha256_of(&bytes);
+    let staging = store.staging_path(&id);
+    runtime.block_on(async {
+        writer
+            .submit(
+                Actor::system(),
+                Command::StartUpload {
+                    repo: repo.clone(),
+                    upload: id.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let mut w = store.open_staging(&staging, 0).unwrap();
+        w.write(&bytes[..3000]).unwrap();
+        store.make_chunk_durable(&*w.file, 0).unwrap();
+        writer
+            .submit(
+                Actor::system(),
+                Command::AppendChunk {
+                    upload: id.clone(),
+                    offset: 0,
+                    length: 3000,
+                    crc32: crc32fast::hash(&bytes[..3000]),
+                },
+            )
+            .await
+            .unwrap();
+        // The closing PUT with the last 2000 bytes, as the handler does it,
+        // up to the point where its completion would be logged.
+        let mut w = store.open_staging(&staging, 3000).unwrap();
+        w.write(&bytes[3000..]).unwrap();
+        store.link_staging(w, &digest).unwrap();
+    });
+    // The power goes: only what was made durable survives.
+    sim.crash_now(1);
+    let durable = sim.durable_image();
+    drop(writer);
+    drop(started.log.writer);
+    started.log.writer_thread.join().unwrap();
+    let after = tmp.path().join("after");
+    std::fs::create_dir(&after).unwrap();
+    durable.materialize(&after).unwrap();
+
+    let layout = Layout::new(&after);
+    let store = BlobStore::new(&layout);
+    let started = startup::open(
+        &layout,
+        RecoveryMode::TolerateTornTail,
+        options(Durability::Always),
+    )
+    .unwrap();
+    let report = runtime
+        .block_on(reconcile_uploads(
+            &started.log.state,
+            &store,
+            &started.log.writer,
+        ))
+        .unwrap();
+    assert!(
+        report.lost.is_empty(),
+        "no acknowledged byte was lost: {report:?}"
+    );
+    assert_eq!(report.unshared, vec![id.clone()]);
+    assert_eq!(started.log.state.read().uploads[&id].size, 3000);
+    let staging = store.staging_path(&id);
+    assert_eq!(std::fs::read(&staging).unwrap(), &bytes[..3000]);
+    // The orphan blob kept every byte: the copy did not cut it.
+    assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), bytes);
+
+    // The client's retry of the closing PUT finishes the upload.
+    let model = Mutex::new(Model::default());
+    {
+        let mut m = model.lock();
+        m.uploads.insert(id.clone(), bytes.clone());
+        m.finishing.insert(id.clone());
+    }
+    let resumed = runtime
+        .block_on(retry_closing_steps(&started, &store, &model))
+        .unwrap();
+    assert_eq!(resumed, vec![(id.clone(), digest.clone())]);
+    let state = started.log.state.read().clone();
+    assert!(!state.uploads.contains_key(&id));
+    assert_eq!(state.repos[&repo].blobs[&digest], 5000);
+    assert!(!staging.exists(), "the staging name goes once completed");
+    assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), bytes);
 }

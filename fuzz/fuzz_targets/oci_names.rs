@@ -116,6 +116,9 @@ fn check_route(path: &str, route: &Route) {
         Route::Catalog => vec!["/v2/_catalog".into()],
         Route::Tags { repo } => vec![format!("/v2/{repo}/tags/list")],
         Route::Manifest { repo, reference } => vec![format!("/v2/{repo}/manifests/{reference}")],
+        Route::ManifestInvalidReference {
+            repo, reference, ..
+        } => vec![format!("/v2/{repo}/manifests/{reference}")],
         Route::Blob { repo, digest } => vec![format!("/v2/{repo}/blobs/{digest}")],
         Route::UploadStart { repo } => vec![
             format!("/v2/{repo}/blobs/uploads/"),

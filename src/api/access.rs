@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, Method};
 
 use super::error::{ApiError, ErrorCode};
 use super::path::Route;
-use super::router::{query_pairs, query_param};
+use super::request::{query_pairs, query_param};
 use super::App;
 use crate::auth::{Action, Caller, Need, Refusal};
 
@@ -29,7 +29,9 @@ pub(super) fn need(route: &Route, method: &Method, query: &str) -> Need {
         Route::Base => Need::Authenticated,
         Route::Catalog => Need::Catalog,
         Route::Tags { repo } | Route::Referrers { repo, .. } => on(repo.as_str(), Action::Pull),
-        Route::Manifest { repo, .. } | Route::Blob { repo, .. } => by_method(repo.as_str()),
+        Route::Manifest { repo, .. }
+        | Route::ManifestInvalidReference { repo, .. }
+        | Route::Blob { repo, .. } => by_method(repo.as_str()),
         Route::UploadStart { repo } | Route::Upload { repo, .. } => on(repo.as_str(), Action::Push),
         Route::Extension {
             repo,

@@ -18,7 +18,7 @@ use futures_util::StreamExt as _;
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
 use super::ranges::{parse_range, ByteRange};
-use super::router::RequestContext;
+use super::request::RequestContext;
 use super::App;
 use crate::blobs::read::BlobRange;
 use crate::commands::Command;

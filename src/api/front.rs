@@ -23,17 +23,13 @@ use tower::{Service, ServiceExt as _};
 use tracing::Instrument as _;
 
 use super::error::{ApiError, ErrorCode};
+use super::request::RouteLabel;
 use super::router::router;
 use super::stall::Stalling;
 use super::App;
 use crate::metrics::{Counted, Direction};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The label of a request's route in metrics, set by the handler that
-/// answered it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RouteLabel(pub(super) &'static str);
 
 /// Switches the server from "starting" to the registry once it is ready,
 /// and to "draining" on shutdown.
@@ -188,8 +184,11 @@ impl Shared {
             }
             return (label, r);
         }
-        let label = if req.uri().path() == "/auth/token" {
+        let path = req.uri().path();
+        let label = if path == "/auth/token" {
             "token"
+        } else if path == "/" || path == "/ui" || path.starts_with("/ui/") {
+            "ui"
         } else {
             "other"
         };
@@ -247,7 +246,14 @@ fn metrics_page(gate: &Gate) -> Response {
                 n.refresh_metrics();
             }
             let summary = app.state.read().summary();
-            crate::metrics::render(Some((&app.writer, summary)))
+            let state = crate::metrics::StateFigures {
+                repositories: summary.repositories,
+                manifests: summary.manifests,
+                tags: summary.tags,
+                blobs: summary.blobs,
+                uploads: summary.uploads,
+            };
+            crate::metrics::render(Some((app.writer.metrics_figures(), state)))
         }
         None => crate::metrics::render(None),
     };

@@ -6,14 +6,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::query_param;
+use super::request::query_param;
 use super::App;
 use crate::oci::RepoName;
 use crate::projection::State;
 
 /// The page size asked for, bounded by the configured maximum. Without `n`
 /// a page is the maximum.
-fn page_size(app: &App, query: &str) -> ApiResult<usize> {
+pub(super) fn page_size(app: &App, query: &str) -> ApiResult<usize> {
     let max = app.limits.page_entries_max;
     match query_param(query, "n") {
         None => Ok(max),
@@ -42,7 +42,9 @@ fn page<'a>(
     (out, more)
 }
 
-fn with_link(
+/// Adds `Link: <path?n=N&last=L>; rel="next"` when `more` entries follow
+/// `last`.
+pub(super) fn with_link(
     mut response: Response,
     path: &str,
     n: usize,

@@ -1,4 +1,12 @@
 //! `/v2/<name>/manifests/<reference>`: GET, HEAD, PUT, DELETE.
+//!
+//! A reference that is neither a tag nor a digest (`.x`, `-x`, 129
+//! characters, `sha256:` with bad hex, an unknown algorithm) names no
+//! manifest and never can: GET, HEAD and DELETE answer it as they answer a
+//! well-formed reference that names nothing, 404 `MANIFEST_UNKNOWN` (or
+//! `NAME_UNKNOWN` for an unknown repository), which is what the spec's
+//! pull section and its conformance suite ask for. Only a PUT, which would
+//! create it, is told the reference is invalid (400).
 
 use std::sync::Arc;
 
@@ -8,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::body::read_limited;
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::{query_pairs, RequestContext};
+use super::request::{query_pairs, RequestContext};
 use super::App;
 use crate::commands::Command;
 use crate::manifest;
@@ -23,23 +31,12 @@ pub fn get(
     head: bool,
 ) -> ApiResult<Response> {
     let response = {
-        let r = state.repo(repo).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NameUnknown,
-                "repository name not known to registry",
-            )
-        })?;
+        let r = state.repo(repo).ok_or_else(repo_unknown)?;
         let digest = match reference {
             Reference::Digest(d) => d,
-            Reference::Tag(t) => r
-                .tags
-                .get(t)
-                .ok_or_else(|| ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"))?,
+            Reference::Tag(t) => r.tags.get(t).ok_or_else(manifest_unknown)?,
         };
-        let m = r
-            .manifests
-            .get(digest)
-            .ok_or_else(|| ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"))?;
+        let m = r.manifests.get(digest).ok_or_else(manifest_unknown)?;
         let mut response = if head {
             Body::empty().into_response()
         } else {
@@ -54,6 +51,26 @@ pub fn get(
         response
     };
     Ok(response)
+}
+
+/// The answer to a GET or HEAD of a reference that is neither a tag nor a
+/// digest, from `state`: the same 404 as a reference that names nothing.
+pub fn unnamed(state: &State, repo: &RepoName) -> ApiError {
+    match state.repo(repo) {
+        None => repo_unknown(),
+        Some(_) => manifest_unknown(),
+    }
+}
+
+fn repo_unknown() -> ApiError {
+    ApiError::new(
+        ErrorCode::NameUnknown,
+        "repository name not known to registry",
+    )
+}
+
+fn manifest_unknown() -> ApiError {
+    ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown")
 }
 
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -187,22 +204,34 @@ pub async fn delete(
     repo: RepoName,
     reference: Reference,
 ) -> ApiResult<Response> {
-    if !app.delete_enabled {
-        return Err(ApiError::new(
-            ErrorCode::Unsupported,
-            "deletes are disabled on this registry",
-        ));
-    }
-    if app.state.read().repo(&repo).is_none() {
-        return Err(ApiError::new(
-            ErrorCode::NameUnknown,
-            "repository name not known to registry",
-        ));
-    }
+    may_delete(app, &repo)?;
     let command = match reference {
         Reference::Digest(digest) => Command::DeleteManifest { repo, digest },
         Reference::Tag(tag) => Command::DeleteTag { repo, tag },
     };
     app.writer.submit(ctx.actor(), command).await?;
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+/// A DELETE of a reference that is neither a tag nor a digest: refused as
+/// any delete is when deletes are off, else the same 404 as a reference
+/// that names nothing (there is nothing to delete).
+pub fn delete_unnamed(app: &App, repo: &RepoName) -> ApiResult<Response> {
+    may_delete(app, repo)?;
+    Err(manifest_unknown())
+}
+
+/// What every manifest DELETE checks first: deletes are on, and the
+/// repository exists.
+fn may_delete(app: &App, repo: &RepoName) -> ApiResult<()> {
+    if !app.delete_enabled {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled on this registry",
+        ));
+    }
+    if app.state.read().repo(repo).is_none() {
+        return Err(repo_unknown());
+    }
+    Ok(())
 }

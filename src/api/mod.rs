@@ -2,6 +2,8 @@
 //! the projection and the blob store.
 //!
 //! - `router`: the whole URL table and the dispatch from a parsed path;
+//! - `request`: what handlers ask of a request besides its path (who
+//!   made it, its query parameters), shared by the router and handlers;
 //! - `front`: request ids, tracing, metrics and the readiness gate around
 //!   it; `access`: access control and upload admission per request;
 //! - `path`: the one parser of OCI paths; `ranges`: Range/Content-Range;
@@ -9,7 +11,8 @@
 //! - `body`: bounded reading and streaming of request bodies;
 //! - one file per resource: `manifests`, `blobs`, `uploads`, `listing`
 //!   (tags and catalog), `referrers`; `token` the built-in token endpoint;
-//! - `stall`: request bodies that stop arriving.
+//! - `stall`: request bodies that stop arriving;
+//! - `ui`: the web UI at `/ui/`, pages over the same readers.
 //!
 //! Boundary: handlers never write the log themselves; they build a
 //! `Command` and submit it to the writer. Reads take the projection's read
@@ -21,6 +24,7 @@ pub mod error;
 pub mod front;
 pub mod path;
 pub mod ranges;
+mod request;
 pub mod router;
 pub mod stall;
 
@@ -30,6 +34,7 @@ mod listing;
 mod manifests;
 mod referrers;
 mod token;
+pub mod ui;
 mod uploads;
 
 use std::collections::HashMap;
@@ -80,6 +85,8 @@ pub struct App {
     /// on purpose (the feed's long-poll) end early instead of holding the
     /// graceful drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The web UI's settings, sessions and timeline.
+    pub ui: ui::Ui,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

@@ -24,6 +24,15 @@ pub enum Route {
         repo: RepoName,
         reference: Reference,
     },
+    /// `/v2/<name>/manifests/<reference>` where the reference is neither a
+    /// tag nor a digest: it names no manifest and never can (so reads and
+    /// deletes answer "unknown", a PUT "invalid"; see `manifests`).
+    /// `reference` is the raw path segment, `invalid` why it was refused.
+    ManifestInvalidReference {
+        repo: RepoName,
+        reference: String,
+        invalid: ApiErrorKind,
+    },
     /// `/v2/<name>/blobs/<digest>`
     Blob { repo: RepoName, digest: Digest },
     /// `/v2/<name>/blobs/uploads/`
@@ -159,15 +168,17 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
                 // The name is judged first, as on every other route.
                 let repo = repo()?;
                 // A reference with a colon is a digest and is judged as one.
-                let reference = Reference::parse(last).map_err(|e| match e {
-                    ReferenceError::Digest(d) => {
-                        PathError::Invalid(ApiErrorKind::Digest(d.to_string()))
-                    }
-                    ReferenceError::Name(n) => {
-                        PathError::Invalid(ApiErrorKind::Reference(n.to_string()))
-                    }
-                })?;
-                return Ok(Route::Manifest { repo, reference });
+                return Ok(match Reference::parse(last) {
+                    Ok(reference) => Route::Manifest { repo, reference },
+                    Err(e) => Route::ManifestInvalidReference {
+                        repo,
+                        reference: last.to_owned(),
+                        invalid: match e {
+                            ReferenceError::Digest(d) => ApiErrorKind::Digest(d.to_string()),
+                            ReferenceError::Name(n) => ApiErrorKind::Reference(n.to_string()),
+                        },
+                    },
+                });
             }
             "blobs" => {
                 return Ok(Route::Blob {
@@ -294,13 +305,27 @@ mod tests {
             parse("/v2/a//b/manifests/x"),
             Err(PathError::Invalid(_))
         ));
+        // A manifest reference outside the grammar is still a manifest
+        // route (it names nothing); the name is judged first.
         assert!(matches!(
             parse("/v2/a/manifests/sha256:zz"),
-            Err(PathError::Invalid(ApiErrorKind::Digest(_)))
+            Ok(Route::ManifestInvalidReference { invalid: ApiErrorKind::Digest(_), reference, .. })
+                if reference == "sha256:zz"
         ));
         assert!(matches!(
             parse("/v2/a/manifests/-tag"),
-            Err(PathError::Invalid(ApiErrorKind::Reference(_)))
+            Ok(Route::ManifestInvalidReference {
+                invalid: ApiErrorKind::Reference(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            Ok(Route::ManifestInvalidReference { .. })
+        ));
+        assert!(matches!(
+            parse("/v2/A/manifests/-tag"),
+            Err(PathError::Invalid(ApiErrorKind::Name(_)))
         ));
         assert!(matches!(
             parse("/v2/a/blobs/latest"),

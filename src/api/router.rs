@@ -9,6 +9,7 @@
 //! | GET      | /metrics     | Prometheus text (`front`, `metrics`) |
 //! | GET/POST | /auth/token  | the token endpoint (`token`), under `auth.scheme = "token"` |
 //! | any      | /v2/…        | the OCI API, see [`dispatch`] |
+//! | GET/POST | /, /ui/…     | the web UI (`ui`), when `ui.enabled` |
 //!
 //! Every `/v2/` request passes access control (`access`) before its
 //! handler; `front` wraps all of it (request ids, tracing, metrics).
@@ -26,39 +27,22 @@ use axum::Router;
 use super::access::{authorize, upload_admission, without_unreadable_mount};
 use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
-use super::front::RouteLabel;
 use super::path::{self, Route};
+use super::request::{RequestContext, RouteLabel};
 use super::{blobs, ext, listing, manifests, referrers, token, uploads, App};
 use crate::auth::Caller;
-use crate::events::Actor;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
-/// Who is asking: recorded as the actor of the events a request causes.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    /// The authenticated user, `None` when anonymous.
-    pub user: Option<String>,
-    pub peer: SocketAddr,
-}
-
-impl RequestContext {
-    /// The actor of the events this request causes (the peer address is
-    /// only formatted for requests that write).
-    pub fn actor(&self) -> Actor {
-        Actor {
-            user: self.user.clone(),
-            peer: Some(self.peer.to_string()),
-        }
-    }
-}
-
 /// The registry's routes, once it is ready.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/auth/token", get(token::get).post(token::post))
-        .fallback(dispatch)
-        .with_state(app)
+    let routes = Router::new().route("/auth/token", get(token::get).post(token::post));
+    let routes = if app.ui.enabled {
+        routes.merge(super::ui::routes())
+    } else {
+        routes
+    };
+    routes.fallback(dispatch).with_state(app)
 }
 
 fn route_label(route: &Route) -> &'static str {
@@ -66,7 +50,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::Base => "base",
         Route::Catalog => "catalog",
         Route::Tags { .. } => "tags",
-        Route::Manifest { .. } => "manifest",
+        Route::Manifest { .. } | Route::ManifestInvalidReference { .. } => "manifest",
         Route::Blob { .. } => "blob",
         Route::UploadStart { .. } => "upload_start",
         Route::Upload { .. } => "upload",
@@ -75,22 +59,25 @@ fn route_label(route: &Route) -> &'static str {
     }
 }
 
-/// | method   | path                               | handler              |
-/// |----------|------------------------------------|----------------------|
-/// | GET/HEAD | /v2/                               | base                 |
-/// | GET/HEAD | /v2/_catalog                       | listing::catalog     |
-/// | GET/HEAD | /v2/<name>/tags/list               | listing::tags        |
-/// | GET/HEAD | /v2/<name>/manifests/<ref>         | manifests::get       |
-/// | PUT      | /v2/<name>/manifests/<ref>         | manifests::put       |
-/// | DELETE   | /v2/<name>/manifests/<ref>         | manifests::delete    |
-/// | GET/HEAD | /v2/<name>/blobs/<digest>          | blobs::get           |
-/// | DELETE   | /v2/<name>/blobs/<digest>          | blobs::delete        |
-/// | POST     | /v2/<name>/blobs/uploads/          | uploads::start       |
-/// | GET/HEAD | /v2/<name>/blobs/uploads/<id>      | uploads::status      |
-/// | PATCH    | /v2/<name>/blobs/uploads/<id>      | uploads::patch       |
-/// | PUT      | /v2/<name>/blobs/uploads/<id>      | uploads::finish      |
-/// | DELETE   | /v2/<name>/blobs/uploads/<id>      | uploads::cancel      |
-/// | GET/HEAD | /v2/<name>/referrers/<digest>      | referrers::get       |
+/// | method   | path                                  | handler                         |
+/// |----------|---------------------------------------|---------------------------------|
+/// | GET/HEAD | /v2/                                  | base                            |
+/// | GET/HEAD | /v2/_catalog                          | listing::catalog                |
+/// | GET/HEAD | /v2/<name>/tags/list                  | listing::tags                   |
+/// | GET/HEAD | /v2/<name>/manifests/<ref>            | manifests::get                  |
+/// | PUT      | /v2/<name>/manifests/<ref>            | manifests::put                  |
+/// | DELETE   | /v2/<name>/manifests/<ref>            | manifests::delete               |
+/// | GET/HEAD | /v2/<name>/manifests/<not tag/digest> | manifests::unnamed (404)        |
+/// | PUT      | /v2/<name>/manifests/<not tag/digest> | 400                             |
+/// | DELETE   | /v2/<name>/manifests/<not tag/digest> | manifests::delete_unnamed (404) |
+/// | GET/HEAD | /v2/<name>/blobs/<digest>             | blobs::get                      |
+/// | DELETE   | /v2/<name>/blobs/<digest>             | blobs::delete                   |
+/// | POST     | /v2/<name>/blobs/uploads/             | uploads::start                  |
+/// | GET/HEAD | /v2/<name>/blobs/uploads/<id>         | uploads::status                 |
+/// | PATCH    | /v2/<name>/blobs/uploads/<id>         | uploads::patch                  |
+/// | PUT      | /v2/<name>/blobs/uploads/<id>         | uploads::finish                 |
+/// | DELETE   | /v2/<name>/blobs/uploads/<id>         | uploads::cancel                 |
+/// | GET/HEAD | /v2/<name>/referrers/<digest>         | referrers::get                  |
 ///
 /// Any other method on a known route is 405 UNSUPPORTED with `Allow`. A
 /// HEAD is answered as the GET would be, without the body. What a handler
@@ -204,8 +191,12 @@ fn allowed_methods(route: &Route, delete_enabled: bool) -> &'static str {
         (Route::Base | Route::Catalog | Route::Tags { .. } | Route::Referrers { .. }, _) => {
             "GET, HEAD"
         }
-        (Route::Manifest { .. }, true) => "GET, HEAD, PUT, DELETE",
-        (Route::Manifest { .. }, false) => "GET, HEAD, PUT",
+        (Route::Manifest { .. } | Route::ManifestInvalidReference { .. }, true) => {
+            "GET, HEAD, PUT, DELETE"
+        }
+        (Route::Manifest { .. } | Route::ManifestInvalidReference { .. }, false) => {
+            "GET, HEAD, PUT"
+        }
         (Route::Blob { .. }, true) => "GET, HEAD, DELETE",
         (Route::Blob { .. }, false) => "GET, HEAD",
         (Route::UploadStart { .. }, _) => "POST",
@@ -271,6 +262,15 @@ async fn route_request(
         (Route::Manifest { repo, reference }, Method::DELETE) => {
             manifests::delete(app, ctx, repo, reference).await
         }
+        (Route::ManifestInvalidReference { repo, .. }, Method::GET | Method::HEAD) => {
+            Err(manifests::unnamed(&app.state.read(), &repo))
+        }
+        (Route::ManifestInvalidReference { invalid, .. }, Method::PUT) => {
+            Err(path::PathError::Invalid(invalid).into())
+        }
+        (Route::ManifestInvalidReference { repo, .. }, Method::DELETE) => {
+            manifests::delete_unnamed(app, &repo)
+        }
         (Route::Blob { repo, digest }, Method::GET | Method::HEAD) => {
             blobs::get(app, &repo, &digest, headers, head).await
         }
@@ -291,7 +291,8 @@ async fn route_request(
         }
         (Route::Upload { repo, id }, Method::DELETE) => uploads::cancel(app, ctx, repo, id).await,
         (Route::Referrers { repo, digest }, Method::GET | Method::HEAD) => {
-            referrers::get(&app.state.read(), &repo, &digest, query)
+            let link_path = format!("/v2/{repo}/referrers/{digest}");
+            referrers::get(app, &app.state.read(), &repo, &digest, query, &link_path)
         }
         (
             Route::Extension {
@@ -312,17 +313,4 @@ async fn route_request(
             format!("{method} is not supported here"),
         )),
     }
-}
-
-/// Query parameters in order, percent-decoded.
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect()
-}
-
-pub fn query_param(query: &str, key: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
 }

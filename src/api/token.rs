@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::body::read_limited;
 use super::error::{ApiError, ErrorCode};
-use super::router::query_pairs;
+use super::request::query_pairs;
 use super::App;
 use crate::auth::{self, token::parse_scope, AccessClaim};
 use crate::limits::TOKEN_SCOPES_MAX;

@@ -18,7 +18,7 @@ use super::body::{drain, read_limited, stream_to_staging};
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
 use super::ranges::parse_content_range;
-use super::router::{query_param, RequestContext};
+use super::request::{query_param, RequestContext};
 use super::App;
 use crate::blobs::{is_upload_id, new_upload_id, BlobStore, DigestGuard};
 use crate::commands::{Chunk, Command, Rejection};
@@ -212,7 +212,9 @@ enum Staging<'a> {
 
 /// Streams `body` to `staging` after its first `offset` bytes (whose hash is
 /// `hasher`), checks length and digest, fsyncs and commits the file to the
-/// store. Returns the blob's size, the last chunk (the bytes of this
+/// store: a one-shot file is renamed into it; a session's file is linked
+/// into it and keeps its staging name until the caller has logged the
+/// completion (`BlobStore::link_staging`). Returns the blob's size, the last chunk (the bytes of this
 /// body) and the digest's lock, taken before the commit: the caller holds
 /// it until the link is logged, so garbage collection cannot delete the
 /// file in between.
@@ -249,9 +251,12 @@ async fn receive_and_commit(
     let d = digest.clone();
     let crc32 = streamed.writer.crc.clone().finalize();
     let guard = app.store.locks().lock([digest]).await;
-    tokio::task::spawn_blocking(move || store.commit_staging(streamed.writer, &d))
-        .await
-        .map_err(ApiError::internal)??;
+    tokio::task::spawn_blocking(move || match one_shot {
+        true => store.commit_staging(streamed.writer, &d),
+        false => store.link_staging(streamed.writer, &d),
+    })
+    .await
+    .map_err(ApiError::internal)??;
     Ok((
         offset + length,
         Chunk {
@@ -569,7 +574,7 @@ pub async fn finish(
                 return Err(e);
             }
             Err(e) => {
-                cut_back(&staging, offset).await;
+                restore_staging(app, &staging, offset).await;
                 return Err(e);
             }
         };
@@ -579,14 +584,35 @@ pub async fn finish(
         size,
         last_chunk: Some(last_chunk),
     };
-    app.writer.submit(ctx.actor(), command).await?;
-    if offset == 0 && staging.exists() {
-        // An empty PATCH made the session's file; nothing in it is needed.
+    if let Err(e) = app.writer.submit(ctx.actor(), command).await {
+        // Not completed: the upload goes on from its logged size, in a file
+        // of its own (the blob keeps the linked one).
+        if offset > 0 {
+            restore_staging(app, &staging, offset).await;
+        }
+        return Err(e.into());
+    }
+    // Completed on the record: the staging name (the session's file, now
+    // also the blob's, or one an empty PATCH made) is no longer needed.
+    if offset > 0 || staging.exists() {
         remove_staging(&staging).await;
     }
     drop(session);
     app.sessions.remove(&id);
     Ok(blob_created(&repo, &digest))
+}
+
+/// Brings a session's staging file back to the `offset` bytes the log
+/// acknowledged after a closing step that did not complete
+/// (`BlobStore::restore_staging`). A failure is logged: the next request
+/// on the session, or startup, does it again.
+async fn restore_staging(app: &Arc<App>, staging: &std::path::Path, offset: u64) {
+    let store = app.store.clone();
+    let path = staging.to_owned();
+    let result = tokio::task::spawn_blocking(move || store.restore_staging(&path, offset)).await;
+    if let Ok(Err(e)) = result {
+        tracing::warn!(file = %staging.display(), error = %e, "cannot bring an upload's staging file back to its logged size");
+    }
 }
 
 async fn remove_staging(staging: &std::path::Path) {

@@ -126,7 +126,7 @@ pub fn open_with_fs(
         tracing::info!(file = %leftover.display(), "removed an unfinished segment file");
     }
     if let Some(torn) = &report.torn_tail {
-        let aside = recovery::cut_torn_tail(torn)?;
+        let aside = recovery::cut_torn_tail_with(&*fs, torn)?;
         tracing::warn!(
             segment = %torn.path.display(),
             offset = torn.offset,

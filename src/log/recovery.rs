@@ -13,8 +13,8 @@
 //! operator tools all go through it, each with a visitor that decides what
 //! to do with every verified record.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +27,7 @@ use super::format::{
 };
 use super::segment::list_segments;
 use crate::events::Entry;
-use crate::fsutil::fsync_dir;
+use crate::storage::{FileSystem, OpenMode};
 
 /// What recovery does with a torn tail (RocksDB's WAL recovery modes are
 /// the model).
@@ -490,9 +490,16 @@ fn find_valid_record_after(bytes: &[u8], bad_offset: usize, last_seq: u64) -> Op
 }
 
 /// Cuts a torn tail off: the cut bytes are copied aside to
-/// `<segment>.<offset>.broken` (fsynced) first, then the segment is
-/// truncated and fsynced, so stale bytes can never be read as records later.
+/// `<segment>.<offset>.broken`, fsynced and its name made durable (an
+/// fsync of the directory) first; only then is the segment truncated and
+/// fsynced. A power cut at any point leaves the bytes in the segment or
+/// in the copy, and stale bytes can never be read as records later.
 pub fn cut_torn_tail(torn: &TornTail) -> io::Result<PathBuf> {
+    cut_torn_tail_with(&*crate::storage::real(), torn)
+}
+
+/// [`cut_torn_tail`], with every change going through `fs`.
+pub fn cut_torn_tail_with(fs_: &dyn FileSystem, torn: &TornTail) -> io::Result<PathBuf> {
     let data = fs::read(&torn.path)?;
     let cut = &data[(torn.offset as usize).min(data.len())..];
     let aside = torn.path.with_file_name(format!(
@@ -503,20 +510,61 @@ pub fn cut_torn_tail(torn: &TornTail) -> io::Result<PathBuf> {
             .unwrap_or("segment"),
         torn.offset
     ));
+    let dir = torn.path.parent().unwrap_or(Path::new("."));
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&aside)?;
+        let f = fs_.open(&aside, OpenMode::CreateTruncate)?;
         f.write_all(cut)?;
         f.sync_all()?;
     }
-    let f = OpenOptions::new().write(true).open(&torn.path)?;
+    // The copy's name must be durable before the bytes leave the segment.
+    fs_.sync_dir(dir)?;
+    let f = fs_.open(&torn.path, OpenMode::Existing)?;
     f.set_len(torn.offset)?;
     f.sync_all()?;
-    if let Some(dir) = torn.path.parent() {
-        fsync_dir(dir)?;
-    }
     Ok(aside)
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+    use crate::storage::sim::SimFs;
+
+    #[test]
+    fn a_power_cut_while_cutting_a_torn_tail_keeps_the_bytes_somewhere() {
+        let kept = b"0123456789";
+        let torn_bytes = b"torn record";
+        // Crash before each operation in turn, until the cut completes.
+        for crash_at in 0.. {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("00000000000000000001.log");
+            std::fs::write(&path, [&kept[..], &torn_bytes[..]].concat()).unwrap();
+            let sim = SimFs::new(dir.path()).unwrap();
+            sim.crash_after(crash_at, 0);
+            let torn = TornTail {
+                path: path.clone(),
+                offset: kept.len() as u64,
+                file_bytes: (kept.len() + torn_bytes.len()) as u64,
+                reason: "test".into(),
+            };
+            let done = cut_torn_tail_with(&sim, &torn).is_ok();
+            let image = if done {
+                sim.durable_image()
+            } else {
+                sim.crash_now(0);
+                sim.durable_image()
+            };
+            let segment = image.file(Path::new("00000000000000000001.log")).unwrap();
+            let aside = image.file(Path::new("00000000000000000001.log.10.broken"));
+            assert!(
+                segment.len() == kept.len() + torn_bytes.len() || aside == Some(&torn_bytes[..]),
+                "crash before op {crash_at}: the cut bytes are gone (segment {} bytes, copy {:?})",
+                segment.len(),
+                aside.map(<[u8]>::len)
+            );
+            if done {
+                assert_eq!(segment, kept);
+                break;
+            }
+        }
+    }
 }

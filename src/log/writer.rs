@@ -316,6 +316,18 @@ impl LogWriter {
     pub fn tip(&self) -> &Arc<LogTip> {
         &self.tip
     }
+
+    /// The figures the metrics page shows, read now.
+    pub fn metrics_figures(&self) -> crate::metrics::LogFigures {
+        let stats = self.stats();
+        crate::metrics::LogFigures {
+            records_total: stats.entries,
+            appended_bytes_total: self.tip.appended_bytes(),
+            last_seq: self.tip.seq(),
+            group_commits_total: stats.batches,
+            group_commit_records_max: stats.largest_batch,
+        }
+    }
 }
 
 struct Planned {

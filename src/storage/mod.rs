@@ -5,7 +5,7 @@
 //! demand ([`sim::SimFs`]).
 //!
 //! The seam is narrow on purpose: create/open for writing, write, truncate,
-//! fsync, rename, remove, create a directory, fsync a directory. Reads go
+//! fsync, rename, hard link, remove, create a directory, fsync a directory. Reads go
 //! straight to `std::fs` (and memory maps): the simulated file system
 //! writes through to real files, which then show what the page cache would.
 //!
@@ -47,6 +47,11 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Atomically replaces `to` with `from`. Durable after
     /// [`FileSystem::sync_dir`] of `to`'s directory.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes `link` a second name of the file `original` (which keeps its
+    /// own): a new directory entry, durable after [`FileSystem::sync_dir`]
+    /// of `link`'s directory. Fails if `link` exists.
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
+    /// Removes one name of a file (the file lives on under any other).
     /// Durable after [`FileSystem::sync_dir`] of the file's directory.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Creates one directory (its parent must exist). Durable after
@@ -106,6 +111,10 @@ impl FileSystem for RealFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
+    }
+
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        std::fs::hard_link(original, link)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -236,8 +245,15 @@ mod tests {
         assert_eq!(w.len().unwrap(), 5);
         assert_eq!(std::fs::read(&p).unwrap(), b"Jello");
         fs.rename(&p, &dir.path().join("g")).unwrap();
+        fs.hard_link(&dir.path().join("g"), &dir.path().join("h"))
+            .unwrap();
+        assert!(fs
+            .hard_link(&dir.path().join("g"), &dir.path().join("h"))
+            .is_err());
         fs.sync_dir(dir.path()).unwrap();
         fs.remove_file(&dir.path().join("g")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("h")).unwrap(), b"Jello");
+        fs.remove_file(&dir.path().join("h")).unwrap();
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 }

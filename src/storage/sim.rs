@@ -15,8 +15,8 @@
 //! The rules, each the weakest a POSIX file system promises:
 //! - a file's data (and length) become durable with `fsync`/`fdatasync`
 //!   of that file, never by syncing anything else;
-//! - a directory entry (a new file, a rename, a removal, a new
-//!   directory) becomes durable with an fsync of the directory that holds
+//! - a directory entry (a new file, a rename, a hard link, a removal, a
+//!   new directory) becomes durable with an fsync of the directory that holds
 //!   the new name, together with the earlier changes it depends on (the
 //!   creation of a file it renames); syncing a file does not make its name
 //!   durable, and a directory whose own creation is not durable loses
@@ -63,6 +63,8 @@ pub enum FaultOp {
     /// `fsync` or `fdatasync` of a file.
     Sync,
     Rename,
+    /// A new name for an existing file ([`FileSystem::hard_link`]).
+    Link,
     Remove,
     CreateDir,
     SyncDir,
@@ -128,10 +130,12 @@ pub struct SimStats {
 }
 
 /// What is on the disk after the power went: relative path → file bytes,
-/// or `None` for a directory.
+/// or `None` for a directory; and the names that are hard links to a file
+/// of `entries` (second name → first name), which share its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CrashImage {
     pub entries: BTreeMap<PathBuf, Option<Vec<u8>>>,
+    pub links: BTreeMap<PathBuf, PathBuf>,
 }
 
 impl CrashImage {
@@ -154,11 +158,21 @@ impl CrashImage {
                 Some(bytes) => std::fs::write(root.join(rel), bytes)?,
             }
         }
+        // Second names last, as hard links: a recovery that changes the
+        // file through one name changes it under the other too.
+        for (link, original) in &self.links {
+            let parent = link.parent().map(Path::to_path_buf).unwrap_or_default();
+            if dirs.contains(&parent) && root.join(original).is_file() {
+                std::fs::hard_link(root.join(original), root.join(link))?;
+            }
+        }
         Ok(())
     }
 
-    /// The bytes of the file at `rel`, if it survived.
+    /// The bytes of the file at `rel` (a first name or a hard link), if it
+    /// survived.
     pub fn file(&self, rel: &Path) -> Option<&[u8]> {
+        let rel = self.links.get(rel).map(PathBuf::as_path).unwrap_or(rel);
         self.entries.get(rel)?.as_deref()
     }
 }
@@ -576,7 +590,15 @@ impl Sim {
             op.apply(&mut tree);
         }
         let mut image = CrashImage::default();
+        let mut first_names: BTreeMap<usize, PathBuf> = BTreeMap::new();
         for (rel, node) in tree {
+            if let Node::File(i) = node {
+                if let Some(first) = first_names.get(&i) {
+                    image.links.insert(rel, first.clone());
+                    continue;
+                }
+                first_names.insert(i, rel.clone());
+            }
             let entry = match node {
                 Node::Dir => None,
                 Node::File(i) => {
@@ -747,6 +769,51 @@ impl FileSystem for SimFs {
             kind: MetaKind::Rename {
                 from: rel_from,
                 to: rel_to,
+                node,
+            },
+            commit_dir: parent,
+        });
+        Ok(())
+    }
+
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        let mut sim = self.sim.lock();
+        let (rel_original, rel_link) = (sim.rel(original)?, sim.rel(link)?);
+        sim.begin(FaultOp::Link, &rel_link)?;
+        let node = match sim.current.get(&rel_original).copied() {
+            Some(n @ Node::File(_)) => n,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no file {}", rel_original.display()),
+                ))
+            }
+        };
+        if sim.current.contains_key(&rel_link) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", rel_link.display()),
+            ));
+        }
+        let parent = Sim::parent_of(&rel_link);
+        if !sim.is_dir(&parent) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no directory {}", parent.display()),
+            ));
+        }
+        std::fs::hard_link(original, link)?;
+        sim.current.insert(rel_link.clone(), node);
+        sim.note(format!(
+            "link {} -> {}",
+            rel_original.display(),
+            rel_link.display()
+        ));
+        // A new entry naming the same inode: durable with its directory
+        // (and, through the inode, with the entry that created the file).
+        sim.meta.push(MetaOp {
+            kind: MetaKind::Insert {
+                path: rel_link,
                 node,
             },
             commit_dir: parent,
@@ -986,6 +1053,47 @@ mod tests {
         assert!(f.sync_all().is_err());
         assert!(fs.crashed().is_some());
         assert!(fs.sync_dir(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_hard_link_is_a_directory_entry_and_shares_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = SimFs::new(dir.path()).unwrap();
+        for d in ["u", "b"] {
+            fs.create_dir(&dir.path().join(d)).unwrap();
+        }
+        fs.sync_dir(dir.path()).unwrap();
+        let staging = dir.path().join("u/s");
+        let f = fs.open(&staging, OpenMode::CreateTruncate).unwrap();
+        f.write_all(b"blob").unwrap();
+        f.sync_all().unwrap();
+        fs.sync_dir(&dir.path().join("u")).unwrap();
+        fs.hard_link(&staging, &dir.path().join("b/x")).unwrap();
+        // Not durable until its directory is fsynced.
+        assert_eq!(read_image(&fs.durable_image(), "b/x"), None);
+        fs.sync_dir(&dir.path().join("b")).unwrap();
+        let image = fs.durable_image();
+        assert_eq!(read_image(&image, "b/x").unwrap(), b"blob");
+        assert_eq!(read_image(&image, "u/s").unwrap(), b"blob");
+        // Removing one name keeps the other.
+        fs.remove_file(&staging).unwrap();
+        fs.sync_dir(&dir.path().join("u")).unwrap();
+        let image = fs.durable_image();
+        assert_eq!(read_image(&image, "u/s"), None);
+        assert_eq!(read_image(&image, "b/x").unwrap(), b"blob");
+        // A materialized image keeps the names linked.
+        let f = fs
+            .open(&dir.path().join("u/t"), OpenMode::CreateTruncate)
+            .unwrap();
+        f.write_all(b"abc").unwrap();
+        f.sync_all().unwrap();
+        fs.hard_link(&dir.path().join("u/t"), &dir.path().join("b/y"))
+            .unwrap();
+        fs.sync_dir(&dir.path().join("b")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        fs.durable_image().materialize(out.path()).unwrap();
+        std::fs::write(out.path().join("u/t"), b"changed").unwrap();
+        assert_eq!(std::fs::read(out.path().join("b/y")).unwrap(), b"changed");
     }
 
     #[test]

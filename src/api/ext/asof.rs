@@ -11,7 +11,7 @@ use axum::response::Response;
 use parking_lot::Mutex;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_param;
+use super::super::request::query_param;
 use super::super::{listing, manifests, referrers, App};
 use super::at_param;
 use crate::oci::{Digest, Reference, RepoName};
@@ -122,6 +122,9 @@ pub async fn referrers(app: &Arc<App>, repo: &RepoName, query: &str) -> ApiResul
             .with_status(StatusCode::BAD_REQUEST)
     })?;
     let digest = Digest::parse(&digest)?;
+    let at = query_param(query, "at").unwrap_or_default();
     let state = state_as_of(app, at_param(query)?).await?;
-    referrers::get(&state, repo, &digest, query)
+    let at: String = form_urlencoded::byte_serialize(at.as_bytes()).collect();
+    let link_path = format!("/v2/{repo}/_ferro/asof/referrers?digest={digest}&at={at}");
+    referrers::get(app, &state, repo, &digest, query, &link_path)
 }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_pairs;
+use super::super::request::query_pairs;
 use super::super::App;
 use crate::events::Event;
 use crate::feed::{read_page, RepoKindFilter};

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_param;
+use super::super::request::query_param;
 use super::super::App;
 use crate::gc::GcError;
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::query_param;
+use super::super::request::query_param;
 use super::super::App;
 use crate::history::{self, HistoryQuery};
 use crate::oci::{RepoName, Tag};

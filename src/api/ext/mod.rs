@@ -18,12 +18,12 @@
 //!
 //! `at` is a sequence number or an RFC 3339 time.
 
-mod asof;
-mod feed;
+pub(super) mod asof;
+pub(super) mod feed;
 mod gc;
 mod history;
 mod notifications;
-mod restore;
+pub(super) mod restore;
 
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
-use super::router::RequestContext;
+use super::request::RequestContext;
 use super::App;
 use crate::oci::RepoName;
 
@@ -159,7 +159,7 @@ fn discover(repository_level: bool) -> Response {
 
 /// Parses the `at` parameter (required where a past is read).
 fn at_param(query: &str) -> ApiResult<crate::replay::AsOf> {
-    let at = super::router::query_param(query, "at").ok_or_else(|| {
+    let at = super::request::query_param(query, "at").ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unsupported,
             "the at parameter (a sequence number or an RFC 3339 time) is required",

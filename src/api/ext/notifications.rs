@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
-use super::super::router::{query_param, RequestContext};
+use super::super::request::{query_param, RequestContext};
 use super::super::App;
 use crate::notify::{MoveError, MoveTo};
 

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::super::error::{ApiError, ApiResult, ErrorCode};
 use super::super::manifests::digest_headers;
-use super::super::router::{query_param, RequestContext};
+use super::super::request::{query_param, RequestContext};
 use super::super::App;
 use super::asof::state_as_of;
 use crate::commands::Command;
@@ -123,7 +123,11 @@ async fn submit(
 
 /// The manifest `digest` of `repo` as last pushed: from the current state,
 /// or from the log.
-async fn find_manifest(app: &Arc<App>, repo: &RepoName, digest: &Digest) -> ApiResult<Manifest> {
+pub(crate) async fn find_manifest(
+    app: &Arc<App>,
+    repo: &RepoName,
+    digest: &Digest,
+) -> ApiResult<Manifest> {
     let (current, upto) = {
         let s = app.state.read();
         (

@@ -1,0 +1,47 @@
+//! What every handler may ask of a request, apart from its path: who made
+//! it ([`RequestContext`], the actor of the events it causes) and its query
+//! parameters ([`query_param`], [`query_pairs`]); and the one thing a
+//! response tells `front` about it ([`RouteLabel`]). The router and the
+//! handlers both use this module, so no handler needs the router.
+
+use std::net::SocketAddr;
+
+use crate::events::Actor;
+
+/// Who is asking: recorded as the actor of the events a request causes.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The authenticated user, `None` when anonymous.
+    pub user: Option<String>,
+    pub peer: SocketAddr,
+}
+
+impl RequestContext {
+    /// The actor of the events this request causes (the peer address is
+    /// only formatted for requests that write).
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user: self.user.clone(),
+            peer: Some(self.peer.to_string()),
+        }
+    }
+}
+
+/// The label of a request's route in metrics, set by the router on the
+/// response it answered with.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// Query parameters in order, percent-decoded.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The first value of `key`, percent-decoded.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
