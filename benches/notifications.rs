@@ -22,6 +22,7 @@
 
 #[path = "../tests/support/receiver.rs"]
 mod receiver;
+#[allow(dead_code)] // the other benchmarks use the rest of it
 mod support;
 
 use std::sync::Arc;
