@@ -166,6 +166,7 @@ pub async fn run(
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
     let tls = listener.tls.is_some();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     tracing::info!(
         address = %listener.local,
         "bound; /healthz and /readyz answer, the registry once the log is replayed"
@@ -321,6 +322,7 @@ pub async fn run(
         gc: Some(gc_service),
         notifier,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -487,6 +489,7 @@ pub async fn run_read_only(
     );
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     let stop = CancellationToken::new();
     let app = Arc::new(App {
         layout: layout.clone(),
@@ -504,6 +507,7 @@ pub async fn run_read_only(
         gc: None,
         notifier: None,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);

@@ -179,15 +179,21 @@ impl Shared {
             }
             return (label, r);
         }
-        let label = if req.uri().path() == "/auth/token" {
+        let path = req.uri().path();
+        let label = if path == "/auth/token" {
             "token"
+        } else if path == "/" || path == "/ui" || path.starts_with("/ui/") {
+            "ui"
         } else {
             "other"
         };
         let r = match self.gate.ready.get() {
-            // Everything but the token endpoint goes straight to the OCI
-            // dispatch (see `router::serve`).
-            Some((_, app)) if label == "other" => return router::serve(app.clone(), req).await,
+            // What the token endpoint and the UI do not answer goes
+            // straight to the OCI dispatch (see `router::serve`), which
+            // names its own route; they go through the axum router.
+            Some((_, app)) if label == "other" || (label == "ui" && !app.ui.enabled) => {
+                return router::serve(app.clone(), req).await
+            }
             Some((router, _)) => router.clone().oneshot(req).await.into_response(),
             None => {
                 let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")

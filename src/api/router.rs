@@ -9,6 +9,7 @@
 //! | GET      | /metrics     | Prometheus text (`front`, `metrics`) |
 //! | GET/POST | /auth/token  | the token endpoint (`token`), under `auth.scheme = "token"` |
 //! | any      | /v2/…        | the OCI API, see [`dispatch`] |
+//! | GET/POST | /, /ui/…     | the web UI (`ui`), when `ui.enabled` |
 //!
 //! Every `/v2/` request passes access control (`access`) before its
 //! handler; `front` wraps all of it (request ids, tracing, metrics).
@@ -35,8 +36,13 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 
 /// The registry's routes, once it is ready.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/auth/token", get(token::get).post(token::post))
+    let routes = Router::new().route("/auth/token", get(token::get).post(token::post));
+    let routes = if app.ui.enabled {
+        routes.merge(super::ui::routes())
+    } else {
+        routes
+    };
+    routes
         .fallback(
             |State(app): State<Arc<App>>, req: Request| async move { serve(app, req).await.1 },
         )
