@@ -188,9 +188,12 @@ impl Shared {
             "other"
         };
         let r = match self.gate.ready.get() {
-            // Everything but the token endpoint goes straight to the OCI
-            // dispatch (see `router::serve`).
-            Some((_, app)) if label == "other" => return router::serve(app.clone(), req).await,
+            // What the token endpoint and the UI do not answer goes
+            // straight to the OCI dispatch (see `router::serve`), which
+            // names its own route; they go through the axum router.
+            Some((_, app)) if label == "other" || (label == "ui" && !app.ui.enabled) => {
+                return router::serve(app.clone(), req).await
+            }
             Some((router, _)) => router.clone().oneshot(req).await.into_response(),
             None => {
                 let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")
