@@ -18,6 +18,7 @@
 //! included); the client's round trip is reported beside it. Medians and
 //! 99th percentiles, in milliseconds.
 
+#[allow(dead_code)] // the other benchmarks use the rest of it
 mod support;
 
 use std::time::{Duration, Instant};

@@ -143,6 +143,8 @@ struct ServeArgs {
     history_retention: Option<ferro::compaction::Retention>,
     #[arg(long, value_enum)]
     notifications_hold: Option<ferro::notify::config::LogHold>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    notifications_cursor_write_interval: Option<std::time::Duration>,
     /// Do not serve the web UI at /ui/ (on by default).
     #[arg(long)]
     no_ui: bool,
@@ -272,6 +274,9 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;
+    }
+    if let Some(v) = args.notifications_cursor_write_interval {
+        c.notifications.cursor_write_interval = v;
     }
     ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)

@@ -159,6 +159,9 @@ pub async fn run(
         tracing::info!(scheme = ?auth.scheme(), users = auth.users(), "access control on");
     }
     crate::metrics::install();
+    // Metrics is a leaf: the modules with figures of their own describe
+    // them once the recorder is in place.
+    crate::notify::describe_metrics();
     let started = Instant::now();
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
@@ -465,6 +468,9 @@ pub async fn run_read_only(
     check_config(&config)?;
     let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
     crate::metrics::install();
+    // Metrics is a leaf: the modules with figures of their own describe
+    // them once the recorder is in place.
+    crate::notify::describe_metrics();
     let layout = Layout::new(&config.data_dir);
     if !layout.log_dir().is_dir() {
         return Err(ServerError::NotADataDir(config.data_dir.clone()));

@@ -45,6 +45,8 @@ async fn root_redirects_browsers_and_pages_report_their_time() {
     assert_eq!(r.headers()["location"], "/ui/");
     let r = http.get(reg.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    let r = http.post(reg.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     let r = http.get(reg.url("/ui/r/app")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let timing = r.headers()["server-timing"].to_str().unwrap().to_owned();
@@ -76,9 +78,19 @@ async fn root_redirects_browsers_and_pages_report_their_time() {
     );
 }
 
+/// A server process, killed on drop (also when an assertion fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A server bound on every address (reached here through loopback):
 /// returns the child and `127.0.0.1:port`.
-fn start_public(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+fn start_public(data_dir: &std::path::Path, extra: &[&str]) -> (Killed, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferro"))
         .args(["serve", "--durability", "never", "--listen", "0.0.0.0:0"])
         .arg("--data-dir")
@@ -101,7 +113,7 @@ fn start_public(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
     };
     // Keep reading so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("127.0.0.1:{port}"))
+    (Killed(child), format!("127.0.0.1:{port}"))
 }
 
 async fn push_two(http: &reqwest::Client, base: &str) -> (String, String) {
@@ -134,7 +146,7 @@ async fn push_two(http: &reqwest::Client, base: &str) -> (String, String) {
 async fn without_auth_on_a_public_address_the_ui_is_read_only() {
     let http = client();
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start_public(dir.path(), &[]);
+    let (child, addr) = start_public(dir.path(), &[]);
     let base = format!("http://{addr}");
     let (first, second) = push_two(&http, &base).await;
     let page = http
@@ -165,11 +177,10 @@ async fn without_auth_on_a_public_address_the_ui_is_read_only() {
     assert_eq!(r.headers()["docker-content-digest"], second.as_str());
     let page = http.get(format!("{base}/ui/r/app")).send().await.unwrap();
     assert!(!page.text().await.unwrap().contains("/-/delete"));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     // Allowed by the setting: the same restore goes through.
-    let (mut child, addr) = start_public(dir.path(), &["--ui-allow-writes-without-auth"]);
+    let (child, addr) = start_public(dir.path(), &["--ui-allow-writes-without-auth"]);
     let base = format!("http://{addr}");
     let (cookie, csrf) = session(&http, &format!("{base}/ui/admin")).await;
     let r = http
@@ -187,8 +198,7 @@ async fn without_auth_on_a_public_address_the_ui_is_read_only() {
         .await
         .unwrap();
     assert_eq!(r.headers()["docker-content-digest"], first.as_str());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 #[tokio::test]

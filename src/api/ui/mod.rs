@@ -39,7 +39,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 
 use super::request::{query_param, RequestContext};
@@ -80,7 +80,7 @@ impl Ui {
 /// The UI's routes, merged into the registry's router when enabled.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/", get(root))
+        .route("/", any(root))
         .route("/ui", get(|| async { redirect("/ui/") }))
         .route("/ui/", get(pages::overview::get))
         .route("/ui/events", get(pages::overview::events))
@@ -94,13 +94,14 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/ui/static/{file}", get(asset))
 }
 
-/// `/`: browsers go to the UI; anything else gets the 404 it always got.
-async fn root(headers: HeaderMap) -> Response {
+/// `/`: browsers go to the UI; anything else (another method, a client
+/// that does not ask for HTML) gets the 404 it always got.
+async fn root(method: axum::http::Method, headers: HeaderMap) -> Response {
     let html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
-    if html {
+    if html && matches!(method, axum::http::Method::GET | axum::http::Method::HEAD) {
         redirect("/ui/")
     } else {
         (StatusCode::NOT_FOUND, "not found").into_response()

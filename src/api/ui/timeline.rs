@@ -5,17 +5,26 @@
 //! then caught up from where it stopped on each use (a few entries at a
 //! time in steady state).
 //!
-//! Memory: 12 bytes per live log entry (time and an interned user), built
-//! only once the UI is used.
+//! It also keeps the latest events as lines of the overview's live list,
+//! so neither the overview nor its long-poll reads the log per viewer.
+//!
+//! Memory: 12 bytes per live log entry (time and an interned user), and
+//! the last `RECENT_LINES_MAX` event lines; built only once the UI is used.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::view;
 use crate::api::App;
-use crate::feed::{read_page, RepoKindFilter};
+use crate::events::Event;
+use crate::feed::{read_page, FeedEntry, RepoKindFilter};
+use crate::oci::RepoName;
 
 /// Entries read per page while catching up.
 const CATCH_UP_PAGE_ENTRIES: usize = 8192;
+
+/// Event lines kept for the overview's live list.
+const RECENT_LINES_MAX: usize = 500;
 
 const NS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
@@ -24,7 +33,7 @@ pub struct Timeline {
     inner: tokio::sync::Mutex<Inner>,
 }
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Inner {
     /// The sequence number of `times[0]`.
     first_seq: u64,
@@ -37,6 +46,92 @@ struct Inner {
     ids: HashMap<Arc<str>, u32>,
     /// Entries per day (days since the epoch, UTC).
     days: BTreeMap<u64, u64>,
+    /// The latest event lines, oldest first.
+    recent: VecDeque<Line>,
+}
+
+/// One line of the live event list: what happened, where, by whom, when.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub seq: u64,
+    pub time_unix_ns: u64,
+    pub user: Arc<str>,
+    pub kind: &'static str,
+    /// `None` for registry-wide events (a garbage collection).
+    pub repo: Option<RepoName>,
+    pub text: String,
+}
+
+/// The lines of one entry worth listing: pushes, tag changes, deletes,
+/// collections (not blob links and uploads).
+fn describe(entry: &FeedEntry, user: &Arc<str>) -> Vec<Line> {
+    let line = |kind, repo: Option<&RepoName>, text: String| Line {
+        seq: entry.seq,
+        time_unix_ns: entry.time_unix_ns,
+        user: user.clone(),
+        kind,
+        repo: repo.cloned(),
+        text,
+    };
+    // Only a restore sets a tag without a manifest put in the same entry.
+    let restore = !entry
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ManifestPut { .. }));
+    entry
+        .events
+        .iter()
+        .filter_map(|e| {
+            Some(match e {
+                Event::ManifestPut {
+                    repo,
+                    digest,
+                    artifact_type,
+                    ..
+                } => line(
+                    "push",
+                    Some(repo),
+                    match view::artifact_type(artifact_type.as_deref()) {
+                        Some(t) => format!("{} ({t})", view::short_digest(digest.as_str())),
+                        None => view::short_digest(digest.as_str()),
+                    },
+                ),
+                Event::TagSet {
+                    repo,
+                    tag,
+                    digest,
+                    previous,
+                } => line(
+                    match (restore, previous.is_some()) {
+                        (true, _) => "restore",
+                        (false, true) => "move",
+                        (false, false) => "tag",
+                    },
+                    Some(repo),
+                    format!("{tag} → {}", view::short_digest(digest.as_str())),
+                ),
+                Event::TagDeleted { repo, tag, .. } => {
+                    line("untag", Some(repo), format!("{tag} deleted"))
+                }
+                Event::ManifestDeleted { repo, digest } => {
+                    line("delete", Some(repo), view::short_digest(digest.as_str()))
+                }
+                Event::GcCompleted {
+                    blobs_deleted,
+                    bytes_freed,
+                    ..
+                } => line(
+                    "gc",
+                    None,
+                    format!(
+                        "garbage collected: {blobs_deleted} blobs, {}",
+                        view::bytes(*bytes_freed)
+                    ),
+                ),
+                _ => return None,
+            })
+        })
+        .collect()
 }
 
 /// A look-up of one entry.
@@ -63,6 +158,16 @@ impl View<'_> {
             time_unix_ns: t,
             user,
         })
+    }
+
+    /// The latest event lines, oldest first.
+    pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Line> {
+        self.inner.recent.iter()
+    }
+
+    /// The last sequence number read.
+    pub fn upto(&self) -> u64 {
+        self.inner.upto
     }
 
     /// Entries per day for the `days` days up to `today`, oldest first.
@@ -103,7 +208,13 @@ impl Timeline {
                 break;
             }
             for entry in page.entries {
-                inner.push(entry.seq, entry.time_unix_ns, entry.actor.user.as_deref());
+                let user = inner.push(entry.seq, entry.time_unix_ns, entry.actor.user.as_deref());
+                for line in describe(&entry, &user) {
+                    if inner.recent.len() == RECENT_LINES_MAX {
+                        inner.recent.pop_front();
+                    }
+                    inner.recent.push_back(line);
+                }
             }
             inner.upto = page.last_examined;
         }
@@ -112,7 +223,8 @@ impl Timeline {
 }
 
 impl Inner {
-    fn push(&mut self, seq: u64, time_unix_ns: u64, user: Option<&str>) {
+    /// Records one entry; answers its user's interned name.
+    fn push(&mut self, seq: u64, time_unix_ns: u64, user: Option<&str>) -> Arc<str> {
         if self.times_unix_ns.is_empty() {
             self.first_seq = seq;
             self.names.push(Arc::from("anonymous"));
@@ -139,6 +251,7 @@ impl Inner {
         self.times_unix_ns.push(time_unix_ns);
         self.users.push(id);
         *self.days.entry(day_of(time_unix_ns)).or_default() += 1;
+        self.names[id as usize].clone()
     }
 }
 

@@ -12,20 +12,16 @@ use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use serde_json::json;
 
-use super::super::timeline::day_of;
+use super::super::timeline::{day_of, Line};
 use super::super::view::{self, Nav};
 use super::super::{Shown, UiError, Viewer};
 use super::chrome;
 use crate::api::request::query_param;
 use crate::api::App;
-use crate::events::Event;
-use crate::feed::{read_page, FeedEntry, RepoKindFilter};
 use crate::timefmt::rfc3339;
 
 /// Latest events listed on the page.
 const LATEST_EVENTS: usize = 15;
-/// Entries read back from the tip to find them.
-const LATEST_SCAN_ENTRIES: u64 = 500;
 /// How long the live list's request waits for a new entry.
 const LIVE_WAIT: Duration = Duration::from_secs(25);
 /// Days in the chart.
@@ -81,8 +77,15 @@ async fn page(app: &Arc<App>, headers: &HeaderMap) -> Result<Response, UiError> 
         c
     };
     let today = day_of(view::now_unix_ns());
-    let days = app.ui.timeline.view(app).await.per_day(today, CHART_DAYS);
-    let latest = latest_entries(app, &viewer, counts.last_seq).await?;
+    let timeline = app.ui.timeline.view(app).await;
+    let days = timeline.per_day(today, CHART_DAYS);
+    let latest: Vec<&Line> = timeline
+        .recent()
+        .rev()
+        .filter(|l| visible(app, &viewer, everything, l))
+        .take(LATEST_EVENTS)
+        .collect();
+    let after = timeline.upto();
     let shown = Shown::Now(app.state.clone());
     let body = html! {
         h1 { "Overview" }
@@ -99,7 +102,7 @@ async fn page(app: &Arc<App>, headers: &HeaderMap) -> Result<Response, UiError> 
         }
         section.card {
             h2 { "Latest events " span.live title="Updated as they happen" { "● live" } }
-            ol #events.events data-after=(counts.last_seq) {
+            ol #events.events data-after=(after) {
                 @for e in &latest { (event_row(e)) }
                 @if latest.is_empty() { li.empty { "Nothing yet: push an image." } }
             }
@@ -111,135 +114,16 @@ async fn page(app: &Arc<App>, headers: &HeaderMap) -> Result<Response, UiError> 
     )))
 }
 
-/// One line of the event list: what happened, where, by whom, when.
-pub struct EventLine {
-    pub seq: u64,
-    pub time_unix_ns: u64,
-    pub user: String,
-    pub kind: &'static str,
-    pub repo: Option<String>,
-    pub text: String,
+/// Whether the viewer may see a line: its repository's, or with pull
+/// everywhere a registry-wide one.
+fn visible(app: &App, viewer: &Viewer, everything: bool, l: &Line) -> bool {
+    match &l.repo {
+        Some(r) => viewer.sees(app, r.as_str()),
+        None => everything,
+    }
 }
 
-fn describe(entry: &FeedEntry, viewer: &Viewer, app: &App, everything: bool) -> Vec<EventLine> {
-    let line = |kind, repo: Option<&crate::oci::RepoName>, text: String| EventLine {
-        seq: entry.seq,
-        time_unix_ns: entry.time_unix_ns,
-        user: entry
-            .actor
-            .user
-            .clone()
-            .unwrap_or_else(|| "anonymous".into()),
-        kind,
-        repo: repo.map(|r| r.to_string()),
-        text,
-    };
-    // Only a restore sets a tag without a manifest put in the same entry.
-    let restore = !entry
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::ManifestPut { .. }));
-    entry
-        .events
-        .iter()
-        .filter(|e| match e.repo() {
-            Some(r) => viewer.sees(app, r.as_str()),
-            None => everything,
-        })
-        .filter_map(|e| {
-            Some(match e {
-                Event::ManifestPut {
-                    repo,
-                    digest,
-                    artifact_type,
-                    ..
-                } => line(
-                    "push",
-                    Some(repo),
-                    match view::artifact_type(artifact_type.as_deref()) {
-                        Some(t) => format!("{} ({t})", view::short_digest(digest.as_str())),
-                        None => view::short_digest(digest.as_str()),
-                    },
-                ),
-                Event::TagSet {
-                    repo,
-                    tag,
-                    digest,
-                    previous,
-                } => line(
-                    match (restore, previous.is_some()) {
-                        (true, _) => "restore",
-                        (false, true) => "move",
-                        (false, false) => "tag",
-                    },
-                    Some(repo),
-                    format!("{tag} → {}", view::short_digest(digest.as_str())),
-                ),
-                Event::TagDeleted { repo, tag, .. } => {
-                    line("untag", Some(repo), format!("{tag} deleted"))
-                }
-                Event::ManifestDeleted { repo, digest } => {
-                    line("delete", Some(repo), view::short_digest(digest.as_str()))
-                }
-                Event::GcCompleted {
-                    blobs_deleted,
-                    bytes_freed,
-                    ..
-                } => line(
-                    "gc",
-                    None,
-                    format!(
-                        "garbage collected: {blobs_deleted} blobs, {}",
-                        view::bytes(*bytes_freed)
-                    ),
-                ),
-                _ => return None,
-            })
-        })
-        .collect()
-}
-
-async fn entries_after(app: &Arc<App>, after: u64, upto: u64) -> Result<Vec<FeedEntry>, UiError> {
-    let log_dir = app.layout.log_dir();
-    let page = tokio::task::spawn_blocking(move || {
-        let everything = RepoKindFilter {
-            repo: None,
-            kinds: &[],
-        };
-        read_page(
-            &log_dir,
-            after,
-            upto,
-            LATEST_SCAN_ENTRIES as usize,
-            &everything,
-        )
-        .map_err(crate::api::error::ApiError::internal)
-    })
-    .await
-    .map_err(|e| UiError::from(crate::api::error::ApiError::internal(e)))??;
-    Ok(page.entries)
-}
-
-async fn latest_entries(
-    app: &Arc<App>,
-    viewer: &Viewer,
-    upto: u64,
-) -> Result<Vec<EventLine>, UiError> {
-    let everything = app
-        .auth
-        .everywhere(&viewer.caller, crate::auth::Action::Pull);
-    let after = upto.saturating_sub(LATEST_SCAN_ENTRIES);
-    let entries = entries_after(app, after, upto).await?;
-    let mut lines: Vec<EventLine> = entries
-        .iter()
-        .flat_map(|e| describe(e, viewer, app, everything))
-        .collect();
-    lines.reverse();
-    lines.truncate(LATEST_EVENTS);
-    Ok(lines)
-}
-
-fn event_row(e: &EventLine) -> Markup {
+fn event_row(e: &Line) -> Markup {
     html! {
         li {
             span class={ "kind k-" (e.kind) } { (e.kind) }
@@ -299,28 +183,28 @@ pub async fn events(
                 }
             }
         }
-        let upto = app.state.read().last_seq;
-        // A client far behind gets the latest, not the whole gap.
-        let from = after.max(upto.saturating_sub(LATEST_SCAN_ENTRIES));
         let everything = app
             .auth
             .everywhere(&viewer.caller, crate::auth::Action::Pull);
-        let entries = entries_after(&app, from, upto).await?;
-        let lines: Vec<_> = entries
-            .iter()
-            .flat_map(|e| describe(e, &viewer, &app, everything))
+        let timeline = app.ui.timeline.view(&app).await;
+        let upto = timeline.upto();
+        // A client far behind gets the latest lines kept, not the gap.
+        let lines: Vec<_> = timeline
+            .recent()
+            .filter(|l| l.seq > after && visible(&app, &viewer, everything, l))
             .map(|l| {
                 json!({
                     "seq": l.seq,
                     "time": rfc3339(l.time_unix_ns),
                     "time_unix_ns": l.time_unix_ns,
-                    "user": l.user,
+                    "user": &*l.user,
                     "kind": l.kind,
                     "repo": l.repo,
                     "text": l.text,
                 })
             })
             .collect();
+        drop(timeline);
         let mut r = axum::Json(json!({ "next": upto.max(after), "events": lines })).into_response();
         viewer.finish(&mut r);
         Ok::<_, UiError>(r)
