@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench notifications
 //! cargo bench --bench notifications -- --pushes 500 --rounds 1   # quicker
+//! cargo bench --bench notifications -- --cursor-write-interval 0s # a cursor write per batch
 //! ```
 //!
 //! Each round starts `ferro serve` twice on a fresh data directory
@@ -21,6 +22,7 @@
 
 #[path = "../tests/support/receiver.rs"]
 mod receiver;
+#[allow(dead_code)] // the other benchmarks use the rest of it
 mod support;
 
 use std::sync::Arc;
@@ -34,6 +36,8 @@ struct Args {
     pushes: usize,
     clients: usize,
     rounds: usize,
+    /// `notifications.cursor_write_interval`, when not the default.
+    cursor_write_interval: Option<String>,
 }
 
 fn args() -> Args {
@@ -41,6 +45,7 @@ fn args() -> Args {
         pushes: 2000,
         clients: 16,
         rounds: 3,
+        cursor_write_interval: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -50,6 +55,10 @@ fn args() -> Args {
             "--pushes" => a.pushes = value().expect("--pushes N"),
             "--clients" => a.clients = value().expect("--clients N"),
             "--rounds" => a.rounds = value().expect("--rounds N"),
+            "--cursor-write-interval" => {
+                let v = argv.get(i + 1).expect("--cursor-write-interval 100ms");
+                a.cursor_write_interval = Some(v.clone());
+            }
             _ => {
                 i += 1;
                 continue;
@@ -182,7 +191,11 @@ async fn run(a: &Args, endpoints: bool) -> Run {
     let path = dir.path().join("ferro.toml");
     std::fs::write(&path, config).unwrap();
     let data = dir.path().join("data");
-    let (mut child, addr) = spawn_ferro_with(&data, &["--config", path.to_str().unwrap()]);
+    let mut ferro_args = vec!["--config", path.to_str().unwrap()];
+    if let Some(interval) = &a.cursor_write_interval {
+        ferro_args.extend(["--notifications-cursor-write-interval", interval.as_str()]);
+    }
+    let (mut child, addr) = spawn_ferro_with(&data, &ferro_args);
     let base = format!("http://{addr}");
     let took = push_load(&base, a.pushes, a.clients).await;
     let mut lags = Vec::new();

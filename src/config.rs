@@ -54,9 +54,38 @@ pub struct Config {
     pub gc: crate::gc::GcConfig,
     /// Where blob bytes live (see `blobs::object`).
     pub storage: crate::blobs::object::StorageConfig,
+    /// The web UI at `/ui/` (see `api::ui`).
+    pub ui: UiConfig,
     /// Events sent to HTTP endpoints from the log (see `notify`). Last:
     /// its endpoints are an array of tables.
     pub notifications: crate::notify::config::NotificationsConfig,
+}
+
+/// The web UI served at `/ui/` on the registry's own listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve `/ui/` (and redirect browsers from `/`).
+    pub enabled: bool,
+    /// With `auth.scheme = "none"` on an address other than loopback the
+    /// UI is read-only (anyone who reaches the port could restore or
+    /// delete); this lets it write anyway.
+    pub allow_writes_without_auth: bool,
+    /// How long a login lasts, in seconds.
+    pub session_lifetime_secs: u64,
+    /// Most UI sessions kept at once; past it the oldest is dropped.
+    pub sessions_max: usize,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            enabled: true,
+            allow_writes_without_auth: false,
+            session_lifetime_secs: 8 * 3600,
+            sessions_max: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -253,6 +282,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             gc: crate::gc::GcConfig::default(),
             storage: crate::blobs::object::StorageConfig::default(),
+            ui: UiConfig::default(),
             notifications: Default::default(),
         }
     }
@@ -311,6 +341,11 @@ impl Config {
         if l.segment_bytes_max < 4096 {
             return Err(ConfigError::Invalid(
                 "limits.segment_bytes_max must be at least 4096".into(),
+            ));
+        }
+        if self.ui.session_lifetime_secs == 0 || self.ui.sessions_max == 0 {
+            return Err(ConfigError::Invalid(
+                "ui.session_lifetime_secs and ui.sessions_max must be at least 1".into(),
             ));
         }
         if self.snapshots.keep == 0 {
@@ -449,6 +484,18 @@ mod tests {
         let c = Config::default();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn ui_settings_are_checked() {
+        let mut c = Config::default();
+        assert!(c.ui.enabled && !c.ui.allow_writes_without_auth);
+        c.ui.session_lifetime_secs = 0;
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[ui]\nenabled = false\nsessions_max = 5\n").unwrap();
+        assert!(!c.ui.enabled);
+        assert_eq!(c.ui.sessions_max, 5);
         c.validate().unwrap();
     }
 

@@ -171,6 +171,21 @@ struct ServeArgs {
     storage_redirect: bool,
     #[arg(long, value_enum)]
     notifications_hold: Option<ferro::notify::config::LogHold>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    notifications_cursor_write_interval: Option<std::time::Duration>,
+    /// Do not serve the web UI at /ui/ (on by default).
+    #[arg(long)]
+    no_ui: bool,
+    /// Let the web UI write (restore, delete, collect) with auth off on an
+    /// address other than loopback.
+    #[arg(long)]
+    ui_allow_writes_without_auth: bool,
+    /// How long a web UI login lasts, in seconds [default: 28800].
+    #[arg(long)]
+    ui_session_lifetime_secs: Option<u64>,
+    /// Most web UI sessions kept at once [default: 10000].
+    #[arg(long)]
+    ui_sessions_max: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -230,6 +245,18 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
         if let Some(v) = flag {
             *slot = v;
         }
+    }
+    if args.no_ui {
+        c.ui.enabled = false;
+    }
+    if args.ui_allow_writes_without_auth {
+        c.ui.allow_writes_without_auth = true;
+    }
+    if let Some(v) = args.ui_session_lifetime_secs {
+        c.ui.session_lifetime_secs = v;
+    }
+    if let Some(v) = args.ui_sessions_max {
+        c.ui.sessions_max = v;
     }
     if let Some(v) = args.data_dir {
         c.data_dir = v;
@@ -297,6 +324,9 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     s.redirect |= args.storage_redirect;
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;
+    }
+    if let Some(v) = args.notifications_cursor_write_interval {
+        c.notifications.cursor_write_interval = v;
     }
     ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)

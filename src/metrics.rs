@@ -119,7 +119,6 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(h) => {
                     describe();
-                    crate::notify::describe_metrics();
                     log_histograms();
                     spawn_upkeep(h.clone());
                     Some(h)

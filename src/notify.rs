@@ -144,6 +144,7 @@ pub struct Notifier {
     state: Arc<RwLock<State>>,
     source: String,
     hold: LogHold,
+    cursor_write_interval: std::time::Duration,
     stop: CancellationToken,
 }
 
@@ -225,6 +226,7 @@ impl Notifier {
             state,
             source,
             hold: config.hold,
+            cursor_write_interval: config.cursor_write_interval,
             stop,
         });
         for e in notifier.endpoints.iter().filter(|e| e.config.enabled) {

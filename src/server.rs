@@ -164,10 +164,14 @@ pub async fn run(
         tracing::info!(scheme = ?auth.scheme(), users = auth.users(), "access control on");
     }
     crate::metrics::install();
+    // Metrics is a leaf: the modules with figures of their own describe
+    // them once the recorder is in place.
+    crate::notify::describe_metrics();
     let started = Instant::now();
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
     let tls = listener.tls.is_some();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     tracing::info!(
         address = %listener.local,
         "bound; /healthz and /readyz answer, the registry once the log is replayed"
@@ -339,6 +343,7 @@ pub async fn run(
         gc: Some(gc_service),
         notifier,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -484,6 +489,9 @@ pub async fn run_read_only(
     check_config(&config)?;
     let auth = Arc::new(Auth::from_config(&config.auth).map_err(ServerError::Auth)?);
     crate::metrics::install();
+    // Metrics is a leaf: the modules with figures of their own describe
+    // them once the recorder is in place.
+    crate::notify::describe_metrics();
     let layout = Layout::new(&config.data_dir);
     if !layout.log_dir().is_dir() {
         return Err(ServerError::NotADataDir(config.data_dir.clone()));
@@ -502,6 +510,7 @@ pub async fn run_read_only(
     );
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
+    let (auth_enabled, loopback) = (auth.enabled(), listener.local.ip().is_loopback());
     let stop = CancellationToken::new();
     let app = Arc::new(App {
         layout: layout.clone(),
@@ -523,6 +532,7 @@ pub async fn run_read_only(
         gc: None,
         notifier: None,
         shutdown: stop.clone(),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);

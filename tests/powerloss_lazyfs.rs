@@ -27,11 +27,13 @@
 //! the longest load phase, `FERRO_LAZYFS_CUTS_PER_DIR` (default 50) how
 //! many cuts one data directory takes before a fresh one (so a long run's
 //! checks stay short), `FERRO_LAZYFS_THREADED=1` mounts LazyFS with its
-//! multi-threaded loop instead (to show what the watchdog catches).
+//! multi-threaded loop instead, and `FERRO_LAZYFS_FREEZE_ROUND=<n>` stops
+//! LazyFS (SIGSTOP: every FUSE request unanswered, as in a deadlock) after
+//! ferro restarted in round `n` (both to show what the watchdog catches).
 mod common;
 mod workload;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -205,20 +207,34 @@ impl LazyFs {
         }
     }
 
-    /// The watchdog's check: LazyFS is running and answers a `stat` and a
-    /// directory listing of the mount in time.
+    /// The watchdog's check: LazyFS is running and answers, in time, the
+    /// creation, write, fsync, read and removal of a new file at the top of
+    /// the mount (beside the data directory). A `stat` of the mount is not
+    /// enough: the kernel answers it from its cache while LazyFS is stuck.
     fn probe(&mut self) -> Result<(), Instrument> {
         if let Some(gone) = self.gone() {
             return Err(gone);
         }
-        let mnt = self.mnt.clone();
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let file = self
+            .mnt
+            .join(format!(".watchdog-{}-{n}", std::process::id()));
         let (tx, rx) = mpsc::channel();
         // A hung FUSE request blocks this thread for good; it is left
         // behind, and LazyFS is killed, which fails it.
         std::thread::spawn(move || {
-            let r = std::fs::metadata(&mnt)
-                .and_then(|_| std::fs::read_dir(&mnt).map(|d| d.count()))
-                .map_err(|e| e.to_string());
+            let r = (|| -> std::io::Result<()> {
+                let mut f = File::create(&file)?;
+                f.write_all(b"probe")?;
+                f.sync_all()?;
+                drop(f);
+                if std::fs::read(&file)? != b"probe" {
+                    return Err(std::io::Error::other("the probe file reads back wrong"));
+                }
+                std::fs::remove_file(&file)
+            })()
+            .map_err(|e| e.to_string());
             let _ = tx.send(r);
         });
         match rx.recv_timeout(PROBE_TIMEOUT) {
@@ -228,7 +244,7 @@ impl LazyFs {
                 None => Err(Instrument::Gone(format!("the mount fails: {e}"))),
             },
             Err(_) => Err(Instrument::Hung(format!(
-                "a stat of the mount unanswered for {} s",
+                "a probe file on the mount unanswered for {} s",
                 PROBE_TIMEOUT.as_secs()
             ))),
         }
@@ -297,6 +313,12 @@ impl Drop for LazyFs {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+fn freeze_round() -> Option<u64> {
+    std::env::var("FERRO_LAZYFS_FREEZE_ROUND")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 fn threaded_lazyfs() -> bool {
@@ -403,6 +425,7 @@ impl Run {
     /// ferro, verify.
     async fn round(
         &mut self,
+        round: u64,
         lazyfs: &mut Option<LazyFs>,
         rng: &mut Rng,
         load_ms_max: u64,
@@ -451,7 +474,6 @@ impl Run {
         fs.probe().map_err(RoundFailure::Instrument)?;
         fs.clear_cache(&self.fifos.completed)
             .map_err(RoundFailure::Instrument)?;
-        figures.cuts += 1;
         // LazyFS restarts too: nothing of the old process (or the kernel's
         // cache of the mount) survives the cut.
         lazyfs.take().expect("mounted").unmount();
@@ -473,6 +495,14 @@ impl Run {
                 Err(i) => RoundFailure::Instrument(i),
                 Ok(()) => RoundFailure::Ferro("the server never became ready after the cut".into()),
             });
+        }
+        if freeze_round() == Some(round) {
+            let pid = fs.child.id().to_string();
+            let _ = Command::new("kill").args(["-STOP", &pid]).status();
+            let acknowledged: usize = self.models.iter().map(|m| workload::objects(m)).sum();
+            eprintln!(
+                "round {round}: LazyFS stopped after ferro restarted; {acknowledged} acknowledged objects to verify"
+            );
         }
         let c = workload::client_with_timeout(Duration::from_secs(60));
         for (i, m) in self.models.iter().enumerate() {
@@ -497,6 +527,8 @@ impl Run {
             return Err(RoundFailure::Ferro(format!("the server warned: {line}")));
         }
         drop(server);
+        // A cut counts once everything was verified after it.
+        figures.cuts += 1;
         Ok(())
     }
 }
@@ -552,7 +584,7 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
             }
         }
         match run
-            .round(&mut lazyfs, &mut rng, load_ms_max, &mut figures)
+            .round(round, &mut lazyfs, &mut rng, load_ms_max, &mut figures)
             .await
         {
             Ok(()) => {

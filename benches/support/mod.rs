@@ -1,5 +1,4 @@
 //! What the benchmarks that run the real server share.
-#![allow(dead_code)] // each benchmark uses a different part of it
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

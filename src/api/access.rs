@@ -114,10 +114,10 @@ pub(super) async fn authorize(
     query: &str,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
-    let need = need(route, method, query);
     if !app.auth.enabled() {
         return Ok(Caller::anonymous());
     }
+    let need = need(route, method, query);
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());

@@ -23,8 +23,7 @@ use tower::{Service, ServiceExt as _};
 use tracing::Instrument as _;
 
 use super::error::{ApiError, ErrorCode};
-use super::request::RouteLabel;
-use super::router::router;
+use super::router::{self, router};
 use super::stall::Stalling;
 use super::App;
 use crate::metrics::{Counted, Direction};
@@ -145,10 +144,6 @@ impl Shared {
         let (route, mut response) = self.route(req).instrument(span.clone()).await;
         in_flight.decrement(1.0);
         let elapsed = started.elapsed();
-        let route = response
-            .extensions()
-            .get::<RouteLabel>()
-            .map_or(route, |r| r.0);
         crate::metrics::record_request(route, method, response.status(), elapsed);
         if self.access_log {
             span.in_scope(|| {
@@ -163,9 +158,9 @@ impl Shared {
         Counted::wrap_response(response)
     }
 
-    /// The fixed endpoints, or the registry once the gate is open. The
-    /// label is the route's for metrics unless the registry's handler
-    /// sets its own.
+    /// The fixed endpoints, or the registry once the gate is open, with
+    /// the label of the route for metrics (the OCI dispatch names its
+    /// own).
     async fn route(&self, req: Request) -> (&'static str, Response) {
         let fixed = match req.uri().path() {
             "/healthz" => Some("healthz"),
@@ -192,12 +187,21 @@ impl Shared {
             }
             return (label, r);
         }
-        let label = if req.uri().path() == "/auth/token" {
+        let path = req.uri().path();
+        let label = if path == "/auth/token" {
             "token"
+        } else if path == "/" || path == "/ui" || path.starts_with("/ui/") {
+            "ui"
         } else {
             "other"
         };
         let r = match self.gate.ready.get() {
+            // What the token endpoint and the UI do not answer goes
+            // straight to the OCI dispatch (see `router::serve`), which
+            // names its own route; they go through the axum router.
+            Some((_, app)) if label == "other" || (label == "ui" && !app.ui.enabled) => {
+                return router::serve(app.clone(), req).await
+            }
             Some((router, _)) => router.clone().oneshot(req).await.into_response(),
             None => {
                 let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")
@@ -220,13 +224,25 @@ fn make_request_id() -> HeaderValue {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    // 12 hex digits, a dash and at most 20 digits: no allocation but the
-    // header value's own.
-    let mut buf = [0u8; 40];
-    let mut w = &mut buf[..];
-    let _ = std::io::Write::write_fmt(&mut w, format_args!("{prefix}-{n}"));
-    let len = 40 - w.len();
+    let mut n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // 12 hex digits, a dash and at most 20 digits, written by hand (the
+    // formatting machinery cost more than the rest of this function): no
+    // allocation but the header value's own.
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut buf = [0u8; 12 + 1 + 20];
+    buf[..12].copy_from_slice(prefix.as_bytes());
+    buf[12] = b'-';
+    let len = 13 + digits.len() - start;
+    buf[13..len].copy_from_slice(&digits[start..]);
     HeaderValue::from_bytes(&buf[..len]).expect("hex, dash and digits")
 }
 
@@ -330,5 +346,21 @@ mod tests {
         assert!(!gate.is_ready());
         gate.drain();
         assert!(!gate.is_ready());
+    }
+
+    /// Made ids are `<12 hex digits>-<counter>`, each new.
+    #[test]
+    fn made_request_ids() {
+        let ids: Vec<String> = (0..3)
+            .map(|_| make_request_id().to_str().expect("ascii").to_owned())
+            .collect();
+        for id in &ids {
+            let (prefix, n) = id.split_once('-').expect("a dash");
+            assert_eq!(prefix.len(), 12, "{id}");
+            assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(n.parse::<u64>().is_ok(), "{id}");
+            assert!(!n.starts_with('0') || n == "0", "{id}");
+        }
+        assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
     }
 }

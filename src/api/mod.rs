@@ -11,7 +11,8 @@
 //! - `body`: bounded reading and streaming of request bodies;
 //! - one file per resource: `manifests`, `blobs`, `uploads`, `listing`
 //!   (tags and catalog), `referrers`; `token` the built-in token endpoint;
-//! - `stall`: request bodies that stop arriving.
+//! - `stall`: request bodies that stop arriving;
+//! - `ui`: the web UI at `/ui/`, pages over the same readers.
 //!
 //! Boundary: handlers never write the log themselves; they build a
 //! `Command` and submit it to the writer. Reads take the projection's read
@@ -33,6 +34,7 @@ mod listing;
 mod manifests;
 mod referrers;
 mod token;
+pub mod ui;
 mod uploads;
 
 use std::collections::HashMap;
@@ -84,6 +86,8 @@ pub struct App {
     /// on purpose (the feed's long-poll) end early instead of holding the
     /// graceful drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The web UI's settings, sessions and timeline.
+    pub ui: ui::Ui,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

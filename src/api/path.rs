@@ -81,9 +81,16 @@ impl From<PathError> for ApiError {
     }
 }
 
-fn name(segments: &[&str]) -> Result<RepoName, PathError> {
-    RepoName::parse(&segments.join("/"))
-        .map_err(|e| PathError::Invalid(ApiErrorKind::Name(e.to_string())))
+/// The first `k` segments of `rest` as they are in it, slashes and all:
+/// `rest.split('/')` made `segments`, so they are a prefix of `rest` (no
+/// copy, no join).
+fn leading<'a>(rest: &'a str, segments: &[&str], k: usize) -> &'a str {
+    let len: usize = segments[..k].iter().map(|s| s.len()).sum::<usize>() + k.saturating_sub(1);
+    &rest[..len]
+}
+
+fn name(s: &str) -> Result<RepoName, PathError> {
+    RepoName::parse(s).map_err(|e| PathError::Invalid(ApiErrorKind::Name(e.to_string())))
 }
 
 fn digest(s: &str) -> Result<Digest, PathError> {
@@ -92,11 +99,10 @@ fn digest(s: &str) -> Result<Digest, PathError> {
 
 /// `_<extension>/<component>/<module>`, each `[a-z0-9]+([._-][a-z0-9]+)*`
 /// (the extension spec's grammar), under an optional repository name.
-fn extension(name_segments: &[&str], ext: &[&str]) -> Result<Route, PathError> {
-    let repo = if name_segments.is_empty() {
-        None
-    } else {
-        Some(name(name_segments)?)
+fn extension(name_part: Option<&str>, ext: &[&str]) -> Result<Route, PathError> {
+    let repo = match name_part {
+        None => None,
+        Some(n) => Some(name(n)?),
     };
     let word = |s: &str| {
         let b = s.as_bytes();
@@ -140,12 +146,12 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     let n = segments.len();
     if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
         return Ok(Route::Tags {
-            repo: name(&segments[..n - 2])?,
+            repo: name(leading(rest, &segments, n - 2))?,
         });
     }
     if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
         let id = segments[n - 1];
-        let repo = name(&segments[..n - 3])?;
+        let repo = name(leading(rest, &segments, n - 3))?;
         return Ok(if id.is_empty() {
             Route::UploadStart { repo }
         } else {
@@ -157,12 +163,12 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     }
     if n >= 3 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
         return Ok(Route::UploadStart {
-            repo: name(&segments[..n - 2])?,
+            repo: name(leading(rest, &segments, n - 2))?,
         });
     }
     if n >= 3 {
         let last = segments[n - 1];
-        let repo = || name(&segments[..n - 2]);
+        let repo = || name(leading(rest, &segments, n - 2));
         match segments[n - 2] {
             "manifests" => {
                 // The name is judged first, as on every other route.
@@ -200,10 +206,11 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     // extension's. (Checked last: `/v2/_a/manifests/x` is a manifest route
     // with an invalid name, not an extension.)
     if n >= 3 && segments[n - 3].starts_with('_') {
-        return extension(&segments[..n - 3], &segments[n - 3..]);
+        let name_part = (n > 3).then(|| leading(rest, &segments, n - 3));
+        return extension(name_part, &segments[n - 3..]);
     }
     if segments == ["_ferro", "notifications"] {
-        return extension(&[], &segments);
+        return extension(None, &segments);
     }
     Err(PathError::NotFound)
 }

@@ -1,7 +1,6 @@
 //! What every handler may ask of a request, apart from its path: who made
 //! it ([`RequestContext`], the actor of the events it causes) and its query
-//! parameters ([`query_param`], [`query_pairs`]); and the one thing a
-//! response tells `front` about it ([`RouteLabel`]). The router and the
+//! parameters ([`query_param`], [`query_pairs`]). The router and the
 //! handlers both use this module, so no handler needs the router.
 
 use std::net::SocketAddr;
@@ -26,11 +25,6 @@ impl RequestContext {
         }
     }
 }
-
-/// The label of a request's route in metrics, set by the router on the
-/// response it answered with.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
 
 /// Query parameters in order, percent-decoded.
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {

@@ -9,6 +9,7 @@
 //! | GET      | /metrics     | Prometheus text (`front`, `metrics`) |
 //! | GET/POST | /auth/token  | the token endpoint (`token`), under `auth.scheme = "token"` |
 //! | any      | /v2/…        | the OCI API, see [`dispatch`] |
+//! | GET/POST | /, /ui/…     | the web UI (`ui`), when `ui.enabled` |
 //!
 //! Every `/v2/` request passes access control (`access`) before its
 //! handler; `front` wraps all of it (request ids, tracing, metrics).
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, HttpBody as _};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,7 +28,7 @@ use super::access::{authorize, upload_admission, without_unreadable_mount};
 use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
 use super::path::{self, Route};
-use super::request::{RequestContext, RouteLabel};
+use super::request::RequestContext;
 use super::{blobs, ext, listing, manifests, referrers, token, uploads, App};
 use crate::auth::Caller;
 
@@ -35,10 +36,32 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 
 /// The registry's routes, once it is ready.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/auth/token", get(token::get).post(token::post))
-        .fallback(dispatch)
+    let routes = Router::new().route("/auth/token", get(token::get).post(token::post));
+    let routes = if app.ui.enabled {
+        routes.merge(super::ui::routes())
+    } else {
+        routes
+    };
+    routes
+        .fallback(
+            |State(app): State<Arc<App>>, req: Request| async move { serve(app, req).await.1 },
+        )
         .with_state(app)
+}
+
+/// Answers any request but `/auth/token`: the OCI API (see [`dispatch`]),
+/// with the label of its route for metrics. `front` calls it directly
+/// rather than through [`router`]: axum's route table and extractors
+/// (which clone the method, URI and headers) cost about a tenth of a
+/// HEAD's instructions and decide nothing here.
+pub async fn serve(app: Arc<App>, req: Request) -> (&'static str, Response) {
+    let (parts, body) = req.into_parts();
+    // The connection loop puts the peer address on every request.
+    let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+        let refused = ApiError::internal("request without its peer address");
+        return ("not_found", refused.into_response());
+    };
+    dispatch(app, peer, parts.method, parts.uri, parts.headers, body).await
 }
 
 fn route_label(route: &Route) -> &'static str {
@@ -80,13 +103,13 @@ fn route_label(route: &Route) -> &'static str {
 /// leaves unread of a request body is drained (bounded) before answering,
 /// or the answer says `Connection: close`.
 async fn dispatch(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    app: Arc<App>,
+    peer: SocketAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> Response {
+) -> (&'static str, Response) {
     let mut ctx = RequestContext { user: None, peer };
     let query = uri.query().unwrap_or("");
     let mut label = "not_found";
@@ -119,7 +142,6 @@ async fn dispatch(
     if method == Method::HEAD {
         strip_body(&mut response);
     }
-    response.extensions_mut().insert(RouteLabel(label));
     let h = response.headers_mut();
     h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     if let Some(tail) = tail {
@@ -136,7 +158,7 @@ async fn dispatch(
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
     }
-    response
+    (label, response)
 }
 
 /// A parsed, authorized request: read-only refusal, upload limits, then

@@ -122,6 +122,15 @@ impl Caller {
             credentials: Credentials::None,
         }
     }
+
+    /// A user who logged in to the web UI with their htpasswd password:
+    /// the same rules apply as to Basic credentials.
+    pub fn logged_in(user: &str) -> Caller {
+        Caller {
+            user: Some(user.to_owned()),
+            credentials: Credentials::Basic,
+        }
+    }
 }
 
 /// Why a request is refused.

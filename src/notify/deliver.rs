@@ -14,9 +14,6 @@ use super::format::{self, Batch};
 use super::{now_unix_ns, Endpoint, Notifier, DELIVERIES, EVENTS_DELIVERED, FAILURES};
 use crate::feed::{read_page, FeedEntry};
 
-/// Cursor progress over entries the filters skip is written down at most
-/// this often (losing it only means reading them again).
-const SKIPPED_CURSOR_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// A batch stops growing past this many bytes of manifest bodies (at
 /// least one entry goes): with 4 MiB manifests, `batch_max` alone would
 /// allow a request of hundreds of MiB.
@@ -28,7 +25,8 @@ pub const SIGNATURE_HEADER: &str = "ferro-signature";
 
 pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: Client) {
     let name = endpoint.config.name.clone();
-    let mut last_skip_write = Instant::now();
+    let interval = notifier.cursor_write_interval;
+    let mut last_write = Instant::now();
     loop {
         if notifier.stop.is_cancelled() {
             break;
@@ -50,17 +48,18 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
         let upto = notifier.state.read().last_seq;
         if upto <= after {
             endpoint.health.lock().pending_since_unix_ns = None;
-            if endpoint.durable.load(Ordering::Acquire) < after {
-                let _cursor = endpoint.cursor_lock.lock().await;
-                if endpoint.generation.load(Ordering::Acquire) == generation {
-                    if let Err(e) = notifier.write_cursor(&endpoint, after).await {
-                        tracing::warn!(endpoint = %name, error = %e, "cannot write the cursor");
-                    }
-                }
+            // Caught up: what is acknowledged goes to the file once the
+            // write interval allows, unless more comes in first.
+            let behind = endpoint.durable.load(Ordering::Acquire) < after;
+            let wait = interval.saturating_sub(last_write.elapsed());
+            if behind && wait.is_zero() {
+                persist(&notifier, &endpoint, generation, &mut last_write).await;
+                continue;
             }
             tokio::select! {
                 _ = committed => {}
                 _ = endpoint.moved.notified() => {}
+                _ = tokio::time::sleep(wait), if behind => {}
                 _ = notifier.stop.cancelled() => break,
             }
             continue;
@@ -130,17 +129,15 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
         match body {
             None => {
                 // Nothing in this range is for the endpoint.
-                if endpoint.generation.load(Ordering::Acquire) == generation {
+                {
+                    let _cursor = endpoint.cursor_lock.lock().await;
+                    if endpoint.generation.load(Ordering::Acquire) != generation {
+                        continue;
+                    }
                     endpoint.acked.store(next, Ordering::Release);
                 }
-                if last_skip_write.elapsed() >= SKIPPED_CURSOR_WRITE_INTERVAL {
-                    last_skip_write = Instant::now();
-                    let _cursor = endpoint.cursor_lock.lock().await;
-                    if endpoint.generation.load(Ordering::Acquire) == generation {
-                        if let Err(e) = notifier.write_cursor(&endpoint, next).await {
-                            tracing::warn!(endpoint = %name, error = %e, "cannot write the cursor");
-                        }
-                    }
+                if last_write.elapsed() >= interval {
+                    persist(&notifier, &endpoint, generation, &mut last_write).await;
                 }
             }
             Some(((bytes, content_type), events)) => {
@@ -157,18 +154,16 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
                 {
                     continue;
                 }
-                let _cursor = endpoint.cursor_lock.lock().await;
-                if endpoint.generation.load(Ordering::Acquire) != generation {
-                    continue;
+                {
+                    let _cursor = endpoint.cursor_lock.lock().await;
+                    if endpoint.generation.load(Ordering::Acquire) != generation {
+                        continue;
+                    }
+                    endpoint.acked.store(next, Ordering::Release);
                 }
-                if let Err(e) = notifier.write_cursor(&endpoint, next).await {
-                    // The batch will be sent again: at least once.
-                    tracing::warn!(endpoint = %name, error = %e, "cannot write the cursor");
-                    pause(&notifier, &endpoint, endpoint.config.backoff_max).await;
-                    continue;
+                if last_write.elapsed() >= interval {
+                    persist(&notifier, &endpoint, generation, &mut last_write).await;
                 }
-                endpoint.acked.store(next, Ordering::Release);
-                last_skip_write = Instant::now();
                 let mut h = endpoint.health.lock();
                 h.pending_since_unix_ns = None;
                 h.deliveries += 1;
@@ -178,6 +173,31 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
                     .increment(events as u64);
             }
         }
+    }
+}
+
+/// Writes the acknowledged cursor to the file (a failure is logged: the
+/// file keeps an older cursor, which only means sending again).
+async fn persist(
+    notifier: &Notifier,
+    endpoint: &Arc<Endpoint>,
+    generation: u64,
+    last_write: &mut Instant,
+) {
+    let _cursor = endpoint.cursor_lock.lock().await;
+    if endpoint.generation.load(Ordering::Acquire) != generation {
+        return;
+    }
+    *last_write = Instant::now();
+    let acked = endpoint.acked.load(Ordering::Acquire);
+    if endpoint.durable.load(Ordering::Acquire) == acked {
+        return;
+    }
+    if let Err(e) = notifier.write_cursor(endpoint, acked).await {
+        tracing::warn!(endpoint = %endpoint.config.name, error = %e, "cannot write the cursor");
+        drop(_cursor);
+        // Not again at once, whatever the interval.
+        tokio::time::sleep(LOG_READ_RETRY).await;
     }
 }
 

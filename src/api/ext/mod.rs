@@ -18,12 +18,12 @@
 //!
 //! `at` is a sequence number or an RFC 3339 time.
 
-mod asof;
-mod feed;
+pub(super) mod asof;
+pub(super) mod feed;
 mod gc;
 mod history;
 mod notifications;
-mod restore;
+pub(super) mod restore;
 
 use std::sync::Arc;
 

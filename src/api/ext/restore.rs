@@ -123,7 +123,11 @@ async fn submit(
 
 /// The manifest `digest` of `repo` as last pushed: from the current state,
 /// or from the log.
-async fn find_manifest(app: &Arc<App>, repo: &RepoName, digest: &Digest) -> ApiResult<Manifest> {
+pub(crate) async fn find_manifest(
+    app: &Arc<App>,
+    repo: &RepoName,
+    digest: &Digest,
+) -> ApiResult<Manifest> {
     let (current, upto) = {
         let s = app.state.read();
         (
