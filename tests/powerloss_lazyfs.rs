@@ -350,6 +350,23 @@ struct Figures {
     uploads_resumed: u64,
 }
 
+impl Figures {
+    /// Adds what a data directory's models acknowledged and hold, once its
+    /// last check passed.
+    fn count_directory(&mut self, run: &Run) {
+        self.acknowledged += run
+            .models
+            .iter()
+            .map(|m| m.lock().acknowledged)
+            .sum::<u64>();
+        self.objects_verified += run
+            .models
+            .iter()
+            .map(|m| workload::objects(m) as u64)
+            .sum::<u64>();
+    }
+}
+
 /// One round's end, when not a pass.
 enum RoundFailure {
     Instrument(Instrument),
@@ -590,16 +607,7 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
             Ok(()) => {
                 cuts_in_dir += 1;
                 if cuts_in_dir == cuts_per_dir {
-                    figures.acknowledged += run
-                        .models
-                        .iter()
-                        .map(|m| m.lock().acknowledged)
-                        .sum::<u64>();
-                    figures.objects_verified += run
-                        .models
-                        .iter()
-                        .map(|m| workload::objects(m) as u64)
-                        .sum::<u64>();
+                    figures.count_directory(&run);
                     dirs_verified += 1;
                     cuts_in_dir = 0;
                     if let Some(l) = lazyfs.take() {
@@ -641,16 +649,7 @@ async fn acknowledged_writes_survive_power_cuts_on_lazyfs() {
     if let Some(l) = lazyfs.take() {
         l.unmount();
     }
-    figures.acknowledged += run
-        .models
-        .iter()
-        .map(|m| m.lock().acknowledged)
-        .sum::<u64>();
-    figures.objects_verified += run
-        .models
-        .iter()
-        .map(|m| workload::objects(m) as u64)
-        .sum::<u64>();
+    figures.count_directory(&run);
     eprintln!(
         "LazyFS power loss, seed {seed:#x}{}: {} cuts, 0 lost acknowledged writes, 0 corrupted reads, \
          0 lost-bytes warnings, 0 uploads neither resumable nor completed ({} cut uploads resumed or \
