@@ -6,6 +6,7 @@
 //! repair, replay --export-oci) take the lock and refuse, with exit code 3,
 //! while a server holds it.
 
+mod archive;
 mod dump;
 mod error;
 mod export;
@@ -77,6 +78,11 @@ enum Command {
     /// each deletion an event on the record; --dry-run lists them. Needs
     /// the server stopped (a running server: POST /v2/_ferro/gc/run).
     Gc(gc::GcArgs),
+    /// Rebuild a new data directory (--data-dir) from a log archive, as of
+    /// its end or --at SEQ|TIME, every checksum and the chain verified.
+    RestoreFrom(archive::RestoreFromArgs),
+    /// The log archive: status, verify.
+    Archive(archive::ArchiveArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,8 @@ fn main() -> ExitCode {
         Command::Repair(args) => repair::run(data_dir, args, &out),
         Command::Restore(args) => restore::run(data_dir, args, &out),
         Command::Gc(args) => gc::run(data_dir, args, &out),
+        Command::RestoreFrom(args) => archive::run_restore(data_dir, args, &out),
+        Command::Archive(args) => archive::run(data_dir, args, &out),
     };
     match result {
         Ok(exit) => exit.into(),
