@@ -363,6 +363,7 @@ pub async fn run(
         archive,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
+        feed_positions: Default::default(),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -556,6 +557,7 @@ pub async fn run_read_only(
         archive: None,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
+        feed_positions: Default::default(),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);
