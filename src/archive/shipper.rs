@@ -40,7 +40,7 @@ use crate::blobs::BlobStore;
 use crate::datadir::Layout;
 use crate::events::Event;
 use crate::log::format::SegmentHeader;
-use crate::log::recovery::{self, ReadOptions, RecoveryMode};
+use crate::log::recovery::{self, ReadOptions, RecoveryMode, ResumeAt};
 use crate::log::LogWriter;
 use crate::oci::Digest;
 
@@ -302,6 +302,9 @@ impl Shipper {
         let mut last_ship = Instant::now() - interval;
         let mut snapshot_seq = self.archived_snapshot_seq().await.unwrap_or(0);
         let mut uploaded = HashSet::new();
+        // Where the last read stopped: the next starts there instead of
+        // verifying the active segment again from its start.
+        let mut resume = None;
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -329,7 +332,10 @@ impl Shipper {
                     }
                     continue;
                 }
-                match self.ship_once(&epoch, tip_seq, &mut uploaded).await {
+                match self
+                    .ship_once(&epoch, tip_seq, &mut uploaded, &mut resume)
+                    .await
+                {
                     Ok(()) => {
                         backoff = BACKOFF_MIN;
                         last_ship = Instant::now();
@@ -510,6 +516,7 @@ impl Shipper {
         epoch: &Epoch,
         upto: u64,
         uploaded: &mut HashSet<Digest>,
+        resume: &mut Option<ResumeAt>,
     ) -> Result<(), ShipError> {
         epoch::check(&self.store, epoch).await?;
         let shipped = self.shipped();
@@ -517,8 +524,10 @@ impl Shipper {
         let log_dir = self.layout.log_dir();
         let cap = self.piece_bytes_max;
         let want_blobs = self.blobs.is_some();
-        let (piece, blobs) = tokio::task::spawn_blocking(move || {
-            read_piece(&log_dir, shipped, upto, cap, want_blobs)
+        // A position is only good for the records after the shipped point.
+        let from = resume.filter(|r| r.seq == shipped.seq);
+        let (piece, blobs, after) = tokio::task::spawn_blocking(move || {
+            read_piece(&log_dir, shipped, from, upto, cap, want_blobs)
         })
         .await
         .map_err(|e| ShipError::Local(e.to_string()))??;
@@ -570,6 +579,7 @@ impl Shipper {
                 .store(appended_before, Ordering::Release);
         }
         self.shipped.send_replace(next);
+        *resume = after;
         {
             let mut h = self.health.lock();
             h.shipments_total += 1;
@@ -651,12 +661,14 @@ pub fn shipping_dir(layout: &Layout) -> PathBuf {
 fn read_piece(
     log_dir: &std::path::Path,
     shipped: Shipped,
+    resume: Option<ResumeAt>,
     upto: u64,
     cap: u64,
     want_blobs: bool,
-) -> Result<(PieceBuilder, Vec<Digest>), ShipError> {
+) -> Result<(PieceBuilder, Vec<Digest>, Option<ResumeAt>), ShipError> {
     let mut piece = PieceBuilder::new(shipped.seq + 1, shipped.crc);
     let mut blobs = Vec::new();
+    let mut after = None;
     let mut segment = None;
     let mut broken = None;
     let options = ReadOptions {
@@ -664,7 +676,7 @@ fn read_piece(
         replay_after: shipped.seq,
         skip_covered_segments: true,
     };
-    recovery::read_log(log_dir, &options, &mut |record| {
+    recovery::read_log_resuming(log_dir, &options, resume, &mut |record| {
         if record.seq > upto {
             return Ok(ControlFlow::Break(()));
         }
@@ -691,6 +703,7 @@ fn read_piece(
             ));
             return Ok(ControlFlow::Break(()));
         }
+        after = Some(ResumeAt::after(record));
         if want_blobs {
             let entry = record
                 .decode()
@@ -707,7 +720,7 @@ fn read_piece(
     if let Some(reason) = broken {
         return Err(FenceError::Refused(reason).into());
     }
-    Ok((piece, blobs))
+    Ok((piece, blobs, after))
 }
 
 /// The archive's last record: the last piece, read back and verified.
