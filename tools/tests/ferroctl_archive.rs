@@ -27,7 +27,7 @@ use support::*;
 enum Target {
     File(tempfile::TempDir),
     S3 {
-        garage: &'static Garage,
+        endpoint: String,
         prefix: String,
         /// A config file with the archive's credentials.
         config: PathBuf,
@@ -41,7 +41,10 @@ impl Target {
     }
 
     fn s3(prefix: &str) -> Target {
-        let garage = Garage::shared();
+        Target::s3_on(Garage::shared(), prefix)
+    }
+
+    fn s3_on(garage: &Garage, prefix: &str) -> Target {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ferro.toml");
         std::fs::write(
@@ -56,7 +59,7 @@ impl Target {
         )
         .unwrap();
         Target::S3 {
-            garage,
+            endpoint: garage.endpoint(),
             prefix: prefix.to_owned(),
             config,
             _dir: dir,
@@ -89,8 +92,8 @@ impl Target {
             .arg(self.url())
             .args(extra)
             .env_remove("FERRO_DATA_DIR");
-        if let Target::S3 { garage: g, .. } = self {
-            cmd.args(["--endpoint", &g.endpoint(), "--region", garage::REGION])
+        if let Target::S3 { endpoint, .. } = self {
+            cmd.args(["--endpoint", endpoint, "--region", garage::REGION])
                 .arg("--allow-http")
                 .envs(garage::credentials_env());
         }
@@ -112,9 +115,11 @@ impl Target {
                 bytes[at] ^= 0x01;
                 std::fs::write(&path, bytes).unwrap();
             }
-            Target::S3 { garage, prefix, .. } => {
+            Target::S3 {
+                endpoint, prefix, ..
+            } => {
                 let rt = runtime();
-                let s3 = garage.client();
+                let s3 = s3_client(endpoint);
                 let key = object_store::path::Path::from(format!("{prefix}{name}"));
                 let mut bytes = rt
                     .block_on(async { s3.get(&key).await.unwrap().bytes().await.unwrap() })
@@ -124,6 +129,18 @@ impl Target {
             }
         }
     }
+}
+
+fn s3_client(endpoint: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_region(garage::REGION)
+        .with_bucket_name(garage::BUCKET)
+        .with_access_key_id(garage::KEY_ID)
+        .with_secret_access_key(garage::SECRET)
+        .with_allow_http(true)
+        .build()
+        .unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -476,11 +493,26 @@ fn second_piece(target: &Target) -> String {
             .unwrap()
             .map(|e| format!("log/{}", e.unwrap().file_name().to_string_lossy()))
             .collect(),
-        Target::S3 { garage, prefix, .. } => runtime()
-            .block_on(garage.objects(&format!("{prefix}log/")))
-            .into_iter()
-            .map(|(k, _)| k.strip_prefix(prefix.as_str()).unwrap().to_owned())
-            .collect(),
+        Target::S3 {
+            endpoint, prefix, ..
+        } => {
+            use futures_util::TryStreamExt as _;
+            let s3 = s3_client(endpoint);
+            let under = object_store::path::Path::from(format!("{prefix}log"));
+            let listed: Vec<object_store::ObjectMeta> = runtime()
+                .block_on(s3.list(Some(&under)).try_collect())
+                .unwrap();
+            listed
+                .into_iter()
+                .map(|m| {
+                    m.location
+                        .to_string()
+                        .strip_prefix(prefix.as_str())
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        }
     };
     names.sort();
     names[1].clone()
@@ -585,12 +617,8 @@ fn garage_overwrites_a_create_if_absent_put() {
     if !garage::available("garage_overwrites_a_create_if_absent_put") {
         return;
     }
-    let target = Target::s3("conditional/");
-    let Target::S3 { garage: g, .. } = &target else {
-        unreachable!()
-    };
     let rt = runtime();
-    let s3 = g.client();
+    let s3 = Garage::shared().client();
     let key = object_store::path::Path::from("conditional/epochs/x");
     let create = object_store::PutOptions {
         mode: object_store::PutMode::Create,
@@ -609,4 +637,77 @@ fn garage_overwrites_a_create_if_absent_put() {
     );
     assert!(second.is_ok(), "Garage now refuses: {second:?}");
     assert_eq!(now, b"two", "Garage kept the first object");
+}
+
+/// The store down in the middle of pushes: shipping fails (lag and the
+/// error on /metrics and /readyz), writes go on in the default mode, and
+/// once the store is back the archive catches up from the local log.
+#[test]
+fn shipping_catches_up_after_a_store_outage() {
+    if !garage::available("shipping_catches_up_after_a_store_outage") {
+        return;
+    }
+    let mut g = Garage::start();
+    let target = Target::s3_on(&g, "outage/");
+    let dir = tempfile::tempdir().unwrap();
+    // The archive takes [storage]'s timeouts: short ones, so that a
+    // refused connection is an error soon.
+    let timeouts = dir.path().join("timeouts.toml");
+    let Target::S3 { config, .. } = &target else {
+        unreachable!()
+    };
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(
+        "\n[storage]\nrequest_timeout_ms = 2000\nretries_max = 1\nretry_timeout_ms = 500\n",
+    );
+    std::fs::write(&timeouts, text).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        &[
+            "--archive-url",
+            &target.url(),
+            "--config",
+            timeouts.to_str().unwrap(),
+            "--archive-ship-interval-ms",
+            "100",
+        ],
+    );
+    let a1 = push_image(&server, "app", "a1", "before");
+    wait_shipped(&server);
+
+    g.stop();
+    let a2 = push_image(&server, "app", "a2", "during");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "ferro_archive_errors_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no shipping error while the store is down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&server, "ferro_archive_lag_records") >= 3.0);
+    let (status, body) = readyz(&server);
+    assert_eq!(status, 200, "default durability: still ready: {body}");
+    assert!(body.contains("failing"), "{body}");
+    let a3 = push_image(&server, "app", "a3", "during too");
+
+    g.resume();
+    wait_shipped(&server);
+    let (_, body) = readyz(&server);
+    assert!(!body.contains("failing"), "{body}");
+    server.kill();
+
+    let restored = dir.path().join("restored");
+    target.ctl(&restored, &["restore-from"], &[]).expect(0);
+    let r = Server::start(&restored, &[]);
+    for (tag, image) in [("a1", &a1), ("a2", &a2), ("a3", &a3)] {
+        let got = client()
+            .get(r.url(&format!("/v2/app/manifests/{tag}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap();
+        assert_eq!(got.status(), 200, "{tag}");
+        assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
+    }
 }
