@@ -711,3 +711,29 @@ fn shipping_catches_up_after_a_store_outage() {
         assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
     }
 }
+
+/// A graceful shutdown ships what was committed since the last shipment,
+/// however long the interval.
+#[test]
+fn a_graceful_shutdown_ships_the_tail() {
+    let target = Target::file();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data, &target, &["--archive-ship-interval-ms", "600000"]);
+    let first = push_image(&server, "app", "first", "one");
+    let second = push_image(&server, "app", "second", "two");
+    assert!(metric(&server, "ferro_archive_lag_records") > 0.0);
+    server.stop();
+    let restored = dir.path().join("restored");
+    target.ctl(&restored, &["restore-from"], &[]).expect(0);
+    let r = Server::start(&restored, &[]);
+    for (tag, image) in [("first", &first), ("second", &second)] {
+        let got = client()
+            .get(r.url(&format!("/v2/app/manifests/{tag}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap();
+        assert_eq!(got.status(), 200, "{tag}");
+        assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
+    }
+}
