@@ -506,6 +506,37 @@ impl BlobStore {
         }
     }
 
+    /// Writes `tail`, bytes `at..` of an upload whose staging file holds
+    /// `offset` acknowledged bytes, and makes it durable (the file's bytes,
+    /// and its name when it is new) before the chunk is logged. In an
+    /// object store an upload's staging file holds only its tail, the
+    /// bytes not yet in a part, at their place in the upload: bytes in
+    /// parts are a hole. `at` is at or past `offset`, so acknowledged bytes
+    /// are never overwritten; anything past `offset` was never
+    /// acknowledged and goes first.
+    pub fn write_tail(&self, path: &Path, offset: u64, at: u64, tail: &[u8]) -> io::Result<()> {
+        debug_assert!(
+            at >= offset,
+            "a tail write never touches acknowledged bytes"
+        );
+        let existed = path.exists();
+        let file = self.fs.open(path, OpenMode::CreateKeep)?;
+        if file.len()? > offset {
+            file.set_len(offset)?;
+        }
+        file.seek(at)?;
+        file.write_all(tail)?;
+        let end = at + tail.len() as u64;
+        if file.len()? < end {
+            file.set_len(end)?;
+        }
+        file.sync_all()?;
+        if !existed {
+            self.fs.sync_dir(&self.uploads_dir)?;
+        }
+        Ok(())
+    }
+
     /// Makes a chunk just written to a staging file durable, before its
     /// event is logged: the file's bytes, and for the first chunk (at
     /// `offset` 0, when the file was created) its name in `uploads/`.

@@ -68,11 +68,17 @@ pub struct StorageConfig {
     pub secret_access_key: String,
     /// Allow a plain-HTTP endpoint (loopback test servers).
     pub allow_http: bool,
-    /// Upload bytes are sent to the store in parts of at most this size;
-    /// an upload holds at most two parts in memory. (AWS S3 itself wants
-    /// every part but the last to be at least 5 MiB; Garage and MinIO
-    /// take any size.)
+    /// Upload bytes are sent to the store in parts of this size (the last
+    /// one smaller); an upload holds at most two parts in memory, and
+    /// stages the bytes that do not fill a part on the disk. At least
+    /// [`PART_SIZE_BYTES_MIN`], the least AWS S3 accepts for every part but
+    /// the last.
     pub part_size_bytes: u64,
+    /// Accept a `part_size_bytes` below [`PART_SIZE_BYTES_MIN`], for stores
+    /// that take parts of any size (Garage, MinIO). The tests use it, so
+    /// that uploads of a few hundred KiB span several parts; on AWS S3 the
+    /// completion of such an upload would fail.
+    pub allow_small_parts: bool,
     /// Time allowed for one request to the store, retries not included.
     pub request_timeout_ms: u64,
     /// Retries of a failed idempotent request (timeouts, 5xx), with
@@ -99,12 +105,16 @@ impl std::fmt::Debug for StorageConfig {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .field("part_size_bytes", &self.part_size_bytes)
+            .field("allow_small_parts", &self.allow_small_parts)
             .finish_non_exhaustive()
     }
 }
 
 /// Default of `storage.part_size_bytes`.
 pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Least `storage.part_size_bytes` (S3's limit on every part but the last),
+/// unless `storage.allow_small_parts`.
+pub const PART_SIZE_BYTES_MIN: u64 = 5 * 1024 * 1024;
 /// Largest `storage.part_size_bytes` (S3's limit on one part).
 pub const PART_SIZE_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024;
 /// The most parts of one multipart upload (S3's limit).
@@ -122,6 +132,7 @@ impl Default for StorageConfig {
             secret_access_key: String::new(),
             allow_http: false,
             part_size_bytes: PART_SIZE_BYTES_DEFAULT,
+            allow_small_parts: false,
             request_timeout_ms: 30_000,
             retries_max: 3,
             retry_timeout_ms: 10_000,
@@ -141,9 +152,16 @@ impl StorageConfig {
         if self.bucket.is_empty() {
             return Err("storage.bucket must be set with backend = \"s3\"".into());
         }
-        if !(1..=PART_SIZE_BYTES_MAX).contains(&self.part_size_bytes) {
+        let min = match self.allow_small_parts {
+            true => 1,
+            false => PART_SIZE_BYTES_MIN,
+        };
+        if !(min..=PART_SIZE_BYTES_MAX).contains(&self.part_size_bytes) {
             return Err(format!(
-                "storage.part_size_bytes must be in 1..={PART_SIZE_BYTES_MAX}"
+                "storage.part_size_bytes is {}; it must be in {min}..={PART_SIZE_BYTES_MAX} \
+                 (S3 refuses parts under 5 MiB but the last; storage.allow_small_parts \
+                 lifts the minimum for stores that take any size)",
+                self.part_size_bytes
             ));
         }
         if self.request_timeout_ms == 0 {
