@@ -519,15 +519,44 @@ impl ObjectBlobs {
 
     /// The multipart uploads open in the store under the prefix's
     /// `blobs/`, as (key, multipart id): also those whose id never reached
-    /// the log (a crash between opening one and logging it). At most the
-    /// first 1,000 (one page; the next collection sees the rest).
-    /// object_store has no call for this, so it is a presigned
-    /// `ListMultipartUploads` sent with the HTTP client object_store uses.
+    /// the log (a crash between opening one and logging it). Every page of
+    /// the listing (1,000 uploads each), at most
+    /// [`MULTIPART_LIST_PAGES_MAX`] of them. object_store has no call for
+    /// this, so each page is a presigned `ListMultipartUploads` sent with
+    /// the HTTP client object_store uses.
     pub async fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>, ObjectError> {
-        let options = object_store::signer::SignedUrlOptions::new().with_query([
-            ("uploads", ""),
-            ("prefix", &format!("{}blobs/", self.prefix)),
-        ]);
+        let mut all = Vec::new();
+        let mut marker: Option<(String, Option<String>)> = None;
+        for _ in 0..MULTIPART_LIST_PAGES_MAX {
+            let page = self.list_multipart_page(marker.as_ref()).await?;
+            all.extend(page.uploads);
+            match page.next {
+                // A store that hands the same marker back would loop.
+                Some(next) if marker.as_ref() != Some(&next) => marker = Some(next),
+                _ => return Ok(all),
+            }
+        }
+        tracing::warn!(
+            pages = MULTIPART_LIST_PAGES_MAX,
+            "more open multipart uploads than one collection lists; the next sees the rest"
+        );
+        Ok(all)
+    }
+
+    /// One page of `ListMultipartUploads`, after `marker` (key, upload id).
+    async fn list_multipart_page(
+        &self,
+        marker: Option<&(String, Option<String>)>,
+    ) -> Result<MultipartPage, ObjectError> {
+        let prefix = format!("{}blobs/", self.prefix);
+        let mut query: Vec<(&str, &str)> = vec![("uploads", ""), ("prefix", &prefix)];
+        if let Some((key, upload)) = marker {
+            query.push(("key-marker", key));
+            if let Some(upload) = upload {
+                query.push(("upload-id-marker", upload));
+            }
+        }
+        let options = object_store::signer::SignedUrlOptions::new().with_query(query);
         let url = self
             .s3
             .signed_url_opts(
@@ -603,8 +632,24 @@ impl ObjectBlobs {
     }
 }
 
-/// The (key, upload id) pairs of a `ListMultipartUploadsResult`.
-fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
+/// Most pages of `ListMultipartUploads` one listing reads (1,000 uploads
+/// a page): a bound on one collection's work, far above what crashes
+/// leave behind.
+pub const MULTIPART_LIST_PAGES_MAX: usize = 1_000;
+
+/// One page of a `ListMultipartUploadsResult`.
+#[derive(Debug, PartialEq, Eq)]
+struct MultipartPage {
+    /// (key, upload id) of each upload on the page.
+    uploads: Vec<(String, String)>,
+    /// The markers of the next page when the listing is truncated: a key,
+    /// and an upload id when the store gives one (Garage does not; every
+    /// key of ours has one upload, so the key alone is enough).
+    next: Option<(String, Option<String>)>,
+}
+
+/// Parses one page of a `ListMultipartUploadsResult`.
+fn parse_multipart_uploads(xml: &str) -> MultipartPage {
     fn element<'a>(within: &'a str, name: &str) -> Option<&'a str> {
         let start = within.find(&format!("<{name}>"))? + name.len() + 2;
         let len = within[start..].find(&format!("</{name}>"))?;
@@ -617,7 +662,8 @@ fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
             .replace("&apos;", "'")
             .replace("&amp;", "&")
     }
-    xml.split("<Upload>")
+    let uploads = xml
+        .split("<Upload>")
         .skip(1)
         .filter_map(|u| {
             let u = &u[..u.find("</Upload>")?];
@@ -626,7 +672,20 @@ fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
                 unescape(element(u, "UploadId")?),
             ))
         })
-        .collect()
+        .collect();
+    // The page's own fields come before its uploads.
+    let head = &xml[..xml.find("<Upload>").unwrap_or(xml.len())];
+    let tail = &xml[xml.rfind("</Upload>").unwrap_or(0)..];
+    let field = |name: &str| element(head, name).or_else(|| element(tail, name));
+    let truncated = field("IsTruncated").is_some_and(|t| t.trim() == "true");
+    let next = match field("NextKeyMarker") {
+        Some(key) if truncated && !key.is_empty() => {
+            let upload = field("NextUploadIdMarker").filter(|u| !u.is_empty());
+            Some((unescape(key), upload.map(unescape)))
+        }
+        _ => None,
+    };
+    MultipartPage { uploads, next }
 }
 
 /// The object store of a blob store, shared.
@@ -635,6 +694,35 @@ pub type SharedObjectBlobs = Arc<ObjectBlobs>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_truncated_multipart_listing_names_the_next_page() {
+        let page = "<ListMultipartUploadsResult><Bucket>b</Bucket><KeyMarker></KeyMarker>\
+            <NextKeyMarker>p/blobs/b&amp;</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>\
+            <MaxUploads>2</MaxUploads><IsTruncated>true</IsTruncated>\
+            <Upload><Key>p/blobs/a</Key><UploadId>u1</UploadId></Upload>\
+            <Upload><Key>p/blobs/b&amp;</Key><UploadId>u2</UploadId></Upload>\
+            </ListMultipartUploadsResult>";
+        let parsed = parse_multipart_uploads(page);
+        assert_eq!(
+            parsed.uploads,
+            vec![
+                ("p/blobs/a".to_owned(), "u1".to_owned()),
+                ("p/blobs/b&".to_owned(), "u2".to_owned())
+            ]
+        );
+        assert_eq!(parsed.next, Some(("p/blobs/b&".into(), Some("u2".into()))));
+        // Garage names only the next key.
+        let garage = page.replace("<NextUploadIdMarker>u2</NextUploadIdMarker>", "");
+        let parsed = parse_multipart_uploads(&garage);
+        assert_eq!(parsed.next, Some(("p/blobs/b&".into(), None)));
+        let last = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>\
+            <Upload><Key>p/blobs/c</Key><UploadId>u3</UploadId></Upload>\
+            </ListMultipartUploadsResult>";
+        let parsed = parse_multipart_uploads(last);
+        assert_eq!(parsed.uploads.len(), 1);
+        assert_eq!(parsed.next, None);
+    }
 
     #[test]
     fn keys_are_under_the_prefix() {
@@ -675,7 +763,7 @@ mod tests {
         let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
 <ListMultipartUploadsResult><Bucket>b</Bucket><Upload><Key>p/blobs/0123456789abcdef0123456789abcdef</Key><UploadId>a1&amp;b2</UploadId><Initiated>2026-12-07T00:00:00Z</Initiated></Upload><Upload><Key>p/blobs/x</Key><UploadId>c3</UploadId></Upload></ListMultipartUploadsResult>"#;
         assert_eq!(
-            parse_multipart_uploads(xml),
+            parse_multipart_uploads(xml).uploads,
             vec![
                 (
                     "p/blobs/0123456789abcdef0123456789abcdef".to_owned(),
@@ -684,7 +772,8 @@ mod tests {
                 ("p/blobs/x".to_owned(), "c3".to_owned()),
             ]
         );
-        assert!(parse_multipart_uploads("<ListMultipartUploadsResult/>").is_empty());
+        let empty = parse_multipart_uploads("<ListMultipartUploadsResult/>");
+        assert!(empty.uploads.is_empty() && empty.next.is_none());
     }
 
     #[test]
