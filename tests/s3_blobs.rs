@@ -513,6 +513,30 @@ async fn garage_stopped_mid_push_gives_503s_and_pushes_resume_when_it_is_back() 
     }
     reg.push_image("s3/fault", "v2", "after").await;
     assert_eq!(reg.get("/readyz").await.status(), StatusCode::OK);
+    // The store's metrics saw all of it: successes, the failures while
+    // Garage was stopped, the retries of those, and the bytes.
+    let text = reg.get("/metrics").await.text().await.unwrap();
+    let sample = |name: &str, labels: &[&str]| {
+        common::metrics_sample(&text, name, labels).unwrap_or_else(|| panic!("{name} {labels:?}"))
+    };
+    let requests = "ferro_object_store_requests_total";
+    assert!(sample(requests, &["operation=\"put_object\"", "outcome=\"ok\""]) >= 1.0);
+    let failed: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(requests) && l.contains("outcome=\"error\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed >= 1.0, "{text}");
+    let retries: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ferro_object_store_retries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(retries >= 1.0, "{text}");
+    let seconds = "ferro_object_store_request_duration_seconds_count";
+    assert!(sample(seconds, &["operation=\"put_object\""]) >= 1.0);
+    assert!(sample("ferro_object_store_sent_bytes_total", &[]) > 0.0);
+    assert!(sample("ferro_object_store_received_bytes_total", &[]) > 0.0);
 }
 
 #[tokio::test]

@@ -38,6 +38,8 @@ use object_store::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+mod metered;
+
 /// Which store holds blob bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -256,6 +258,7 @@ impl ObjectBlobs {
             .with_secret_access_key(secret)
             .with_allow_http(config.allow_http)
             .with_virtual_hosted_style_request(false)
+            .with_http_connector(metered::MeteredConnector)
             .with_client_options(
                 ClientOptions::new()
                     .with_allow_http(config.allow_http)
@@ -360,7 +363,8 @@ impl ObjectBlobs {
     /// bucket and credentials are right. Updates availability.
     pub async fn probe(&self) -> Result<(), ObjectError> {
         let prefix = self.prefix_path();
-        let result = self.s3.list_with_delimiter(prefix.as_ref()).await;
+        let listing = self.s3.list_with_delimiter(prefix.as_ref());
+        let result = metered::operation("probe", listing).await;
         match result {
             Ok(_) => {
                 if self.unavailable.swap(false, Ordering::AcqRel) {
@@ -399,10 +403,12 @@ impl ObjectBlobs {
     /// Opens a multipart upload to `key`; returns its id.
     pub async fn start_multipart(&self, key: &str) -> Result<String, ObjectError> {
         self.check_available()?;
-        self.s3
-            .create_multipart(&Self::path(key))
-            .await
-            .map_err(|e| self.failed(e, key))
+        metered::operation(
+            "start_multipart",
+            self.s3.create_multipart(&Self::path(key)),
+        )
+        .await
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Stores part `number` (from 1) of a multipart upload; returns its
@@ -416,16 +422,18 @@ impl ObjectBlobs {
     ) -> Result<String, ObjectError> {
         debug_assert!((1..=PARTS_MAX).contains(&number));
         let id = multipart.to_owned();
-        self.s3
-            .put_part(
+        metered::operation(
+            "put_part",
+            self.s3.put_part(
                 &Self::path(key),
                 &id,
                 number as usize - 1,
                 PutPayload::from(bytes),
-            )
-            .await
-            .map(|p| p.content_id)
-            .map_err(|e| self.failed(e, key))
+            ),
+        )
+        .await
+        .map(|p| p.content_id)
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Completes a multipart upload from its parts' ETags, in order.
@@ -439,19 +447,24 @@ impl ObjectBlobs {
             .into_iter()
             .map(|content_id| PartId { content_id })
             .collect();
-        self.s3
-            .complete_multipart(&Self::path(key), &multipart.to_owned(), parts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.failed(e, key))
+        metered::operation(
+            "complete_multipart",
+            self.s3
+                .complete_multipart(&Self::path(key), &multipart.to_owned(), parts),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Aborts a multipart upload; one the store no longer knows is done.
     pub async fn abort_multipart(&self, key: &str, multipart: &str) -> Result<(), ObjectError> {
-        match self
-            .s3
-            .abort_multipart(&Self::path(key), &multipart.to_owned())
-            .await
+        match metered::operation(
+            "abort_multipart",
+            self.s3
+                .abort_multipart(&Self::path(key), &multipart.to_owned()),
+        )
+        .await
         {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed(e, key)),
@@ -461,11 +474,13 @@ impl ObjectBlobs {
     /// Writes a whole object in one request.
     pub async fn put_object(&self, key: &str, bytes: Bytes) -> Result<(), ObjectError> {
         self.check_available()?;
-        self.s3
-            .put(&Self::path(key), PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.failed(e, key))
+        metered::operation(
+            "put_object",
+            self.s3.put(&Self::path(key), PutPayload::from(bytes)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Bytes `start..start + len` of an object, as a stream of what the
@@ -483,9 +498,7 @@ impl ObjectBlobs {
             range: Some(GetRange::Bounded(start..start + len)),
             ..GetOptions::default()
         };
-        let result = self
-            .s3
-            .get_opts(&Self::path(key), options)
+        let result = metered::operation("get", self.s3.get_opts(&Self::path(key), options))
             .await
             .map_err(|e| self.failed(e, key))?;
         Ok(result.into_stream().map_err(std::io::Error::other).boxed())
@@ -528,7 +541,11 @@ impl ObjectBlobs {
         let mut all = Vec::new();
         let mut marker: Option<(String, Option<String>)> = None;
         for _ in 0..MULTIPART_LIST_PAGES_MAX {
-            let page = self.list_multipart_page(marker.as_ref()).await?;
+            let started = std::time::Instant::now();
+            let page = self.list_multipart_page(marker.as_ref()).await;
+            let outcome = if page.is_ok() { "ok" } else { "error" };
+            metered::record("list_multipart_uploads", outcome, started);
+            let page = page?;
             all.extend(page.uploads);
             match page.next {
                 // A store that hands the same marker back would loop.
@@ -581,8 +598,7 @@ impl ObjectBlobs {
 
     /// The size of an object.
     pub async fn head(&self, key: &str) -> Result<u64, ObjectError> {
-        self.s3
-            .head(&Self::path(key))
+        metered::operation("head", self.s3.head(&Self::path(key)))
             .await
             .map(|m| m.size)
             .map_err(|e| self.failed(e, key))
@@ -590,7 +606,7 @@ impl ObjectBlobs {
 
     /// Deletes an object; one already gone is deleted.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        match self.s3.delete(&Self::path(key)).await {
+        match metered::operation("delete", self.s3.delete(&Self::path(key))).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed(e, key)),
         }
@@ -599,10 +615,8 @@ impl ObjectBlobs {
     /// Every object under the prefix.
     pub async fn list(&self) -> Result<Vec<ListedObject>, ObjectError> {
         let prefix = self.prefix_path();
-        let listed: Vec<object_store::ObjectMeta> = self
-            .s3
-            .list(prefix.as_ref())
-            .try_collect()
+        let listing = self.s3.list(prefix.as_ref()).try_collect();
+        let listed: Vec<object_store::ObjectMeta> = metered::operation("list", listing)
             .await
             .map_err(|e| self.failed(e, &self.prefix))?;
         Ok(listed
