@@ -163,6 +163,9 @@ struct ServeArgs {
     /// Size of the parts uploads are sent in, in bytes [default: 8388608].
     #[arg(long)]
     storage_part_size_bytes: Option<u64>,
+    /// Accept parts under 5 MiB (stores that take any size, as Garage).
+    #[arg(long)]
+    storage_allow_small_parts: bool,
     /// Time allowed for one request to the store, in ms [default: 30000].
     #[arg(long)]
     storage_request_timeout_ms: Option<u64>,
@@ -321,6 +324,7 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
         s.request_timeout_ms = v;
     }
     s.allow_http |= args.storage_allow_http;
+    s.allow_small_parts |= args.storage_allow_small_parts;
     s.redirect |= args.storage_redirect;
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;
