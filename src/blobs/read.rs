@@ -2,7 +2,8 @@
 //! one go; a larger one is memory-mapped a piece at a time and handed out
 //! as [`Bytes`] that own their map, so serving it copies nothing into user
 //! space and takes one blocking-pool round trip per 4 MiB piece (where its
-//! pages are faulted in, so a cold read never stalls an async thread).
+//! pages are faulted in, so a cold read never stalls an async thread;
+//! [`super::stream::PieceStream`] runs those a piece ahead of the send).
 //!
 //! Mapping is safe here because a committed blob file never changes: it is
 //! renamed into place whole and only ever unlinked (garbage collection),
