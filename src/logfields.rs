@@ -11,7 +11,7 @@
 //! instructions. Messages and errors, which are rare and need the default's
 //! escaping and error-source list, still go through the default visitor.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
@@ -25,7 +25,11 @@ pub struct PlainFields;
 impl<'writer> FormatFields<'writer> for PlainFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
         let mut visitor = PlainVisitor {
-            writer,
+            out: Gathered {
+                writer,
+                buf: [0; GATHERED_BYTES],
+                len: 0,
+            },
             is_empty: true,
             result: Ok(()),
         };
@@ -34,8 +38,45 @@ impl<'writer> FormatFields<'writer> for PlainFields {
     }
 }
 
-struct PlainVisitor<'a> {
+/// Fields are gathered on the stack and written out in one piece, so a
+/// span's text is allocated once at its size rather than grown field by
+/// field; a request span's fields take about 80 bytes.
+const GATHERED_BYTES: usize = 256;
+
+/// A writer that gathers what is written and passes it on in large
+/// pieces (when the buffer is full, and at the end).
+struct Gathered<'a> {
     writer: Writer<'a>,
+    buf: [u8; GATHERED_BYTES],
+    len: usize,
+}
+
+impl Gathered<'_> {
+    fn flush(&mut self) -> fmt::Result {
+        let gathered = std::str::from_utf8(&self.buf[..self.len]).map_err(|_| fmt::Error)?;
+        let written = self.writer.write_str(gathered);
+        self.len = 0;
+        written
+    }
+}
+
+impl fmt::Write for Gathered<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.len + s.len() > self.buf.len() {
+            self.flush()?;
+            if s.len() > self.buf.len() {
+                return self.writer.write_str(s);
+            }
+        }
+        // Whole strings only, so the buffer always holds valid UTF-8.
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+struct PlainVisitor<'a> {
+    out: Gathered<'a>,
     /// Whether nothing was written yet (no separating space needed).
     is_empty: bool,
     result: fmt::Result,
@@ -47,7 +88,11 @@ impl PlainVisitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let mut default = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        if let Err(e) = self.out.flush() {
+            self.result = Err(e);
+            return;
+        }
+        let mut default = DefaultVisitor::new(self.out.writer.by_ref(), self.is_empty);
         record(&mut default);
         self.result = default.finish();
         self.is_empty = false;
@@ -78,21 +123,23 @@ impl Visit for PlainVisitor<'_> {
             return;
         }
         let name = name.strip_prefix("r#").unwrap_or(name);
+        let out = &mut self.out;
         self.result = (|| {
             if !self.is_empty {
-                self.writer.write_char(' ')?;
+                out.write_str(" ")?;
             }
-            self.writer.write_str(name)?;
-            self.writer.write_char('=')?;
-            write!(self.writer, "{value:?}")
+            out.write_str(name)?;
+            out.write_str("=")?;
+            write!(out, "{value:?}")
         })();
         self.is_empty = false;
     }
 }
 
 impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
-    fn finish(self) -> fmt::Result {
-        self.result
+    fn finish(mut self) -> fmt::Result {
+        self.result?;
+        self.out.flush()
     }
 }
 
@@ -140,6 +187,13 @@ mod tests {
         let error = std::io::Error::other("disk on fire");
         tracing::warn!(status = 503u16, r#type = "x", quoted = "a b", %error, "it \"failed\"");
         tracing::info!(latency_us = 12u64, "answered");
+        // Longer than the gathering buffer, in one field and in many.
+        let long = "x".repeat(3 * GATHERED_BYTES);
+        tracing::info!(long = %long, a = 1, b = 2, "long");
+        tracing::info!(
+            f1 = %"a".repeat(100), f2 = %"b".repeat(100), f3 = %"c".repeat(100),
+            "several that fill the buffer"
+        );
     }
 
     /// Without colours the plain format writes exactly what the default
