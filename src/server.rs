@@ -344,6 +344,7 @@ pub async fn run(
         notifier,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
+        feed_positions: Default::default(),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -533,6 +534,7 @@ pub async fn run_read_only(
         notifier: None,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
+        feed_positions: Default::default(),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);

@@ -88,6 +88,9 @@ pub struct App {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The web UI's settings, sessions and timeline.
     pub ui: ui::Ui,
+    /// Where the feed's recent pages ended, so a follower's next page
+    /// reads only what is new.
+    pub feed_positions: Arc<crate::feed::Positions>,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises
