@@ -359,8 +359,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         )
         .with_writer(writer);
     match format {
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            builder.with_ansi(true).init()
+        }
+        // Not a terminal: no colours, and the cheaper field format that
+        // writes the same text (every request's span is formatted).
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(false)
+            .fmt_fields(ferro::logfields::PlainFields)
             .init(),
         LogFormat::Json => builder
             .json()
