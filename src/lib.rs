@@ -18,6 +18,7 @@ pub mod limits;
 pub mod log;
 pub mod manifest;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod oci;
 pub mod projection;
