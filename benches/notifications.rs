@@ -18,7 +18,12 @@
 //! each manifest event's arrival at a receiver minus its commit time
 //! (the event's `time` / `timestamp`), over all three receivers, once
 //! every endpoint has caught up. Rounds alternate the two set-ups so
-//! drift on a shared machine hits both; the medians are reported.
+//! drift on a shared machine hits both; the medians are reported. Beside
+//! throughput, the server's own CPU time (user + system, from
+//! `/proc/PID/stat`) per 1,000 pushes, counted until every endpoint has
+//! caught up, so delivery's whole cost is in it: on a shared machine
+//! other processes move wall-clock throughput far more than they move a
+//! process's CPU time.
 
 #[path = "../tests/support/receiver.rs"]
 mod receiver;
@@ -162,7 +167,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 struct Run {
     per_second: f64,
+    /// Server CPU milliseconds per 1,000 pushes.
+    cpu_ms_per_1000: f64,
     lags_ms: Vec<f64>,
+}
+
+/// User + system CPU time of process `pid` so far.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at
+    // state; utime and stime are the 14th and 15th fields overall.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
 async fn run(a: &Args, endpoints: bool) -> Run {
@@ -197,6 +217,7 @@ async fn run(a: &Args, endpoints: bool) -> Run {
     }
     let (mut child, addr) = spawn_ferro_with(&data, &ferro_args);
     let base = format!("http://{addr}");
+    let cpu_before = process_cpu(child.id());
     let took = push_load(&base, a.pushes, a.clients).await;
     let mut lags = Vec::new();
     if endpoints {
@@ -231,10 +252,12 @@ async fn run(a: &Args, endpoints: bool) -> Run {
             lags.extend(l);
         }
     }
+    let cpu = process_cpu(child.id()) - cpu_before;
     let _ = child.kill();
     let _ = child.wait();
     Run {
         per_second: a.pushes as f64 / took.as_secs_f64(),
+        cpu_ms_per_1000: cpu.as_secs_f64() * 1e3 * 1000.0 / a.pushes as f64,
         lags_ms: lags,
     }
 }
@@ -247,16 +270,19 @@ fn main() {
         .unwrap();
     let mut none = Vec::new();
     let mut three = Vec::new();
+    let (mut none_cpu, mut three_cpu) = (Vec::new(), Vec::new());
     let mut lags = Vec::new();
     for round in 0..a.rounds {
         let n = rt.block_on(run(&a, false));
         let t = rt.block_on(run(&a, true));
         println!(
-            "round {round}: no endpoint {:.0} manifests/s, three endpoints {:.0} manifests/s",
-            n.per_second, t.per_second
+            "round {round}: no endpoint {:.0} manifests/s ({:.0} ms CPU per 1,000), three endpoints {:.0} manifests/s ({:.0} ms CPU per 1,000)",
+            n.per_second, n.cpu_ms_per_1000, t.per_second, t.cpu_ms_per_1000
         );
         none.push(n.per_second);
         three.push(t.per_second);
+        none_cpu.push(n.cpu_ms_per_1000);
+        three_cpu.push(t.cpu_ms_per_1000);
         lags.extend(t.lags_ms);
     }
     lags.sort_by(|x, y| x.total_cmp(y));
@@ -267,6 +293,11 @@ fn main() {
         a.pushes,
         a.clients,
         (t / n - 1.0) * 100.0
+    );
+    let (nc, tc) = (median(none_cpu), median(three_cpu));
+    println!(
+        "server CPU per 1,000 pushes, median: no endpoint {nc:.0} ms, three endpoints {tc:.0} ms ({:+.1}%)",
+        (tc / nc - 1.0) * 100.0
     );
     println!(
         "delivery lag over {} manifest events: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

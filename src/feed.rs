@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::events::{Actor, Event};
-use crate::log::recovery::{self, ReadOptions, RecoveryError, RecoveryMode};
+use parking_lot::Mutex;
+
+use crate::log::recovery::{self, ReadOptions, RecoveryError, RecoveryMode, ResumeAt};
 use crate::oci::RepoName;
 use crate::timefmt::rfc3339;
 
@@ -39,6 +41,43 @@ pub struct Page {
     /// The live log's first sequence number, when it has a segment: a
     /// cursor before it means compaction took entries away.
     pub log_first_seq: Option<u64>,
+    /// Where the log stands just after `last_examined`: the next page's
+    /// `resume` (`None` when nothing was examined).
+    pub resume: Option<ResumeAt>,
+}
+
+/// The last few page ends, for readers that only carry a sequence number
+/// from one page to the next (the feed endpoint's `after=`): a follower's
+/// next request finds its position here and reads only what is new.
+#[derive(Debug, Default)]
+pub struct Positions {
+    recent: Mutex<std::collections::VecDeque<ResumeAt>>,
+}
+
+/// How many page ends [`Positions`] keeps: a few dozen followers.
+const POSITIONS_KEPT: usize = 64;
+
+impl Positions {
+    /// A position just after record `seq`, if one is kept.
+    pub fn get(&self, seq: u64) -> Option<ResumeAt> {
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .find(|p| p.seq == seq)
+            .copied()
+    }
+
+    pub fn put(&self, position: ResumeAt) {
+        let mut recent = self.recent.lock();
+        if recent.iter().any(|p| *p == position) {
+            return;
+        }
+        if recent.len() == POSITIONS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(position);
+    }
 }
 
 /// Which events of an entry pass: `keep(event, entry_events)`.
@@ -69,28 +108,35 @@ impl EventFilter for RepoKindFilter<'_> {
 
 /// Reads at most `n` matching entries after `after`, up to `upto` (the
 /// last committed sequence number: never an entry whose fsync is pending).
+/// `resume`, the previous page's [`Page::resume`] (its `seq` must be
+/// `after`), lets the read start there rather than at the start of the
+/// segment that holds `after`.
 pub fn read_page(
     log_dir: &Path,
     after: u64,
     upto: u64,
     n: usize,
     filter: &dyn EventFilter,
+    resume: Option<ResumeAt>,
 ) -> Result<Page, RecoveryError> {
     let mut entries = Vec::new();
     let mut last_examined = after;
+    let resume = resume.filter(|r| r.seq == after);
     if n == 0 || after >= upto {
         return Ok(Page {
             entries,
             last_examined,
             log_first_seq: None,
+            resume,
         });
     }
+    let mut position = resume;
     let options = ReadOptions {
         mode: RecoveryMode::TolerateTornTail,
         replay_after: after,
         skip_covered_segments: true,
     };
-    let report = recovery::read_log(log_dir, &options, &mut |record| {
+    let report = recovery::read_log_resuming(log_dir, &options, resume, &mut |record| {
         if record.seq > upto {
             return Ok(ControlFlow::Break(()));
         }
@@ -98,6 +144,7 @@ pub fn read_page(
             .decode()
             .map_err(|e| format!("record {} checksum is valid but {e}", record.seq))?;
         last_examined = record.seq;
+        position = Some(ResumeAt::after(record));
         let mut events = Vec::new();
         let mut indexes = Vec::new();
         for (i, e) in entry.events.iter().enumerate() {
@@ -126,5 +173,34 @@ pub fn read_page(
         entries,
         last_examined,
         log_first_seq: report.first_seq,
+        resume: position,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: u64) -> ResumeAt {
+        ResumeAt {
+            segment_first_seq: 1,
+            offset: 32 + seq * 100,
+            seq,
+            crc: seq as u32,
+        }
+    }
+
+    #[test]
+    fn positions_keep_the_latest_page_ends() {
+        let positions = Positions::default();
+        assert_eq!(positions.get(5), None);
+        for seq in 1..=(POSITIONS_KEPT as u64 + 10) {
+            positions.put(at(seq));
+            positions.put(at(seq)); // twice: kept once
+        }
+        assert_eq!(positions.get(10), None, "the oldest were dropped");
+        assert_eq!(positions.get(11), Some(at(11)));
+        assert_eq!(positions.get(POSITIONS_KEPT as u64 + 10), Some(at(74)));
+        assert_eq!(positions.recent.lock().len(), POSITIONS_KEPT);
+    }
 }

@@ -371,6 +371,7 @@ pub async fn run(
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
         mirrors: Arc::new(mirrors),
+        feed_positions: Default::default(),
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -561,6 +562,7 @@ pub async fn run_read_only(
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
         mirrors: Arc::default(),
+        feed_positions: Default::default(),
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);

@@ -7,6 +7,7 @@
 //! other damage refuses to start, naming the file and the offset.
 
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use ferro::commands::Command;
 use ferro::datadir::{DataDir, DataDirError};
 use ferro::events::{Actor, Entry};
 use ferro::log::format::{read_record, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
-use ferro::log::recovery::{self, RecoveryReport};
+use ferro::log::recovery::{self, ReadOptions, RecoveryReport, ResumeAt};
 use ferro::log::segment::segment_file_name;
 use ferro::log::{
     Durability, OpenError, OpenedLog, RecoveryError, RecoveryMode, ReplayFrom, WriterOptions,
@@ -752,6 +753,107 @@ fn tiny_segments_roll_chain_and_recover() {
     assert_eq!(*again.state.read(), live);
     assert_eq!(again.report.last_seq, 180);
     close(again);
+}
+
+/// Records as a read hands them over: sequence number, checksum, payload.
+type Handed = Vec<(u64, u32, Vec<u8>)>;
+
+/// Every record after `after` as a resumed read hands it over, with the
+/// number of records it verified.
+fn read_after(
+    log_dir: &Path,
+    after: u64,
+    resume: Option<ResumeAt>,
+) -> Result<(Handed, u64), RecoveryError> {
+    let options = ReadOptions {
+        mode: RecoveryMode::TolerateTornTail,
+        replay_after: after,
+        skip_covered_segments: true,
+    };
+    let mut got = Vec::new();
+    let report = recovery::read_log_resuming(log_dir, &options, resume, &mut |r| {
+        got.push((r.seq, r.crc, r.payload.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok((got, report.records_verified))
+}
+
+#[test]
+fn a_resumed_read_hands_over_exactly_what_a_full_read_does() {
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let segment_bytes_max = 2_000;
+    let commands = workload(120, "");
+    let opened = open_log(&log, RecoveryMode::Strict, segment_bytes_max).unwrap();
+    submit_all(&rt, &opened, commands[..60].to_vec());
+    // The positions a follower of the live log would hold.
+    let mut positions = Vec::new();
+    recovery::read_log(&log, &ReadOptions::default(), &mut |r| {
+        positions.push(ResumeAt::after(r));
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    assert_eq!(positions.len(), 60);
+    // The log grows past them: the active segment fills and rolls.
+    submit_all(&rt, &opened, commands[60..].to_vec());
+    close(opened);
+    assert!(segments(&log).len() >= 4);
+
+    let mut saved = 0;
+    for position in &positions {
+        let (full, verified_full) = read_after(&log, position.seq, None).unwrap();
+        let (resumed, verified_resumed) = read_after(&log, position.seq, Some(*position)).unwrap();
+        assert_eq!(resumed, full, "after {}", position.seq);
+        assert_eq!(full.len() as u64, 120 - position.seq);
+        assert!(verified_resumed <= verified_full);
+        saved += verified_full - verified_resumed;
+    }
+    // Records before the position in its segment are not read again.
+    assert!(saved > 60, "resuming verified only {saved} records fewer");
+
+    // A position that does not belong to the log is refused, not read past.
+    let good = positions[30];
+    for stale in [
+        ResumeAt {
+            crc: good.crc ^ 1,
+            ..good
+        },
+        ResumeAt {
+            seq: good.seq - 1,
+            ..good
+        },
+        ResumeAt {
+            offset: good.offset - 1,
+            ..good
+        },
+    ] {
+        let err = read_after(&log, stale.seq, Some(stale)).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { .. }),
+            "{stale:?}: {err}"
+        );
+    }
+    // A position past the segment's end is refused too.
+    let past_end = ResumeAt {
+        offset: 1 << 40,
+        ..good
+    };
+    assert!(read_after(&log, past_end.seq, Some(past_end)).is_err());
+    // A position in a segment that is gone (compaction) or that is after
+    // `replay_after` is ignored: the read starts over.
+    let gone = ResumeAt {
+        segment_first_seq: 1_000_000,
+        ..good
+    };
+    assert_eq!(
+        read_after(&log, good.seq, Some(gone)).unwrap(),
+        read_after(&log, good.seq, None).unwrap()
+    );
+    assert_eq!(
+        read_after(&log, good.seq - 5, Some(good)).unwrap(),
+        read_after(&log, good.seq - 5, None).unwrap()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -804,3 +804,49 @@ async fn https_endpoints_are_verified_with_rustls() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_an_endpoint_in_few_large_batches() {
+    let hook = Receiver::start(Behaviour::Accept, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferro.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[notifications.endpoints]]\nname = \"burst\"\nurl = \"{}\"\n\
+             format = \"cloudevents\"\nbatch_max = 1000\nbatch_window = \"5s\"\n",
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let reg = Registry::start(&["--config", config.to_str().unwrap()]);
+    // After a quiet spell an entry goes at once, not after the window.
+    let started = Instant::now();
+    reg.push_image("team/app", "first", "first").await;
+    while hook.accepted().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the first entry waited for the window"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_requests = hook.accepted().len();
+    // A burst right after it gathers for the window: dozens of entries,
+    // one or two requests (two when the burst straddles a window's end).
+    for i in 0..10 {
+        reg.push_image("team/app", &format!("t{i}"), &format!("burst-{i}"))
+            .await;
+    }
+    let s = wait_caught_up(&reg, &["burst"]).await;
+    let last = s["last_seq"].as_u64().unwrap();
+    let accepted = hook.accepted();
+    let stream = cloudevents_stream(&accepted);
+    let (deduped, _) = dedupe_in_order("burst", &stream);
+    assert_eq!(deduped.last().map(|e| e.seq), Some(last));
+    assert!(last >= 30, "{last} entries");
+    let burst_requests = accepted.len() - first_requests;
+    assert!(
+        (1..=2).contains(&burst_requests),
+        "{burst_requests} requests for {last} entries"
+    );
+}

@@ -93,6 +93,9 @@ pub struct App {
     pub ui: ui::Ui,
     /// Pull-through caches of other registries (`[[mirrors]]`).
     pub mirrors: Arc<crate::mirror::Mirrors>,
+    /// Where the feed's recent pages ended, so a follower's next page
+    /// reads only what is new.
+    pub feed_positions: Arc<crate::feed::Positions>,
 }
 
 /// In-memory companions of upload sessions: a lock that serialises

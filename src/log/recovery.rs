@@ -133,6 +133,35 @@ pub struct ReadOptions {
     pub skip_covered_segments: bool,
 }
 
+/// Where an earlier read of this log stopped: just after record `seq`,
+/// whose checksum is `crc`, at byte `offset` of the segment whose first
+/// record is `segment_first_seq`. A follower of the live log (the event
+/// feed, a notification endpoint, the UI's timeline) passes it back so the
+/// next read starts there instead of verifying the active segment again
+/// from its start. Only meaningful for the log of the same running
+/// process: segments are appended to and never rewritten while it runs
+/// (compaction removes whole sealed segments, then the position is not
+/// found and the read starts over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeAt {
+    pub segment_first_seq: u64,
+    pub offset: u64,
+    pub seq: u64,
+    pub crc: u32,
+}
+
+impl ResumeAt {
+    /// The position just after `record`.
+    pub fn after(record: &RecordView<'_>) -> ResumeAt {
+        ResumeAt {
+            segment_first_seq: record.segment_first_seq,
+            offset: record.offset + record.len_bytes(),
+            seq: record.seq,
+            crc: record.crc,
+        }
+    }
+}
+
 /// One record whose checksum, sequence number and chain verified, as
 /// [`read_log`] hands it to its visitor. The payload is not decoded: the
 /// visitor decides whether it needs the entry.
@@ -141,6 +170,8 @@ pub struct RecordView<'a> {
     pub segment: &'a Path,
     /// Index of the segment among those read.
     pub segment_index: usize,
+    /// The sequence number the segment is named for (its first record's).
+    pub segment_first_seq: u64,
     /// Offset of the record in its segment.
     pub offset: u64,
     pub seq: u64,
@@ -235,7 +266,30 @@ pub fn read_log(
     options: &ReadOptions,
     visit: &mut dyn FnMut(&RecordView<'_>) -> VisitResult,
 ) -> Result<RecoveryReport, RecoveryError> {
+    read_log_resuming(log_dir, options, None, visit)
+}
+
+/// [`read_log`], starting at `resume` (a position an earlier read of this
+/// log returned) when its segment is still there and it is at or before
+/// `options.replay_after`; otherwise from the start, as `read_log`. The
+/// records after the position are verified as always: the first one must
+/// follow `resume.seq` and chain to `resume.crc`, so a stale position is
+/// reported as corruption, never read past.
+pub fn read_log_resuming(
+    log_dir: &Path,
+    options: &ReadOptions,
+    resume: Option<ResumeAt>,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> VisitResult,
+) -> Result<RecoveryReport, RecoveryError> {
     let segments = list_segments(log_dir).map_err(io_err(log_dir))?;
+    let resume = resume
+        .filter(|r| r.seq <= options.replay_after)
+        .and_then(|r| {
+            let index = segments
+                .iter()
+                .position(|(first_seq, _)| *first_seq == r.segment_first_seq)?;
+            Some((index, r))
+        });
     let mut report = RecoveryReport {
         segments: Vec::with_capacity(segments.len()),
         last_seq: 0,
@@ -253,7 +307,15 @@ pub fn read_log(
     let mut first_read = true;
     for (index, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == count;
-        if options.skip_covered_segments && !is_last {
+        let resume_here = match resume {
+            Some((at, _)) if index < at => {
+                report.segments_skipped += 1;
+                continue;
+            }
+            Some((at, r)) if index == at => Some(r),
+            _ => None,
+        };
+        if resume_here.is_none() && options.skip_covered_segments && !is_last {
             // A sealed segment ends where the next one starts.
             let next_first_seq = segments[index + 1].0;
             if next_first_seq <= options.replay_after.saturating_add(1) {
@@ -267,6 +329,7 @@ pub fn read_log(
             name_seq: *name_seq,
             is_first: first_read,
             is_last,
+            resume: resume_here,
         };
         first_read = false;
         let (summary, flow) = read_segment(&segment, options, &mut report, visit)?;
@@ -286,6 +349,8 @@ struct SegmentRead<'a> {
     /// The first segment read (not necessarily the log's first).
     is_first: bool,
     is_last: bool,
+    /// Start at this position instead of the segment's first record.
+    resume: Option<ResumeAt>,
 }
 
 fn read_segment(
@@ -331,7 +396,25 @@ fn read_segment(
             "segment starts at sequence 0; sequence numbers start at 1".into(),
         ));
     }
-    if segment.is_first {
+    let mut offset = SEGMENT_HEADER_BYTES;
+    if let Some(r) = segment.resume {
+        if r.offset < SEGMENT_HEADER_BYTES as u64 || r.offset > bytes.len() as u64 {
+            return Err(corrupt(
+                r.offset,
+                format!(
+                    "resume position {} is outside the segment ({} bytes)",
+                    r.offset,
+                    bytes.len()
+                ),
+            ));
+        }
+        // The record at the position is checked against these like any
+        // other: it must be `r.seq + 1` and chain to `r.crc`.
+        report.last_seq = r.seq;
+        report.last_crc = r.crc;
+        note_replay_point(report, options);
+        offset = r.offset as usize;
+    } else if segment.is_first {
         if header.first_seq == 1 && header.prev_crc != 0 {
             return Err(corrupt(
                 24,
@@ -362,7 +445,6 @@ fn read_segment(
         }
     }
 
-    let mut offset = SEGMENT_HEADER_BYTES;
     let mut records = 0u64;
     let mut flow = ControlFlow::Continue(());
     while offset < bytes.len() {
@@ -426,6 +508,7 @@ fn read_segment(
             let view = RecordView {
                 segment: path,
                 segment_index: segment.index,
+                segment_first_seq: header.first_seq,
                 offset: offset as u64,
                 seq: h.seq,
                 time_unix_ns: h.time_unix_ns,

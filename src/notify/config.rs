@@ -18,6 +18,8 @@ use crate::gc::duration_text;
 pub const ENDPOINT_NAME_BYTES_MAX: usize = 64;
 /// Most events in one request to an endpoint.
 pub const BATCH_MAX_LIMIT: usize = 1000;
+/// Longest `batch_window`: a delivery is never held back longer.
+pub const BATCH_WINDOW_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -152,6 +154,14 @@ pub struct EndpointConfig {
     pub failing_after: Duration,
     /// Most events in one request.
     pub batch_max: usize,
+    /// After a delivery, the next one waits this long for more entries
+    /// to gather (unless a full batch is already waiting): under a push
+    /// load an endpoint gets a few requests a second carrying many events
+    /// each, not one request per commit. An entry after a quiet spell of
+    /// at least the window goes at once. Zero: every commit is sent as it
+    /// comes.
+    #[serde(with = "duration_text")]
+    pub batch_window: Duration,
     /// When set, each body is signed: `Ferro-Signature: sha256=<hex>`,
     /// HMAC-SHA256 of the body with this key.
     pub secret: String,
@@ -178,6 +188,7 @@ impl Default for EndpointConfig {
             backoff_max: Duration::from_secs(300),
             failing_after: Duration::from_secs(600),
             batch_max: 100,
+            batch_window: Duration::from_millis(50),
             secret: String::new(),
             start: Start::End,
             ca: PathBuf::new(),
@@ -205,6 +216,7 @@ pub const EXAMPLE: &str = r#"# One table per receiver (none by default). Each ha
 # backoff_max = "5m"
 # failing_after = "10m"
 # batch_max = 100
+# batch_window = "50ms"            # after a delivery, gather for this long
 # secret = ""                      # set: Ferro-Signature: sha256=<HMAC-SHA256 hex>
 # start = "end"                    # "beginning" or a sequence number
 # ca = ""                          # PEM roots for https; empty: the system's
@@ -232,6 +244,12 @@ impl NotificationsConfig {
             crate::notify::client::Target::parse(&e.url).map_err(what)?;
             if e.batch_max == 0 || e.batch_max > BATCH_MAX_LIMIT {
                 return Err(what(format!("batch_max must be in 1..={BATCH_MAX_LIMIT}")));
+            }
+            if e.batch_window > BATCH_WINDOW_MAX {
+                return Err(what(format!(
+                    "batch_window must be at most {}s",
+                    BATCH_WINDOW_MAX.as_secs()
+                )));
             }
             if e.timeout.is_zero() || e.backoff_min.is_zero() || e.backoff_max < e.backoff_min {
                 return Err(what(

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::client::Client;
 use super::format::{self, Batch};
 use super::{now_unix_ns, Endpoint, Notifier, DELIVERIES, EVENTS_DELIVERED, FAILURES};
-use crate::feed::{read_page, FeedEntry};
+use crate::feed::{read_page, FeedEntry, Positions};
 
 /// A batch stops growing past this many bytes of manifest bodies (at
 /// least one entry goes): with 4 MiB manifests, `batch_max` alone would
@@ -27,6 +27,9 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
     let name = endpoint.config.name.clone();
     let interval = notifier.cursor_write_interval;
     let mut last_write = Instant::now();
+    // Where the reads stopped: the next batch reads only what is new.
+    let positions = Arc::new(Positions::default());
+    let mut last_read: Option<Instant> = None;
     loop {
         if notifier.stop.is_cancelled() {
             break;
@@ -64,11 +67,32 @@ pub async fn run(notifier: Arc<Notifier>, endpoint: Arc<Endpoint>, mut client: C
             }
             continue;
         }
+        let n = endpoint.config.batch_max;
+        // Gather: right after a read, wait out the window for more
+        // entries, unless a full batch is already waiting.
+        if let Some(read_at) = last_read {
+            let window_ends = read_at + endpoint.config.batch_window;
+            if upto - after < n as u64 && Instant::now() < window_ends {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(window_ends.into()) => {}
+                    _ = endpoint.moved.notified() => {}
+                    _ = notifier.stop.cancelled() => break,
+                }
+                continue;
+            }
+        }
+        last_read = Some(Instant::now());
         let log_dir = notifier.layout.log_dir();
         let filter = endpoint.filter.clone();
-        let n = endpoint.config.batch_max;
-        let page =
-            tokio::task::spawn_blocking(move || read_page(&log_dir, after, upto, n, &filter)).await;
+        let read_positions = positions.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            let page = read_page(&log_dir, after, upto, n, &filter, read_positions.get(after))?;
+            if let Some(p) = page.resume {
+                read_positions.put(p);
+            }
+            Ok::<_, crate::log::recovery::RecoveryError>(page)
+        })
+        .await;
         let page = match page {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {

@@ -103,12 +103,17 @@ pub async fn get(app: &Arc<App>, query: &str) -> ApiResult<Response> {
     let upto = app.state.read().last_seq;
     let log_dir = app.layout.log_dir();
     let (after, n, repo, kinds) = (q.after, q.n, q.repo.clone(), q.kinds.clone());
+    let positions = app.feed_positions.clone();
     let read = tokio::task::spawn_blocking(move || {
         let filter = RepoKindFilter {
             repo: repo.as_ref(),
             kinds: &kinds,
         };
-        read_page(&log_dir, after, upto, n, &filter)
+        let page = read_page(&log_dir, after, upto, n, &filter, positions.get(after))?;
+        if let Some(p) = page.resume {
+            positions.put(p);
+        }
+        Ok::<_, crate::log::recovery::RecoveryError>(page)
     })
     .await
     .map_err(ApiError::internal)?

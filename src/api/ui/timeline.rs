@@ -39,6 +39,8 @@ struct Inner {
     first_seq: u64,
     /// Read up to here.
     upto: u64,
+    /// The log position just after `upto`.
+    resume: Option<crate::log::recovery::ResumeAt>,
     times_unix_ns: Vec<u64>,
     users: Vec<u32>,
     /// Interned user names; 0 is anonymous.
@@ -190,12 +192,20 @@ impl Timeline {
         while inner.upto < target {
             let log_dir = app.layout.log_dir();
             let after = inner.upto;
+            let resume = inner.resume;
             let page = tokio::task::spawn_blocking(move || {
                 let everything = RepoKindFilter {
                     repo: None,
                     kinds: &[],
                 };
-                read_page(&log_dir, after, target, CATCH_UP_PAGE_ENTRIES, &everything)
+                read_page(
+                    &log_dir,
+                    after,
+                    target,
+                    CATCH_UP_PAGE_ENTRIES,
+                    &everything,
+                    resume,
+                )
             })
             .await;
             let page = match page {
@@ -217,6 +227,7 @@ impl Timeline {
                 }
             }
             inner.upto = page.last_examined;
+            inner.resume = page.resume;
         }
         View { inner }
     }
