@@ -10,7 +10,9 @@
 //! - `fill`: blobs fetched once however many pull them at the same time,
 //!   streamed to every puller while they are written and hashed, linked
 //!   only once whole and verified;
-//! - `evict`: the size cap, least recently pulled manifests first.
+//! - `evict`: the size cap, least recently pulled manifests first;
+//! - `prefetch`: an image pulled through a running server's mirror
+//!   (`ferroctl mirror sync`).
 //!
 //! This module decides what to fetch and commits it; `api::mirror` turns
 //! its answers into HTTP. When every upstream fails (no answer, 5xx, 429)
@@ -24,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod evict;
 pub mod fill;
+pub mod prefetch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

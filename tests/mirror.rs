@@ -498,3 +498,33 @@ async fn pushes_under_a_mirror_are_refused_unless_allowed() {
     let allowed = Ferro::start(&dir.path().join("mirror2"), Some(&config), &[], &[]);
     push_image(&allowed.url, "hub/mine", "v1", &[b"y"], None).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefetch_caches_an_image_before_anyone_pulls_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = anonymous_upstream(dir.path());
+    let layers = [layer(70_000, 30), layer(80_000, 31)];
+    let digest = push_image(&upstream.url, "app", "v1", &[&layers[0], &layers[1]], None).await;
+    let proxy = Proxy::start(&upstream.url).await;
+    let config = mirror_config(dir.path(), &proxy.url, "", "");
+    let mirror = start_mirror(dir.path(), &config);
+    // What `ferroctl mirror sync hub/app:v1` runs.
+    let repo = ferro::oci::RepoName::parse("hub/app").unwrap();
+    let reference = ferro::oci::Reference::parse("v1").unwrap();
+    let mut sizes = Vec::new();
+    let report =
+        ferro::mirror::prefetch::prefetch(&mirror.url, &repo, &reference, None, &mut |n| {
+            sizes.push(n)
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.digest, digest);
+    assert_eq!((report.manifests, report.blobs), (1, 3));
+    assert_eq!(proxy.blob_gets(), 3);
+    // Cached: served with the upstream failing.
+    proxy.fault(500);
+    for l in &layers {
+        let r = get(&mirror.url(&format!("/v2/hub/app/blobs/{}", sha256(l)))).await;
+        assert_eq!(sha256(&r.bytes().await.unwrap()), sha256(l));
+    }
+}
