@@ -12,6 +12,7 @@ mod error;
 mod export;
 mod gc;
 mod history;
+mod mirror;
 mod output;
 mod repair;
 mod replay;
@@ -78,6 +79,9 @@ enum Command {
     /// each deletion an event on the record; --dry-run lists them. Needs
     /// the server stopped (a running server: POST /v2/_ferro/gc/run).
     Gc(gc::GcArgs),
+    /// Pre-fetch images into a running server's pull-through cache.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// Rebuild a new data directory (--data-dir) from a log archive, as of
     /// its end or --at SEQ|TIME, every checksum and the chain verified.
     RestoreFrom(archive::RestoreFromArgs),
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Repair(args) => repair::run(data_dir, args, &out),
         Command::Restore(args) => restore::run(data_dir, args, &out),
         Command::Gc(args) => gc::run(data_dir, args, &out),
+        Command::Mirror(command) => mirror::run(command, &out),
         Command::RestoreFrom(args) => archive::run_restore(data_dir, args, &out),
         Command::Archive(args) => archive::run(data_dir, args, &out),
     };
