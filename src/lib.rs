@@ -19,6 +19,7 @@ pub mod log;
 pub mod logfields;
 pub mod manifest;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod oci;
 pub mod projection;

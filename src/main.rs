@@ -163,6 +163,9 @@ struct ServeArgs {
     /// Size of the parts uploads are sent in, in bytes [default: 8388608].
     #[arg(long)]
     storage_part_size_bytes: Option<u64>,
+    /// Accept parts under 5 MiB (stores that take any size, as Garage).
+    #[arg(long)]
+    storage_allow_small_parts: bool,
     /// Time allowed for one request to the store, in ms [default: 30000].
     #[arg(long)]
     storage_request_timeout_ms: Option<u64>,
@@ -173,6 +176,11 @@ struct ServeArgs {
     notifications_hold: Option<ferro::notify::config::LogHold>,
     #[arg(long, value_parser = humantime::parse_duration)]
     notifications_cursor_write_interval: Option<std::time::Duration>,
+    /// A pull-through cache: PREFIX=URL (`hub/=https://registry-1.docker.io`),
+    /// anonymous, other settings at their defaults; repeatable. Added to
+    /// the file's `[[mirrors]]`.
+    #[arg(long = "mirror", value_name = "PREFIX=URL")]
+    mirrors: Vec<String>,
     /// Do not serve the web UI at /ui/ (on by default).
     #[arg(long)]
     no_ui: bool,
@@ -321,12 +329,26 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
         s.request_timeout_ms = v;
     }
     s.allow_http |= args.storage_allow_http;
+    s.allow_small_parts |= args.storage_allow_small_parts;
     s.redirect |= args.storage_redirect;
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;
     }
     if let Some(v) = args.notifications_cursor_write_interval {
         c.notifications.cursor_write_interval = v;
+    }
+    for m in &args.mirrors {
+        let (prefix, url) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--mirror {m:?}: expected PREFIX=URL"))?;
+        c.mirrors.push(ferro::mirror::config::MirrorConfig {
+            prefix: prefix.to_owned(),
+            upstreams: vec![ferro::mirror::config::UpstreamConfig {
+                url: url.to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
     }
     ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)

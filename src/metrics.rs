@@ -21,6 +21,17 @@
 //!   `ferro_gc_orphan_bytes_freed_total` (real runs only: a dry run
 //!   deletes nothing)
 //!
+//! The object store (`[storage] backend = "s3"`) counts as it goes
+//! (`blobs::object::metered`):
+//! - `ferro_object_store_requests_total{operation,outcome}` (outcome `ok`,
+//!   `not_found`, `error`; an operation counts once, retries included)
+//! - `ferro_object_store_request_duration_seconds{operation}` (histogram)
+//! - `ferro_object_store_retries_total{operation}` (HTTP attempts after
+//!   an operation's first)
+//! - `ferro_object_store_sent_bytes_total`,
+//!   `ferro_object_store_received_bytes_total` (request bodies sent and
+//!   response bodies announced, every attempt)
+//!
 //! The log writer and the projection keep their own figures
 //! (`WriterStats`, `LogTip`, `State::summary`); they are read at scrape
 //! time (as [`LogFigures`] and [`StateFigures`]) and rendered here, so a scrape costs nothing between scrapes and
@@ -58,6 +69,11 @@ pub const AUTH_REFUSALS: &str = "ferro_auth_refusals_total";
 pub const UPLOADS_EXPIRED: &str = "ferro_uploads_expired_total";
 pub const LOG_FSYNC_SECONDS: &str = "ferro_log_fsync_seconds";
 pub const LOG_GROUP_COMMIT_RECORDS: &str = "ferro_log_group_commit_records";
+pub const OBJECT_STORE_REQUESTS: &str = "ferro_object_store_requests_total";
+pub const OBJECT_STORE_REQUEST_SECONDS: &str = "ferro_object_store_request_duration_seconds";
+pub const OBJECT_STORE_RETRIES: &str = "ferro_object_store_retries_total";
+pub const OBJECT_STORE_BYTES_OUT: &str = "ferro_object_store_sent_bytes_total";
+pub const OBJECT_STORE_BYTES_IN: &str = "ferro_object_store_received_bytes_total";
 pub const GC_RUNS: &str = "ferro_gc_runs_total";
 pub const GC_LAST_RUN_TIMESTAMP: &str = "ferro_gc_last_run_timestamp_seconds";
 pub const GC_LAST_DURATION: &str = "ferro_gc_last_duration_seconds";
@@ -103,6 +119,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(REQUEST_SECONDS.into()),
+                    &LATENCY_BUCKETS_SECONDS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(OBJECT_STORE_REQUEST_SECONDS.into()),
                     &LATENCY_BUCKETS_SECONDS,
                 )
                 .ok()?
@@ -174,6 +195,29 @@ fn describe() {
     describe_histogram!(
         LOG_GROUP_COMMIT_RECORDS,
         "Records written by each group commit (one write, at most one fdatasync)"
+    );
+    describe_counter!(
+        OBJECT_STORE_REQUESTS,
+        "Operations on the object store, by operation and outcome (retries included)"
+    );
+    describe_histogram!(
+        OBJECT_STORE_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time of each operation on the object store, retries included"
+    );
+    describe_counter!(
+        OBJECT_STORE_RETRIES,
+        "HTTP attempts to the object store after an operation's first, by operation"
+    );
+    describe_counter!(
+        OBJECT_STORE_BYTES_OUT,
+        Unit::Bytes,
+        "Request body bytes sent to the object store"
+    );
+    describe_counter!(
+        OBJECT_STORE_BYTES_IN,
+        Unit::Bytes,
+        "Response body bytes the object store announced"
     );
     describe_counter!(GC_RUNS, "Garbage collection runs finished, by dry_run");
     describe_gauge!(

@@ -247,10 +247,7 @@ fn make_request_id() -> HeaderValue {
 }
 
 fn readyz(gate: &Gate) -> Response {
-    let store_down = gate
-        .app()
-        .and_then(|app| app.store.objects())
-        .and_then(|o| o.unavailable_reason());
+    let store_down = gate.app().and_then(|app| app.store.unavailable_reason());
     if let (true, Some(reason)) = (gate.is_ready(), store_down) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
