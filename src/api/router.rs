@@ -268,7 +268,8 @@ async fn route_request(
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if !app.mirrors.is_empty() {
-        if let Some(answer) = mirror::intercept(app, &route, method).await {
+        // Boxed like the handlers below: a fill's future is large.
+        if let Some(answer) = Box::pin(mirror::intercept(app, &route, method)).await {
             return answer;
         }
     }
