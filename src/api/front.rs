@@ -200,7 +200,9 @@ impl Shared {
             Some((_, app)) if label == "other" || (label == "ui" && !app.ui.enabled) => {
                 return router::serve(app.clone(), req).await
             }
-            Some((router, _)) => router.clone().oneshot(req).await.into_response(),
+            // Boxed: the router's future is large, and inline it would
+            // make every request's future as large (see `route_request`).
+            Some((router, _)) => Box::pin(router.clone().oneshot(req)).await.into_response(),
             None => {
                 let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)

@@ -128,7 +128,14 @@ async fn dispatch(
         Err(e) => ApiError::from(e).into_response(),
         Ok(route) => {
             label = route_label(&route);
-            match authorize(&app, &route, &method, query, &headers).await {
+            // Boxed for the same reason as the handlers (see
+            // `route_request`), and only when there is something to check.
+            let authorized = if app.auth.enabled() {
+                Box::pin(authorize(&app, &route, &method, query, &headers)).await
+            } else {
+                Ok(crate::auth::Caller::anonymous())
+            };
+            match authorized {
                 Err(refused) => refused.into_response(),
                 Ok(caller) => {
                     ctx.user = caller.user.clone();
@@ -243,6 +250,11 @@ fn strip_body(response: &mut Response) {
     *response.body_mut() = Body::empty();
 }
 
+/// The handlers that await (writes, blob reads, extensions) are boxed:
+/// their futures are large (several KiB together), and inline they made
+/// every request's future that large, which is copied as it is moved
+/// (into its box, into its span's wrapper): a HEAD by tag, which awaits
+/// nothing, paid for those copies.
 #[allow(clippy::too_many_arguments)] // the request, taken apart once
 async fn route_request(
     app: &Arc<App>,
@@ -256,7 +268,8 @@ async fn route_request(
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if !app.mirrors.is_empty() {
-        if let Some(answer) = mirror::intercept(app, &route, method).await {
+        // Boxed like the handlers below: a fill's future is large.
+        if let Some(answer) = Box::pin(mirror::intercept(app, &route, method)).await {
             return answer;
         }
     }
@@ -280,10 +293,13 @@ async fn route_request(
             manifests::get(&app.state.read(), &repo, &reference, head)
         }
         (Route::Manifest { repo, reference }, Method::PUT) => {
-            manifests::put(app, ctx, repo, reference, query, headers, body).await
+            Box::pin(manifests::put(
+                app, ctx, repo, reference, query, headers, body,
+            ))
+            .await
         }
         (Route::Manifest { repo, reference }, Method::DELETE) => {
-            manifests::delete(app, ctx, repo, reference).await
+            Box::pin(manifests::delete(app, ctx, repo, reference)).await
         }
         (Route::ManifestInvalidReference { repo, .. }, Method::GET | Method::HEAD) => {
             Err(manifests::unnamed(&app.state.read(), &repo))
@@ -295,24 +311,26 @@ async fn route_request(
             manifests::delete_unnamed(app, &repo)
         }
         (Route::Blob { repo, digest }, Method::GET | Method::HEAD) => {
-            blobs::get(app, &repo, &digest, headers, head).await
+            Box::pin(blobs::get(app, &repo, &digest, headers, head)).await
         }
         (Route::Blob { repo, digest }, Method::DELETE) => {
-            blobs::delete(app, ctx, repo, digest).await
+            Box::pin(blobs::delete(app, ctx, repo, digest)).await
         }
         (Route::UploadStart { repo }, Method::POST) => {
-            uploads::start(app, ctx, repo, query, headers, body).await
+            Box::pin(uploads::start(app, ctx, repo, query, headers, body)).await
         }
         (Route::Upload { repo, id }, Method::GET | Method::HEAD) => {
             uploads::status(app, &repo, &id)
         }
         (Route::Upload { repo, id }, Method::PATCH) => {
-            uploads::patch(app, ctx, repo, id, headers, body).await
+            Box::pin(uploads::patch(app, ctx, repo, id, headers, body)).await
         }
         (Route::Upload { repo, id }, Method::PUT) => {
-            uploads::finish(app, ctx, repo, id, query, headers, body).await
+            Box::pin(uploads::finish(app, ctx, repo, id, query, headers, body)).await
         }
-        (Route::Upload { repo, id }, Method::DELETE) => uploads::cancel(app, ctx, repo, id).await,
+        (Route::Upload { repo, id }, Method::DELETE) => {
+            Box::pin(uploads::cancel(app, ctx, repo, id)).await
+        }
         (Route::Referrers { repo, digest }, Method::GET | Method::HEAD) => {
             let link_path = format!("/v2/{repo}/referrers/{digest}");
             referrers::get(app, &app.state.read(), &repo, &digest, query, &link_path)
@@ -326,9 +344,9 @@ async fn route_request(
             },
             _,
         ) => {
-            ext::route(
+            Box::pin(ext::route(
                 app, ctx, repo, &extension, &component, &module, method, query,
-            )
+            ))
             .await
         }
         _ => Err(ApiError::new(
