@@ -36,6 +36,7 @@
 pub mod cache;
 pub mod object;
 pub mod read;
+pub mod stream;
 
 use std::collections::HashSet;
 use std::fs::File;

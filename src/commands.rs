@@ -30,6 +30,11 @@ pub enum Command {
         artifact_type: Option<String>,
         tags: Vec<Tag>,
     },
+    /// A manifest a mirror fetched from its upstream (see `mirror`): the
+    /// boxed [`Command::PutManifest`], planned without requiring the blobs
+    /// and child manifests it references, which the mirror fetches only
+    /// when they are pulled. It logs the same events as a push.
+    FillManifest(Box<Command>),
     DeleteManifest {
         repo: RepoName,
         digest: Digest,
@@ -245,6 +250,7 @@ impl Command {
                 k.extend(subject.iter().map(|s| key(("m", repo, s))));
                 k
             }
+            Command::FillManifest(put) => put.keys(state),
             Command::DeleteManifest { repo, digest } => {
                 let mut k = vec![key(("m", repo, digest))];
                 if let Some(r) = state.repo(repo) {
@@ -336,73 +342,8 @@ impl Command {
     /// push): it succeeds without a record.
     pub fn plan(&self, state: &State) -> Result<Vec<Event>, Rejection> {
         match self {
-            Command::PutManifest {
-                repo,
-                digest,
-                media_type,
-                body,
-                blobs,
-                manifests,
-                subject,
-                artifact_type,
-                tags,
-            } => {
-                let r = state.repo(repo);
-                let has_blob = |d: &Digest| r.is_some_and(|r| r.blobs.contains_key(d));
-                let has_manifest = |d: &Digest| r.is_some_and(|r| r.manifests.contains_key(d));
-                let missing_blobs: Vec<Digest> =
-                    blobs.iter().filter(|d| !has_blob(d)).cloned().collect();
-                let missing_manifests: Vec<Digest> = manifests
-                    .iter()
-                    .filter(|d| !has_manifest(d))
-                    .cloned()
-                    .collect();
-                if !missing_blobs.is_empty() || !missing_manifests.is_empty() {
-                    return Err(Rejection::MissingReferences {
-                        blobs: missing_blobs,
-                        manifests: missing_manifests,
-                    });
-                }
-                let mut events = Vec::new();
-                let existing = r.and_then(|r| r.manifests.get(digest));
-                let unchanged = existing.is_some_and(|m| m.media_type == *media_type);
-                if !unchanged {
-                    events.push(Event::ManifestPut {
-                        repo: repo.clone(),
-                        digest: digest.clone(),
-                        media_type: media_type.clone(),
-                        body: body.clone(),
-                        blobs: blobs.clone(),
-                        manifests: manifests.clone(),
-                        subject: subject.clone(),
-                        artifact_type: artifact_type.clone(),
-                    });
-                }
-                for tag in tags {
-                    let previous = r.and_then(|r| r.tags.get(tag)).cloned();
-                    if previous.as_ref() != Some(digest) {
-                        events.push(Event::TagSet {
-                            repo: repo.clone(),
-                            tag: tag.clone(),
-                            digest: digest.clone(),
-                            previous,
-                        });
-                    }
-                }
-                if let Some(subject) = subject {
-                    let registered = r
-                        .and_then(|r| r.referrers.get(subject))
-                        .is_some_and(|s| s.contains(digest));
-                    if !registered {
-                        events.push(Event::ReferrerRegistered {
-                            repo: repo.clone(),
-                            subject: subject.clone(),
-                            referrer: digest.clone(),
-                        });
-                    }
-                }
-                Ok(events)
-            }
+            Command::PutManifest { .. } => plan_put_manifest(self, state, true),
+            Command::FillManifest(put) => plan_put_manifest(put, state, false),
             Command::DeleteManifest { repo, digest } => {
                 let r = state.repo(repo).ok_or(Rejection::ManifestUnknown)?;
                 if !r.manifests.contains_key(digest) {
@@ -728,6 +669,84 @@ fn parts_events(
 }
 
 /// The events that delete those of `blobs` still unused since `mark_seq`.
+/// Plans a [`Command::PutManifest`]; a mirror's fill
+/// ([`Command::FillManifest`]) skips `check_references`.
+fn plan_put_manifest(
+    command: &Command,
+    state: &State,
+    check_references: bool,
+) -> Result<Vec<Event>, Rejection> {
+    let Command::PutManifest {
+        repo,
+        digest,
+        media_type,
+        body,
+        blobs,
+        manifests,
+        subject,
+        artifact_type,
+        tags,
+    } = command
+    else {
+        debug_assert!(false, "only a manifest put is planned here");
+        return Ok(Vec::new());
+    };
+    let r = state.repo(repo);
+    let has_blob = |d: &Digest| r.is_some_and(|r| r.blobs.contains_key(d));
+    let has_manifest = |d: &Digest| r.is_some_and(|r| r.manifests.contains_key(d));
+    let missing_blobs: Vec<Digest> = blobs.iter().filter(|d| !has_blob(d)).cloned().collect();
+    let missing_manifests: Vec<Digest> = manifests
+        .iter()
+        .filter(|d| !has_manifest(d))
+        .cloned()
+        .collect();
+    if check_references && (!missing_blobs.is_empty() || !missing_manifests.is_empty()) {
+        return Err(Rejection::MissingReferences {
+            blobs: missing_blobs,
+            manifests: missing_manifests,
+        });
+    }
+    let mut events = Vec::new();
+    let existing = r.and_then(|r| r.manifests.get(digest));
+    let unchanged = existing.is_some_and(|m| m.media_type == *media_type);
+    if !unchanged {
+        events.push(Event::ManifestPut {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            media_type: media_type.clone(),
+            body: body.clone(),
+            blobs: blobs.clone(),
+            manifests: manifests.clone(),
+            subject: subject.clone(),
+            artifact_type: artifact_type.clone(),
+        });
+    }
+    for tag in tags {
+        let previous = r.and_then(|r| r.tags.get(tag)).cloned();
+        if previous.as_ref() != Some(digest) {
+            events.push(Event::TagSet {
+                repo: repo.clone(),
+                tag: tag.clone(),
+                digest: digest.clone(),
+                previous,
+            });
+        }
+    }
+    if let Some(subject) = subject {
+        let registered = r
+            .and_then(|r| r.referrers.get(subject))
+            .is_some_and(|s| s.contains(digest));
+        if !registered {
+            events.push(Event::ReferrerRegistered {
+                repo: repo.clone(),
+                subject: subject.clone(),
+                referrer: digest.clone(),
+            });
+        }
+    }
+    Ok(events)
+}
+
 fn plan_collect(state: &State, mark_seq: u64, blobs: &[Collectable]) -> Vec<Event> {
     let mut events = Vec::new();
     let mut seen = std::collections::HashSet::new();

@@ -59,6 +59,9 @@ pub struct Config {
     /// Events sent to HTTP endpoints from the log (see `notify`). Last:
     /// its endpoints are an array of tables.
     pub notifications: crate::notify::config::NotificationsConfig,
+    /// Pull-through caches of other registries (see `mirror`);
+    /// `[[mirrors]]`, one per prefix.
+    pub mirrors: Vec<crate::mirror::config::MirrorConfig>,
 }
 
 /// The web UI served at `/ui/` on the registry's own listener.
@@ -284,6 +287,7 @@ impl Default for Config {
             storage: crate::blobs::object::StorageConfig::default(),
             ui: UiConfig::default(),
             notifications: Default::default(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -460,18 +464,22 @@ impl Config {
     }
 
     /// The defaults as `ferro config --print-defaults` shows them: with a
-    /// commented notification endpoint in place of the empty list.
+    /// commented notification endpoint in place of the empty list, and a
+    /// commented mirror at the end (arrays of tables go last).
     pub fn defaults_text() -> String {
-        let text = Config::default().to_toml();
+        let text = Config::default()
+            .to_toml()
+            .replacen("mirrors = []\n", "", 1);
         let example = crate::notify::config::EXAMPLE;
-        match text.rfind("endpoints = []\n") {
+        let text = match text.rfind("endpoints = []\n") {
             Some(at) => format!(
                 "{}{example}{}",
                 &text[..at],
                 &text[at + "endpoints = []\n".len()..]
             ),
             None => format!("{text}\n{example}"),
-        }
+        };
+        format!("{text}\n{}", crate::mirror::config::EXAMPLE)
     }
 }
 
@@ -598,6 +606,30 @@ mod tests {
     }
 
     #[test]
+    fn mirrors_from_the_file_and_the_environment() {
+        let c: Config = toml::from_str(
+            "[[mirrors]]\nprefix = \"hub/\"\n[[mirrors.upstreams]]\nurl = \"https://registry-1.docker.io\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mirrors[0].prefix, "hub/");
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let mut c = Config::default();
+        c.apply_env([(
+            "FERRO_MIRRORS".to_owned(),
+            r#"[{prefix = "hub/", tag_ttl = "1m", upstreams = [{url = "http://127.0.0.1:9"}]}]"#
+                .to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(c.mirrors[0].tag_ttl, std::time::Duration::from_secs(60));
+        let text = Config::defaults_text();
+        assert!(text.contains("# [[mirrors]]"), "{text}");
+        assert!(text.contains("# [[notifications.endpoints]]"));
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert!(parsed.mirrors.is_empty());
+    }
+
+    #[test]
     fn storage_settings() {
         use crate::blobs::object::StorageBackend;
         let c: Config = toml::from_str(
@@ -636,8 +668,14 @@ mod tests {
             .map(|l| {
                 l.strip_prefix("# ")
                     .filter(|_| {
+                        // The example only, up to the blank line after it.
                         text.find("# [[notifications.endpoints]]")
-                            .is_some_and(|at| text[at..].contains(l))
+                            .is_some_and(|at| {
+                                text[at..]
+                                    .split("\n\n")
+                                    .next()
+                                    .is_some_and(|e| e.contains(l))
+                            })
                     })
                     .unwrap_or(l)
             })

@@ -176,6 +176,11 @@ struct ServeArgs {
     notifications_hold: Option<ferro::notify::config::LogHold>,
     #[arg(long, value_parser = humantime::parse_duration)]
     notifications_cursor_write_interval: Option<std::time::Duration>,
+    /// A pull-through cache: PREFIX=URL (`hub/=https://registry-1.docker.io`),
+    /// anonymous, other settings at their defaults; repeatable. Added to
+    /// the file's `[[mirrors]]`.
+    #[arg(long = "mirror", value_name = "PREFIX=URL")]
+    mirrors: Vec<String>,
     /// Do not serve the web UI at /ui/ (on by default).
     #[arg(long)]
     no_ui: bool,
@@ -332,6 +337,19 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.notifications_cursor_write_interval {
         c.notifications.cursor_write_interval = v;
     }
+    for m in &args.mirrors {
+        let (prefix, url) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--mirror {m:?}: expected PREFIX=URL"))?;
+        c.mirrors.push(ferro::mirror::config::MirrorConfig {
+            prefix: prefix.to_owned(),
+            upstreams: vec![ferro::mirror::config::UpstreamConfig {
+                url: url.to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
     ferro::server::check_config(&c).map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -359,8 +377,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         )
         .with_writer(writer);
     match format {
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            builder.with_ansi(true).init()
+        }
+        // Not a terminal: no colours, and the cheaper field format that
+        // writes the same text (every request's span is formatted).
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(false)
+            .fmt_fields(ferro::logfields::PlainFields)
             .init(),
         LogFormat::Json => builder
             .json()

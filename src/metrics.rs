@@ -316,8 +316,12 @@ pub fn in_flight() -> &'static metrics::Gauge {
 /// Counts and times one answered request.
 ///
 /// The counter and histogram handles are looked up in the recorder once
-/// per (route, method, status) and kept: a lookup through the `metrics`
-/// macros builds and hashes the key on every call.
+/// per (route, method, status) and kept for the life of the process (the
+/// keys are few: routes × methods × statuses): a lookup through the
+/// `metrics` macros builds and hashes the key on every call. Each thread
+/// remembers the last key it saw, so the usual request (the same kind as
+/// the one before) costs a comparison rather than a hash, a lock and two
+/// reference counts.
 pub fn record_request(
     route: &'static str,
     method: &'static str,
@@ -326,20 +330,31 @@ pub fn record_request(
 ) {
     type Key = (&'static str, &'static str, u16);
     type Handles = (metrics::Counter, metrics::Histogram);
-    static HANDLES: OnceLock<RwLock<HashMap<Key, Handles>>> = OnceLock::new();
-    let table = HANDLES.get_or_init(Default::default);
+    static HANDLES: OnceLock<RwLock<HashMap<Key, &'static Handles>>> = OnceLock::new();
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(Key, &'static Handles)>> =
+            const { std::cell::Cell::new(None) };
+    }
     let key = (route, method, status.as_u16());
-    let seen = table.read().get(&key).cloned();
-    let (counter, histogram) = seen.unwrap_or_else(|| {
-        let handles = (
-            metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)),
-            metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
-        );
-        table.write().insert(key, handles.clone());
-        handles
-    });
-    counter.increment(1);
-    histogram.record(elapsed.as_secs_f64());
+    let handles = match LAST.with(|last| last.get()) {
+        Some((seen, handles)) if seen == key => handles,
+        _ => {
+            let table = HANDLES.get_or_init(Default::default);
+            let known = table.read().get(&key).copied();
+            let handles = known.unwrap_or_else(|| {
+                *table.write().entry(key).or_insert_with(|| {
+                    Box::leak(Box::new((
+                        metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)),
+                        metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
+                    )))
+                })
+            });
+            LAST.with(|last| last.set(Some((key, handles))));
+            handles
+        }
+    };
+    handles.0.increment(1);
+    handles.1.record(elapsed.as_secs_f64());
 }
 
 /// A status as a label, without an allocation for the usual ones.

@@ -147,7 +147,19 @@ pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
     config
         .notifications
         .validate()
-        .map_err(crate::config::ConfigError::Invalid)
+        .map_err(crate::config::ConfigError::Invalid)?;
+    crate::mirror::config::validate(&config.mirrors)
+        .map_err(crate::config::ConfigError::Invalid)?;
+    // A fill writes the blob store's files; the object store's upload
+    // path is not the fill's.
+    if !config.mirrors.is_empty()
+        && config.storage.backend != crate::blobs::object::StorageBackend::Filesystem
+    {
+        return Err(crate::config::ConfigError::Invalid(
+            "mirrors need storage.backend = \"filesystem\"".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the registry until `shutdown` resolves.
@@ -167,6 +179,7 @@ pub async fn run(
     // Metrics is a leaf: the modules with figures of their own describe
     // them once the recorder is in place.
     crate::notify::describe_metrics();
+    crate::mirror::describe_metrics();
     let started = Instant::now();
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
@@ -325,6 +338,19 @@ pub async fn run(
         }
     };
 
+    let mirrors = crate::mirror::Mirrors::new(
+        &config.mirrors,
+        &crate::mirror::Registry {
+            writer: writer.clone(),
+            state: opened.state.clone(),
+            store: store.clone(),
+            manifest_bytes_max: config.limits.manifest_bytes_max,
+        },
+    )
+    .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e)))?;
+    for m in mirrors.iter() {
+        tracing::info!(prefix = %m.config.prefix, upstreams = m.config.upstreams.len(), "mirror on");
+    }
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: writer.clone(),
@@ -344,6 +370,7 @@ pub async fn run(
         notifier,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
+        mirrors: Arc::new(mirrors),
         feed_positions: Default::default(),
     });
     gate.open(app.clone());
@@ -534,6 +561,7 @@ pub async fn run_read_only(
         notifier: None,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
+        mirrors: Arc::default(),
         feed_positions: Default::default(),
     });
     let gate = Arc::new(Gate::default());

@@ -380,6 +380,7 @@ fn http_pushes_fail_with_5xx_on_a_full_disk_and_work_once_space_is_back() {
         notifier: None,
         shutdown: Default::default(),
         ui: ferro::api::ui::Ui::new(&Default::default(), false, false, true),
+        mirrors: Default::default(),
         feed_positions: Default::default(),
     });
     rt.block_on(async {

@@ -399,51 +399,59 @@ impl Observed {
     }
 
     /// Applies `command` as the registry's rules say, sequentially.
+    /// A manifest put; a mirror's fill skips `check_references`.
+    fn put_manifest(&mut self, command: &Command, check_references: bool) -> Outcome {
+        let Command::PutManifest {
+            repo,
+            digest,
+            media_type,
+            blobs,
+            manifests,
+            subject,
+            tags,
+            ..
+        } = command
+        else {
+            unreachable!("only manifest puts")
+        };
+        let r = s(repo);
+        let d = s(digest);
+        let missing_blob = blobs
+            .iter()
+            .any(|b| !self.repo_blobs.contains_key(&(r.clone(), s(b))));
+        let missing_manifest = manifests
+            .iter()
+            .any(|m| !self.manifests.contains_key(&(r.clone(), s(m))));
+        if check_references && (missing_blob || missing_manifest) {
+            return Outcome::Rejected("MissingReferences");
+        }
+        let mut changed = false;
+        let key = (r.clone(), d.clone());
+        if self.manifests.get(&key) != Some(media_type) {
+            self.manifests.insert(key, media_type.clone());
+            changed = true;
+        }
+        for t in tags {
+            let key = (r.clone(), s(t));
+            if self.tags.get(&key) != Some(&d) {
+                self.tags.insert(key, d.clone());
+                changed = true;
+            }
+        }
+        if let Some(subject) = subject {
+            changed |= self.referrers.insert((r, s(subject), d));
+        }
+        if changed {
+            Outcome::Logged
+        } else {
+            Outcome::Unchanged
+        }
+    }
+
     fn apply(&mut self, command: &Command) -> Outcome {
         match command {
-            Command::PutManifest {
-                repo,
-                digest,
-                media_type,
-                blobs,
-                manifests,
-                subject,
-                tags,
-                ..
-            } => {
-                let r = s(repo);
-                let d = s(digest);
-                let missing_blob = blobs
-                    .iter()
-                    .any(|b| !self.repo_blobs.contains_key(&(r.clone(), s(b))));
-                let missing_manifest = manifests
-                    .iter()
-                    .any(|m| !self.manifests.contains_key(&(r.clone(), s(m))));
-                if missing_blob || missing_manifest {
-                    return Outcome::Rejected("MissingReferences");
-                }
-                let mut changed = false;
-                let key = (r.clone(), d.clone());
-                if self.manifests.get(&key) != Some(media_type) {
-                    self.manifests.insert(key, media_type.clone());
-                    changed = true;
-                }
-                for t in tags {
-                    let key = (r.clone(), s(t));
-                    if self.tags.get(&key) != Some(&d) {
-                        self.tags.insert(key, d.clone());
-                        changed = true;
-                    }
-                }
-                if let Some(subject) = subject {
-                    changed |= self.referrers.insert((r, s(subject), d));
-                }
-                if changed {
-                    Outcome::Logged
-                } else {
-                    Outcome::Unchanged
-                }
-            }
+            Command::PutManifest { .. } => self.put_manifest(command, true),
+            Command::FillManifest(put) => self.put_manifest(put, false),
             Command::DeleteManifest { repo, digest } => {
                 let (r, d) = (s(repo), s(digest));
                 if self.manifests.remove(&(r.clone(), d.clone())).is_none() {

@@ -6,14 +6,14 @@
 //! bounded cache, [`SmallBlobCache`](crate::blobs::cache::SmallBlobCache),
 //! consulted only after the repository's link to the blob is checked),
 //! large ones memory-mapped piece by piece (each piece faulted in on the
-//! blocking pool) and streamed without a copy (page cache, not the heap).
+//! blocking pool, the next while the current one is sent,
+//! [`PieceStream`]) and streamed without a copy (page cache, not the heap).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt as _;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
@@ -21,6 +21,7 @@ use super::ranges::{parse_range, ByteRange};
 use super::request::RequestContext;
 use super::App;
 use crate::blobs::read::BlobRange;
+use crate::blobs::stream::PieceStream;
 use crate::blobs::Backend;
 use crate::commands::Command;
 use crate::oci::{Digest, RepoName};
@@ -115,19 +116,11 @@ async fn file_get(
             Body::from(bytes)
         }
         Ok(BlobRange::Mapped(range)) => {
-            // Each piece is mapped and faulted in on the blocking pool:
-            // a blob not in the page cache is read from the disk there,
-            // not on the thread serving other connections.
-            let range = Arc::new(range);
-            let pieces = futures_util::stream::iter(0..range.piece_count()).then(move |i| {
-                let range = range.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || range.map_piece(i))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                }
-            });
-            Body::from_stream(pieces)
+            // Each piece is mapped and faulted in on the blocking pool (a
+            // blob not in the page cache is read from the disk there, not
+            // on the thread serving other connections), the next one while
+            // this one is sent.
+            Body::from_stream(PieceStream::new(range))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let path = app.store.blob_path(digest);

@@ -12,7 +12,9 @@
 //! - one file per resource: `manifests`, `blobs`, `uploads`, `listing`
 //!   (tags and catalog), `referrers`; `token` the built-in token endpoint;
 //! - `stall`: request bodies that stop arriving;
-//! - `ui`: the web UI at `/ui/`, pages over the same readers.
+//! - `ui`: the web UI at `/ui/`, pages over the same readers;
+//! - `mirror`: pulls under a mirror's prefix fetched from its upstreams,
+//!   pushes there refused unless allowed.
 //!
 //! Boundary: handlers never write the log themselves; they build a
 //! `Command` and submit it to the writer. Reads take the projection's read
@@ -32,6 +34,7 @@ mod blobs;
 mod ext;
 mod listing;
 mod manifests;
+mod mirror;
 mod referrers;
 mod token;
 pub mod ui;
@@ -88,6 +91,8 @@ pub struct App {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The web UI's settings, sessions and timeline.
     pub ui: ui::Ui,
+    /// Pull-through caches of other registries (`[[mirrors]]`).
+    pub mirrors: Arc<crate::mirror::Mirrors>,
     /// Where the feed's recent pages ended, so a follower's next page
     /// reads only what is new.
     pub feed_positions: Arc<crate::feed::Positions>,

@@ -29,7 +29,7 @@ use super::body::{Tail, TrackedBody, DRAIN_AFTER_RESPONSE_BYTES_MAX};
 use super::error::{ApiError, ErrorCode};
 use super::path::{self, Route};
 use super::request::RequestContext;
-use super::{blobs, ext, listing, manifests, referrers, token, uploads, App};
+use super::{blobs, ext, listing, manifests, mirror, referrers, token, uploads, App};
 use crate::auth::Caller;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -255,6 +255,11 @@ async fn route_request(
     body: Body,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
+    if !app.mirrors.is_empty() {
+        if let Some(answer) = mirror::intercept(app, &route, method).await {
+            return answer;
+        }
+    }
     match (route, method.clone()) {
         (Route::Base, Method::GET | Method::HEAD) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/json")],

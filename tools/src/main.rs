@@ -11,6 +11,7 @@ mod error;
 mod export;
 mod gc;
 mod history;
+mod mirror;
 mod output;
 mod repair;
 mod replay;
@@ -77,6 +78,9 @@ enum Command {
     /// each deletion an event on the record; --dry-run lists them. Needs
     /// the server stopped (a running server: POST /v2/_ferro/gc/run).
     Gc(gc::GcArgs),
+    /// Pre-fetch images into a running server's pull-through cache.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Repair(args) => repair::run(data_dir, args, &out),
         Command::Restore(args) => restore::run(data_dir, args, &out),
         Command::Gc(args) => gc::run(data_dir, args, &out),
+        Command::Mirror(command) => mirror::run(command, &out),
     };
     match result {
         Ok(exit) => exit.into(),
