@@ -287,7 +287,9 @@ fn distribution_config(data: &Path, addr: SocketAddr) -> String {
 /// distribution's configuration with its `s3` driver on Garage:
 /// `regionendpoint` (which alone switches 2.8 to path-style addressing;
 /// `forcepathstyle` says so for later versions), plain HTTP, v4
-/// signatures, the in-memory blob descriptor cache, deletes enabled.
+/// signatures, the in-memory blob descriptor cache, deletes enabled, and
+/// blobs served through it (not 307 to a presigned URL, its default on
+/// S3; ferro's `redirect` is off by default too).
 fn distribution_s3_config(endpoint: &str, bucket: &str, addr: SocketAddr) -> String {
     format!(
         "version: 0.1\n\
@@ -295,7 +297,8 @@ fn distribution_s3_config(endpoint: &str, bucket: &str, addr: SocketAddr) -> Str
          storage:\n  s3:\n    accesskey: {key}\n    secretkey: {secret}\n    region: {region}\n    \
          regionendpoint: {endpoint}\n    forcepathstyle: true\n    bucket: {bucket}\n    \
          secure: false\n    v4auth: true\n  \
-         cache:\n    blobdescriptor: inmemory\n  delete:\n    enabled: true\n\
+         cache:\n    blobdescriptor: inmemory\n  delete:\n    enabled: true\n  \
+         redirect:\n    disable: true\n\
          http:\n  addr: {addr}\n",
         key = garage::KEY_ID,
         secret = garage::SECRET,
