@@ -57,6 +57,8 @@ pub const EPOCH: &str = "ferro_archive_epoch";
 /// Longest wait between two attempts while the store fails.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// How long a graceful shutdown waits for the last records to ship.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
 /// The last record known to be in the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -307,7 +309,7 @@ impl Shipper {
         let mut resume = None;
         loop {
             if self.stop.is_cancelled() {
-                return;
+                break;
             }
             let tip = self.writer.tip().clone();
             let commit = tip.next_commit();
@@ -328,7 +330,7 @@ impl Shipper {
                     tokio::select! {
                         _ = commit => {}
                         _ = tokio::time::sleep(wait) => {}
-                        _ = self.stop.cancelled() => return,
+                        _ = self.stop.cancelled() => break,
                     }
                     continue;
                 }
@@ -344,7 +346,7 @@ impl Shipper {
                     Err(e) => {
                         self.failed(&e);
                         if self.pause(&mut backoff).await {
-                            return;
+                            break;
                         }
                     }
                 }
@@ -360,8 +362,26 @@ impl Shipper {
                 _ = commit => {}
                 // Snapshots are written without a commit: look again.
                 _ = tokio::time::sleep(interval.max(Duration::from_secs(1))) => {}
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => break,
             }
+        }
+        // Shutting down: what was committed goes out, within a bound.
+        let flush = async {
+            while self.writer.tip().seq() > self.shipped().seq {
+                let tip_seq = self.writer.tip().seq();
+                self.ship_once(&epoch, tip_seq, &mut uploaded, &mut resume)
+                    .await?;
+            }
+            Ok::<(), ShipError>(())
+        };
+        match tokio::time::timeout(SHUTDOWN_FLUSH, flush).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the last records were not shipped before shutdown")
+            }
+            Err(_) => tracing::warn!(
+                "the last records were not shipped before shutdown: the store is slow"
+            ),
         }
     }
 

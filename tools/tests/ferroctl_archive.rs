@@ -711,3 +711,95 @@ fn shipping_catches_up_after_a_store_outage() {
         assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
     }
 }
+
+/// A graceful shutdown ships what was committed since the last shipment,
+/// however long the interval.
+#[test]
+fn a_graceful_shutdown_ships_the_tail() {
+    let target = Target::file();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data, &target, &["--archive-ship-interval-ms", "600000"]);
+    let first = push_image(&server, "app", "first", "one");
+    let second = push_image(&server, "app", "second", "two");
+    assert!(metric(&server, "ferro_archive_lag_records") > 0.0);
+    server.stop();
+    let restored = dir.path().join("restored");
+    target.ctl(&restored, &["restore-from"], &[]).expect(0);
+    let r = Server::start(&restored, &[]);
+    for (tag, image) in [("first", &first), ("second", &second)] {
+        let got = client()
+            .get(r.url(&format!("/v2/app/manifests/{tag}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap();
+        assert_eq!(got.status(), 200, "{tag}");
+        assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
+    }
+}
+
+/// Compaction does not take out of the live log what the archive lacks:
+/// with the store down, a retention of one second and small segments,
+/// the records written meanwhile are still shipped once it is back.
+#[test]
+fn compaction_keeps_what_is_not_shipped() {
+    if !garage::available("compaction_keeps_what_is_not_shipped") {
+        return;
+    }
+    let mut g = Garage::start();
+    let target = Target::s3_on(&g, "hold/");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(
+        &data,
+        &target,
+        &[
+            "--archive-ship-interval-ms",
+            "100",
+            "--segment-bytes-max",
+            "4096",
+            "--snapshot-every-records",
+            "10",
+            "--history-retention",
+            "1s",
+        ],
+    );
+    let first = push_image(&server, "app", "first", "before");
+    wait_shipped(&server);
+    g.stop();
+    let mut during = Vec::new();
+    for i in 0..12 {
+        during.push(push_image(
+            &server,
+            "app",
+            &format!("d{i}"),
+            &format!("during {i}"),
+        ));
+    }
+    // Past the retention, with snapshots (and compaction) after the pushes.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..4 {
+        push_image(&server, "app", &format!("e{i}"), &format!("later {i}"));
+    }
+    g.resume();
+    wait_shipped(&server);
+    assert_eq!(metric(&server, "ferro_archive_fenced"), 0.0);
+    server.stop();
+    let restored = dir.path().join("restored");
+    target.ctl(&restored, &["restore-from"], &[]).expect(0);
+    let r = Server::start(&restored, &[]);
+    for (i, image) in std::iter::once(&first).chain(during.iter()).enumerate() {
+        let tag = if i == 0 {
+            "first".to_owned()
+        } else {
+            format!("d{}", i - 1)
+        };
+        let got = client()
+            .get(r.url(&format!("/v2/app/manifests/{tag}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap();
+        assert_eq!(got.status(), 200, "{tag}");
+        assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
+    }
+}
