@@ -53,6 +53,31 @@ fn skopeo_round_trip() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // With `FERRO_TEST_BLOBS=s3` the round trip went through Garage: no
+    // blob file on the disk. Otherwise every blob is a file there.
+    let files = walk_files(&dir.path().join("blobs"));
+    if common::garage::blobs_on_disk() {
+        assert!(!files.is_empty(), "no blob files on disk");
+    } else {
+        assert!(files.is_empty(), "blob files on disk: {files:?}");
+    }
+}
+
+/// The files under `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 #[test]

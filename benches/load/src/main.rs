@@ -19,6 +19,7 @@
 mod bigblob;
 mod ceilings;
 mod content;
+mod garage;
 mod http;
 mod ops;
 mod report;
@@ -76,7 +77,8 @@ struct Args {
     #[arg(long)]
     ceilings: bool,
 
-    /// Servers to measure, in order (ferro, ferro-oci-server, distribution).
+    /// Servers to measure, in order (ferro, ferro-oci-server, distribution;
+    /// ferro-s3 and distribution-s3 keep blobs in a Garage the run starts).
     #[arg(
         long,
         value_delimiter = ',',
@@ -232,7 +234,7 @@ fn ensure_debian(program: &str, package: &str, no_install: bool) -> Result<(), B
 fn binary_for(kind: Kind, args: &Args) -> Result<PathBuf, BoxError> {
     let root = Path::new(REPO_ROOT);
     match kind {
-        Kind::Ferro => {
+        Kind::Ferro | Kind::FerroS3 => {
             let bin = args
                 .ferro_bin
                 .clone()
@@ -263,7 +265,7 @@ fn binary_for(kind: Kind, args: &Args) -> Result<PathBuf, BoxError> {
             }
             Ok(bin)
         }
-        Kind::Distribution => {
+        Kind::Distribution | Kind::DistributionS3 => {
             if let Some(bin) = &args.distribution_bin {
                 return Ok(bin.clone());
             }
@@ -281,12 +283,12 @@ fn version_of(kind: Kind, bin: &Path, args: &Args) -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     match kind {
-        Kind::Ferro => args.ferro_label.clone().unwrap_or_else(|| {
+        Kind::Ferro | Kind::FerroS3 => args.ferro_label.clone().unwrap_or_else(|| {
             output(Command::new("git").args(["-C", REPO_ROOT, "describe", "--always", "--dirty"]))
                 .map_or("unknown commit".into(), |c| format!("commit {c}"))
         }),
         Kind::FerroOciServer => "1.0.0 (crates.io)".into(),
-        Kind::Distribution => {
+        Kind::Distribution | Kind::DistributionS3 => {
             output(Command::new(bin).arg("--version")).unwrap_or_else(|| "unknown".into())
         }
     }
@@ -340,7 +342,10 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
         .iter()
         .map(|s| {
             Kind::parse(s).ok_or_else(|| {
-                format!("unknown server {s:?} (ferro, ferro-oci-server, distribution)")
+                format!(
+                    "unknown server {s:?} (ferro, ferro-oci-server, distribution, \
+                     ferro-s3, distribution-s3)"
+                )
             })
         })
         .collect::<Result<_, _>>()?;
@@ -352,6 +357,13 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
         .iter()
         .map(|k| binary_for(*k, &args).map(|b| (*k, b)))
         .collect::<Result<_, _>>()?;
+    // One Garage for every server on object storage, each with a bucket.
+    let mut garage = if kinds.iter().any(|k| k.on_garage()) {
+        eprintln!("ferro-load: starting Garage");
+        Some(garage::Garage::start(&work_root)?)
+    } else {
+        None
+    };
     if picked.ceilings {
         ensure_debian("nginx", "nginx-light", args.no_install)?;
         ensure_debian("wrk", "wrk", args.no_install)?;
@@ -421,7 +433,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
             results.version,
             bin.display()
         );
-        let mut server = Server::start(kind, bin, &work_root).await?;
+        let mut server = Server::start(kind, bin, &work_root, garage.as_mut()).await?;
         let (addr, pid) = (server.addr, server.pid());
         let fail = |e: BoxError, server: &Server| -> BoxError {
             format!(
@@ -432,8 +444,8 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
             .into()
         };
         let strict = |what: &str, why: &str| -> Result<(), BoxError> {
-            if kind == Kind::Ferro {
-                Err(format!("ferro could not do {what}: {why}").into())
+            if matches!(kind, Kind::Ferro | Kind::FerroS3) {
+                Err(format!("{} could not do {what}: {why}", kind.name()).into())
             } else {
                 Ok(())
             }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
+use crate::garage::{self, Garage};
 use crate::http::{BoxError, Client};
 
 /// Longest wait for a server to answer `GET /v2/` after its start.
@@ -28,17 +29,36 @@ pub enum Kind {
     FerroOciServer,
     #[serde(rename = "distribution")]
     Distribution,
+    /// ferro with `[storage] backend = "s3"` on the run's Garage.
+    #[serde(rename = "ferro-s3")]
+    FerroS3,
+    /// distribution with its `s3` storage driver on the run's Garage.
+    #[serde(rename = "distribution-s3")]
+    DistributionS3,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Ferro, Kind::FerroOciServer, Kind::Distribution];
+    pub const ALL: [Kind; 5] = [
+        Kind::Ferro,
+        Kind::FerroOciServer,
+        Kind::Distribution,
+        Kind::FerroS3,
+        Kind::DistributionS3,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Ferro => "ferro",
             Kind::FerroOciServer => "ferro-oci-server",
             Kind::Distribution => "distribution",
+            Kind::FerroS3 => "ferro-s3",
+            Kind::DistributionS3 => "distribution-s3",
         }
+    }
+
+    /// Whether its blobs go to the run's Garage.
+    pub fn on_garage(self) -> bool {
+        matches!(self, Kind::FerroS3 | Kind::DistributionS3)
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -109,7 +129,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(kind: Kind, binary: &Path, work_root: &Path) -> Result<Server, BoxError> {
+    /// Starts `kind`; the `-s3` kinds get a fresh bucket of `garage`.
+    pub async fn start(
+        kind: Kind,
+        binary: &Path,
+        work_root: &Path,
+        garage: Option<&mut Garage>,
+    ) -> Result<Server, BoxError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ferro-load-{}-", kind.name()))
             .tempdir_in(work_root)?;
@@ -119,8 +145,15 @@ impl Server {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = dir.path().join("server.log");
         let mut command = Command::new(binary);
+        let mut garage = garage;
+        let mut bucket = || -> Result<(String, String), BoxError> {
+            let g = garage
+                .as_deref_mut()
+                .ok_or_else(|| format!("{} needs the run's Garage", kind.name()))?;
+            Ok((g.endpoint(), g.new_bucket(kind.name())?))
+        };
         match kind {
-            Kind::Ferro => {
+            Kind::Ferro | Kind::FerroS3 => {
                 command
                     .arg("serve")
                     .arg("--data-dir")
@@ -129,6 +162,20 @@ impl Server {
                     .arg(addr.to_string())
                     .arg("--durability")
                     .arg("always");
+                if kind == Kind::FerroS3 {
+                    let (endpoint, bucket) = bucket()?;
+                    command
+                        .args(["--storage-backend", "s3", "--storage-endpoint", &endpoint])
+                        .args([
+                            "--storage-region",
+                            garage::REGION,
+                            "--storage-bucket",
+                            &bucket,
+                        ])
+                        .arg("--storage-allow-http")
+                        .env("AWS_ACCESS_KEY_ID", garage::KEY_ID)
+                        .env("AWS_SECRET_ACCESS_KEY", garage::SECRET);
+                }
             }
             Kind::FerroOciServer => {
                 command
@@ -141,6 +188,16 @@ impl Server {
                 let config = dir.path().join("config.yml");
                 std::fs::write(&config, distribution_config(&data, addr))?;
                 command.arg("serve").arg(&config);
+            }
+            Kind::DistributionS3 => {
+                let (endpoint, bucket) = bucket()?;
+                let config = dir.path().join("config.yml");
+                std::fs::write(&config, distribution_s3_config(&endpoint, &bucket, addr))?;
+                // Its s3 driver panics at startup when this is set.
+                command
+                    .arg("serve")
+                    .arg(&config)
+                    .env_remove("AWS_CA_BUNDLE");
             }
         }
         let child = spawn_tied(&mut command, &log)
@@ -224,6 +281,28 @@ fn distribution_config(data: &Path, addr: SocketAddr) -> String {
          storage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n  delete:\n    enabled: true\n\
          http:\n  addr: {addr}\n",
         data.display()
+    )
+}
+
+/// distribution's configuration with its `s3` driver on Garage:
+/// `regionendpoint` (which alone switches 2.8 to path-style addressing;
+/// `forcepathstyle` says so for later versions), plain HTTP, v4
+/// signatures, the in-memory blob descriptor cache, deletes enabled, and
+/// blobs served through it (not 307 to a presigned URL, its default on
+/// S3; ferro's `redirect` is off by default too).
+fn distribution_s3_config(endpoint: &str, bucket: &str, addr: SocketAddr) -> String {
+    format!(
+        "version: 0.1\n\
+         log:\n  level: error\n  accesslog:\n    disabled: true\n\
+         storage:\n  s3:\n    accesskey: {key}\n    secretkey: {secret}\n    region: {region}\n    \
+         regionendpoint: {endpoint}\n    forcepathstyle: true\n    bucket: {bucket}\n    \
+         secure: false\n    v4auth: true\n  \
+         cache:\n    blobdescriptor: inmemory\n  delete:\n    enabled: true\n  \
+         redirect:\n    disable: true\n\
+         http:\n  addr: {addr}\n",
+        key = garage::KEY_ID,
+        secret = garage::SECRET,
+        region = garage::REGION,
     )
 }
 
