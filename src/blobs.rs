@@ -36,6 +36,7 @@
 pub mod cache;
 pub mod object;
 pub mod read;
+pub mod stream;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -71,10 +72,21 @@ pub struct BlobStore {
     /// One-shot staging files being written by this process: garbage
     /// collection, which removes those a crash left behind, skips these.
     one_shot_in_progress: Arc<Mutex<HashSet<PathBuf>>>,
-    /// The object store that holds blob bytes instead of `blobs/`
-    /// (`[storage] backend = "s3"`); the digest locks, the small-blob
-    /// cache and the session staging of the log stay here.
-    objects: Option<object::SharedObjectBlobs>,
+    /// Where blob bytes live; the digest locks, the small-blob cache and
+    /// the staging files of sessions stay here whichever it is.
+    backend: Backend,
+}
+
+/// Where blob bytes live (`[storage] backend`). The one place the choice
+/// is recorded: callers go through [`BlobStore`]'s methods, or through the
+/// API's upload and read paths, which dispatch on it once
+/// (`api::uploads::Receiver`, `api::blobs`).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Files under `<data>/blobs/`.
+    Filesystem,
+    /// Objects in an S3-compatible store.
+    Object(object::SharedObjectBlobs),
 }
 
 /// The path of a one-shot staging file an upload is writing
@@ -196,19 +208,72 @@ impl BlobStore {
             locks: Arc::new(DigestLocks::default()),
             small_blobs: Arc::default(),
             one_shot_in_progress: Arc::default(),
-            objects: None,
+            backend: Backend::Filesystem,
         }
     }
 
     /// This store with its blob bytes in `objects`.
     pub fn with_objects(mut self, objects: object::SharedObjectBlobs) -> BlobStore {
-        self.objects = Some(objects);
+        self.backend = Backend::Object(objects);
         self
     }
 
-    /// The object store holding blob bytes, when it is not the filesystem.
-    pub fn objects(&self) -> Option<&object::SharedObjectBlobs> {
-        self.objects.as_ref()
+    /// Where blob bytes live. Only the backend-specific paths match on it
+    /// (uploads, reads, the collector's leftovers); everything else asks
+    /// the store's methods.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Why blob writes cannot be served now (the object store is down),
+    /// or `None`. The filesystem is never unavailable this way: its
+    /// failures are errors of the request that met them.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Filesystem => None,
+            Backend::Object(objects) => objects.unavailable_reason(),
+        }
+    }
+
+    /// The object keys of those `digests` whose bytes are objects (none on
+    /// the filesystem, where a blob's path follows from its digest). Read
+    /// before their deletion is logged, which takes them off the state.
+    pub fn object_keys<'a>(
+        &self,
+        state: &crate::projection::State,
+        digests: impl IntoIterator<Item = &'a Digest>,
+    ) -> std::collections::HashMap<Digest, String> {
+        match &self.backend {
+            Backend::Filesystem => Default::default(),
+            Backend::Object(_) => digests
+                .into_iter()
+                .filter_map(|d| Some((d.clone(), state.objects.blobs.get(d)?.clone())))
+                .collect(),
+        }
+    }
+
+    /// Removes the bytes of blobs whose deletion is durable in the log:
+    /// their files, and their objects (`keys`, from
+    /// [`BlobStore::object_keys`]). An object that cannot be deleted now
+    /// is off the record already: an orphan, which the next collection
+    /// removes.
+    pub async fn remove_collected(
+        &self,
+        digests: &[Digest],
+        keys: &std::collections::HashMap<Digest, String>,
+    ) -> io::Result<()> {
+        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        tokio::task::spawn_blocking(move || remove_files(&paths))
+            .await
+            .map_err(io::Error::other)??;
+        if let Backend::Object(objects) = &self.backend {
+            for key in digests.iter().filter_map(|d| keys.get(d)) {
+                if let Err(e) = objects.delete(key).await {
+                    tracing::warn!(%key, error = %e, "cannot delete a collected blob's object");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// This store with a cache of small blobs of at most `bytes_max` bytes
@@ -442,6 +507,37 @@ impl BlobStore {
         }
     }
 
+    /// Writes `tail`, bytes `at..` of an upload whose staging file holds
+    /// `offset` acknowledged bytes, and makes it durable (the file's bytes,
+    /// and its name when it is new) before the chunk is logged. In an
+    /// object store an upload's staging file holds only its tail, the
+    /// bytes not yet in a part, at their place in the upload: bytes in
+    /// parts are a hole. `at` is at or past `offset`, so acknowledged bytes
+    /// are never overwritten; anything past `offset` was never
+    /// acknowledged and goes first.
+    pub fn write_tail(&self, path: &Path, offset: u64, at: u64, tail: &[u8]) -> io::Result<()> {
+        debug_assert!(
+            at >= offset,
+            "a tail write never touches acknowledged bytes"
+        );
+        let existed = path.exists();
+        let file = self.fs.open(path, OpenMode::CreateKeep)?;
+        if file.len()? > offset {
+            file.set_len(offset)?;
+        }
+        file.seek(at)?;
+        file.write_all(tail)?;
+        let end = at + tail.len() as u64;
+        if file.len()? < end {
+            file.set_len(end)?;
+        }
+        file.sync_all()?;
+        if !existed {
+            self.fs.sync_dir(&self.uploads_dir)?;
+        }
+        Ok(())
+    }
+
     /// Makes a chunk just written to a staging file durable, before its
     /// event is logged: the file's bytes, and for the first chunk (at
     /// `offset` 0, when the file was created) its name in `uploads/`.
@@ -512,6 +608,17 @@ impl BlobStore {
         }
         Ok(hasher)
     }
+}
+
+/// Removes `paths`; one already gone is not an error.
+pub fn remove_files(paths: &[PathBuf]) -> io::Result<()> {
+    for p in paths {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// How many names the file of `meta` has (1 where hard links are unknown).

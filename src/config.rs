@@ -594,6 +594,7 @@ mod tests {
             "secret_access_key",
             "allow_http",
             "part_size_bytes",
+            "allow_small_parts",
             "request_timeout_ms",
             "retries_max",
             "retry_timeout_ms",
@@ -647,6 +648,11 @@ mod tests {
         assert_eq!(c.storage.backend, StorageBackend::S3);
         assert_eq!(c.storage.bucket, "registry");
         assert_eq!(c.storage.part_size_bytes, 1 << 20);
+        // Parts under 5 MiB only for stores that take them.
+        let err = c.storage.validate().unwrap_err();
+        assert!(err.contains("5 MiB"), "{err}");
+        c.storage.allow_small_parts = true;
+        c.storage.validate().unwrap();
         c.storage.bucket.clear();
         assert!(c.storage.validate().is_err());
     }

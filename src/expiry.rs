@@ -70,12 +70,7 @@ pub async fn expire_idle(
             Err(SubmitError::Rejected(_)) => continue, // gone meanwhile
             Err(e) => return Err(e),
         }
-        let staging = app.store.staging_path(&id);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(staging)).await;
-        if let Some(objects) = app.store.objects() {
-            let ids = std::slice::from_ref(&id);
-            crate::api::abort_multiparts(&app.writer, &app.state, objects, ids).await?;
-        }
+        crate::api::release_upload(app, &id).await?;
         drop(_held);
         app.sessions.remove(&id);
         metrics::counter!(crate::metrics::UPLOADS_EXPIRED).increment(1);

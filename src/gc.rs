@@ -63,6 +63,7 @@ use crate::oci::{Digest, RepoName};
 use crate::projection::State;
 use crate::replay::{self, AsOf, ReplayError};
 
+mod objects;
 mod untagged;
 pub use untagged::{mark_untagged, UntaggedMarked};
 
@@ -372,10 +373,8 @@ impl Collector {
         let grace_cutoff_unix_ns = now_unix_ns.saturating_sub(options.grace.as_nanos() as u64);
         self.remove_orphans(grace_cutoff_unix_ns, options.dry_run, &mut report)
             .await?;
-        if self.store.objects().is_some() {
-            self.remove_object_leftovers(grace_cutoff_unix_ns, options.dry_run, &mut report)
-                .await?;
-        }
+        self.remove_object_leftovers(grace_cutoff_unix_ns, options.dry_run, &mut report)
+            .await?;
         report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
         report.total_ms = started.elapsed().as_millis() as u64;
         if !options.dry_run {
@@ -439,19 +438,9 @@ impl Collector {
                 .await;
             // Their objects' keys, read before the deletions remove them
             // from the state (under the locks, no upload changes them).
-            let keys: std::collections::HashMap<Digest, String> = match self.store.objects() {
-                None => Default::default(),
-                Some(_) => {
-                    let state = self.state.read();
-                    blobs
-                        .iter()
-                        .filter_map(|c| {
-                            let key = state.objects.blobs.get(&c.digest)?;
-                            Some((c.digest.clone(), key.clone()))
-                        })
-                        .collect()
-                }
-            };
+            let keys = self
+                .store
+                .object_keys(&self.state.read(), blobs.iter().map(|c| &c.digest));
             let committed = self
                 .writer
                 .submit(
@@ -471,22 +460,8 @@ impl Collector {
                     _ => None,
                 })
                 .collect();
-            let paths: Vec<PathBuf> = deleted
-                .iter()
-                .map(|(d, _)| self.store.blob_path(d))
-                .collect();
-            tokio::task::spawn_blocking(move || remove_files(&paths))
-                .await
-                .map_err(|e| GcError::Task(e.to_string()))??;
-            if let Some(objects) = self.store.objects() {
-                for key in deleted.iter().filter_map(|(d, _)| keys.get(d)) {
-                    if let Err(e) = objects.delete(key).await {
-                        // Off the record already: an orphan object, which
-                        // the next run removes.
-                        tracing::warn!(%key, error = %e, "cannot delete a collected blob's object");
-                    }
-                }
-            }
+            let digests: Vec<Digest> = deleted.iter().map(|(d, _)| d.clone()).collect();
+            self.store.remove_collected(&digests, &keys).await?;
             drop(guard);
             report.blobs_kept_by_recheck += (batch.len() - deleted.len()) as u64;
             for (d, size) in &deleted {
@@ -532,7 +507,7 @@ impl Collector {
                 continue;
             }
             let path = f.path.clone();
-            let removed = tokio::task::spawn_blocking(move || remove_files(&[path]))
+            let removed = tokio::task::spawn_blocking(move || crate::blobs::remove_files(&[path]))
                 .await
                 .map_err(|e| GcError::Task(e.to_string()))?;
             match removed {
@@ -545,111 +520,6 @@ impl Collector {
                     tracing::warn!(file = %f.path.display(), error = %e, "cannot remove an orphan blob file")
                 }
             }
-        }
-        Ok(())
-    }
-}
-
-impl Collector {
-    /// The object store's leftovers: multipart uploads the log knows were
-    /// left open (no session owns them: a crash between opening and
-    /// completing one, or an abort that failed) are aborted, and objects
-    /// under the prefix that no blob, open upload or upload in progress
-    /// names, older than `cutoff_unix_ns`, deleted.
-    async fn remove_object_leftovers(
-        &self,
-        cutoff_unix_ns: u64,
-        dry_run: bool,
-        report: &mut GcReport,
-    ) -> Result<(), GcError> {
-        let Some(objects) = self.store.objects() else {
-            return Ok(());
-        };
-        let abandoned: Vec<String> = {
-            let state = self.state.read();
-            state
-                .objects
-                .multiparts
-                .iter()
-                .filter(|(u, m)| {
-                    !state.uploads.contains_key(*u)
-                        && !objects.is_in_progress(u)
-                        && m.started_unix_ns <= cutoff_unix_ns
-                })
-                .map(|(u, _)| u.clone())
-                .collect()
-        };
-        report.multiparts_aborted = abandoned.len() as u64;
-        if !dry_run && !abandoned.is_empty() {
-            crate::api::abort_multiparts(&self.writer, &self.state, objects, &abandoned).await?;
-        }
-        // Open in the store but unknown to the log: a crash between
-        // opening one and logging it. No session, no upload in progress
-        // and no open multipart upload of the state owns its key.
-        match objects.list_multipart_uploads().await {
-            Ok(open) => {
-                for (key, multipart) in open {
-                    let Some(upload) = objects.upload_of_key(&key) else {
-                        continue;
-                    };
-                    let owned = {
-                        let state = self.state.read();
-                        state.uploads.contains_key(upload)
-                            || state.objects.multiparts.contains_key(upload)
-                            || objects.is_in_progress(upload)
-                    };
-                    if owned {
-                        continue;
-                    }
-                    report.multiparts_aborted += 1;
-                    if dry_run {
-                        continue;
-                    }
-                    match objects.abort_multipart(&key, &multipart).await {
-                        Ok(()) => {
-                            tracing::info!(%key, "aborted a multipart upload the log never knew")
-                        }
-                        Err(e) => {
-                            tracing::warn!(%key, error = %e, "cannot abort a multipart upload")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list the store's multipart uploads"),
-        }
-        let listed = match objects.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the object store; orphan objects stay");
-                return Ok(());
-            }
-        };
-        let blob_keys: std::collections::HashSet<String> =
-            self.state.read().objects.blobs.values().cloned().collect();
-        for o in listed {
-            let Some(upload) = objects.upload_of_key(&o.key) else {
-                continue; // not ours
-            };
-            let named = blob_keys.contains(&o.key) || o.modified_unix_ns > cutoff_unix_ns || {
-                let state = self.state.read();
-                // Read again: an upload may have completed since the list.
-                state.uploads.contains_key(upload)
-                    || state.objects.multiparts.contains_key(upload)
-                    || objects.is_in_progress(upload)
-                    || state.objects.blobs.values().any(|k| *k == o.key)
-            };
-            if named {
-                continue;
-            }
-            if !dry_run {
-                if let Err(e) = objects.delete(&o.key).await {
-                    tracing::warn!(key = %o.key, error = %e, "cannot delete an orphan object");
-                    continue;
-                }
-                tracing::info!(key = %o.key, bytes = o.size, "removed an orphan object");
-            }
-            report.orphans_removed += 1;
-            report.orphan_bytes_freed += o.size;
         }
         Ok(())
     }
@@ -884,17 +754,6 @@ fn list_blob_files(blobs_dir: &Path) -> std::io::Result<Vec<BlobFile>> {
 
 /// Removes `paths`; one already gone is no error (a run interrupted after
 /// removing it).
-fn remove_files(paths: &[PathBuf]) -> std::io::Result<()> {
-    for p in paths {
-        match std::fs::remove_file(p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -16,6 +16,7 @@ pub mod gc;
 pub mod history;
 pub mod limits;
 pub mod log;
+pub mod logfields;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;

@@ -163,6 +163,9 @@ struct ServeArgs {
     /// Size of the parts uploads are sent in, in bytes [default: 8388608].
     #[arg(long)]
     storage_part_size_bytes: Option<u64>,
+    /// Accept parts under 5 MiB (stores that take any size, as Garage).
+    #[arg(long)]
+    storage_allow_small_parts: bool,
     /// Time allowed for one request to the store, in ms [default: 30000].
     #[arg(long)]
     storage_request_timeout_ms: Option<u64>,
@@ -326,6 +329,7 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
         s.request_timeout_ms = v;
     }
     s.allow_http |= args.storage_allow_http;
+    s.allow_small_parts |= args.storage_allow_small_parts;
     s.redirect |= args.storage_redirect;
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;
@@ -373,8 +377,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         )
         .with_writer(writer);
     match format {
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            builder.with_ansi(true).init()
+        }
+        // Not a terminal: no colours, and the cheaper field format that
+        // writes the same text (every request's span is formatted).
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(false)
+            .fmt_fields(ferro::logfields::PlainFields)
             .init(),
         LogFormat::Json => builder
             .json()

@@ -21,6 +21,17 @@
 //!   `ferro_gc_orphan_bytes_freed_total` (real runs only: a dry run
 //!   deletes nothing)
 //!
+//! The object store (`[storage] backend = "s3"`) counts as it goes
+//! (`blobs::object::metered`):
+//! - `ferro_object_store_requests_total{operation,outcome}` (outcome `ok`,
+//!   `not_found`, `error`; an operation counts once, retries included)
+//! - `ferro_object_store_request_duration_seconds{operation}` (histogram)
+//! - `ferro_object_store_retries_total{operation}` (HTTP attempts after
+//!   an operation's first)
+//! - `ferro_object_store_sent_bytes_total`,
+//!   `ferro_object_store_received_bytes_total` (request bodies sent and
+//!   response bodies announced, every attempt)
+//!
 //! The log writer and the projection keep their own figures
 //! (`WriterStats`, `LogTip`, `State::summary`); they are read at scrape
 //! time (as [`LogFigures`] and [`StateFigures`]) and rendered here, so a scrape costs nothing between scrapes and
@@ -58,6 +69,11 @@ pub const AUTH_REFUSALS: &str = "ferro_auth_refusals_total";
 pub const UPLOADS_EXPIRED: &str = "ferro_uploads_expired_total";
 pub const LOG_FSYNC_SECONDS: &str = "ferro_log_fsync_seconds";
 pub const LOG_GROUP_COMMIT_RECORDS: &str = "ferro_log_group_commit_records";
+pub const OBJECT_STORE_REQUESTS: &str = "ferro_object_store_requests_total";
+pub const OBJECT_STORE_REQUEST_SECONDS: &str = "ferro_object_store_request_duration_seconds";
+pub const OBJECT_STORE_RETRIES: &str = "ferro_object_store_retries_total";
+pub const OBJECT_STORE_BYTES_OUT: &str = "ferro_object_store_sent_bytes_total";
+pub const OBJECT_STORE_BYTES_IN: &str = "ferro_object_store_received_bytes_total";
 pub const GC_RUNS: &str = "ferro_gc_runs_total";
 pub const GC_LAST_RUN_TIMESTAMP: &str = "ferro_gc_last_run_timestamp_seconds";
 pub const GC_LAST_DURATION: &str = "ferro_gc_last_duration_seconds";
@@ -103,6 +119,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(REQUEST_SECONDS.into()),
+                    &LATENCY_BUCKETS_SECONDS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(OBJECT_STORE_REQUEST_SECONDS.into()),
                     &LATENCY_BUCKETS_SECONDS,
                 )
                 .ok()?
@@ -174,6 +195,29 @@ fn describe() {
     describe_histogram!(
         LOG_GROUP_COMMIT_RECORDS,
         "Records written by each group commit (one write, at most one fdatasync)"
+    );
+    describe_counter!(
+        OBJECT_STORE_REQUESTS,
+        "Operations on the object store, by operation and outcome (retries included)"
+    );
+    describe_histogram!(
+        OBJECT_STORE_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time of each operation on the object store, retries included"
+    );
+    describe_counter!(
+        OBJECT_STORE_RETRIES,
+        "HTTP attempts to the object store after an operation's first, by operation"
+    );
+    describe_counter!(
+        OBJECT_STORE_BYTES_OUT,
+        Unit::Bytes,
+        "Request body bytes sent to the object store"
+    );
+    describe_counter!(
+        OBJECT_STORE_BYTES_IN,
+        Unit::Bytes,
+        "Response body bytes the object store announced"
     );
     describe_counter!(GC_RUNS, "Garbage collection runs finished, by dry_run");
     describe_gauge!(
@@ -272,8 +316,12 @@ pub fn in_flight() -> &'static metrics::Gauge {
 /// Counts and times one answered request.
 ///
 /// The counter and histogram handles are looked up in the recorder once
-/// per (route, method, status) and kept: a lookup through the `metrics`
-/// macros builds and hashes the key on every call.
+/// per (route, method, status) and kept for the life of the process (the
+/// keys are few: routes × methods × statuses): a lookup through the
+/// `metrics` macros builds and hashes the key on every call. Each thread
+/// remembers the last key it saw, so the usual request (the same kind as
+/// the one before) costs a comparison rather than a hash, a lock and two
+/// reference counts.
 pub fn record_request(
     route: &'static str,
     method: &'static str,
@@ -282,20 +330,31 @@ pub fn record_request(
 ) {
     type Key = (&'static str, &'static str, u16);
     type Handles = (metrics::Counter, metrics::Histogram);
-    static HANDLES: OnceLock<RwLock<HashMap<Key, Handles>>> = OnceLock::new();
-    let table = HANDLES.get_or_init(Default::default);
+    static HANDLES: OnceLock<RwLock<HashMap<Key, &'static Handles>>> = OnceLock::new();
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(Key, &'static Handles)>> =
+            const { std::cell::Cell::new(None) };
+    }
     let key = (route, method, status.as_u16());
-    let seen = table.read().get(&key).cloned();
-    let (counter, histogram) = seen.unwrap_or_else(|| {
-        let handles = (
-            metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)),
-            metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
-        );
-        table.write().insert(key, handles.clone());
-        handles
-    });
-    counter.increment(1);
-    histogram.record(elapsed.as_secs_f64());
+    let handles = match LAST.with(|last| last.get()) {
+        Some((seen, handles)) if seen == key => handles,
+        _ => {
+            let table = HANDLES.get_or_init(Default::default);
+            let known = table.read().get(&key).copied();
+            let handles = known.unwrap_or_else(|| {
+                *table.write().entry(key).or_insert_with(|| {
+                    Box::leak(Box::new((
+                        metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status)),
+                        metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method),
+                    )))
+                })
+            });
+            LAST.with(|last| last.set(Some((key, handles))));
+            handles
+        }
+    };
+    handles.0.increment(1);
+    handles.1.record(elapsed.as_secs_f64());
 }
 
 /// A status as a label, without an allocation for the usual ones.

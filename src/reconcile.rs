@@ -56,20 +56,23 @@ pub async fn reconcile_uploads(
     store: &BlobStore,
     writer: &LogWriter,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let uploads: Vec<(String, u64)> = state
-        .read()
-        .uploads
-        .iter()
-        .map(|(id, u)| (id.clone(), u.size))
-        .collect();
-    let mut report = ReconcileReport::default();
-    // In an object store the bytes of sessions are parts the log lists;
-    // there are no staging files to check.
-    let staged = if store.objects().is_some() {
-        &[][..]
-    } else {
-        &uploads[..]
+    // Each upload with the first byte its staging file must hold: bytes
+    // before it are parts of its multipart upload in an object store
+    // (none on the filesystem). An upload whose every byte is in parts
+    // needs no staging file.
+    let uploads: Vec<(String, u64, u64)> = {
+        let state = state.read();
+        state
+            .uploads
+            .iter()
+            .map(|(id, u)| (id.clone(), u.size, state.objects.parts_bytes(id)))
+            .collect()
     };
+    let mut report = ReconcileReport::default();
+    let staged = uploads
+        .iter()
+        .filter(|(_, size, in_parts)| *in_parts == 0 || size > in_parts)
+        .map(|(id, size, _)| (id, size));
     for (id, size) in staged {
         let path = store.staging_path(id);
         let (len, links) = match std::fs::metadata(&path) {
@@ -112,7 +115,7 @@ pub async fn reconcile_uploads(
             )
             .await?;
     }
-    let live: HashSet<&String> = uploads.iter().map(|(id, _)| id).collect();
+    let live: HashSet<&String> = uploads.iter().map(|(id, _, _)| id).collect();
     for entry in std::fs::read_dir(store.uploads_dir())? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -121,6 +121,107 @@ async fn chunked_upload_resumes_after_restart_and_ends_as_one_object() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), &blob[100_000..100_010]);
 }
 
+/// The parts (lengths) of `upload`'s open multipart upload and its size,
+/// as the log of the registry in `data` has them.
+fn logged_parts(data: &std::path::Path, upload: &str) -> (Vec<u64>, u64) {
+    let layout = ferro::datadir::Layout::new(data);
+    let replayed =
+        ferro::replay::state_as_of(&layout, ferro::replay::AsOf::End, &mut |_| {}).unwrap();
+    let state = replayed.state;
+    let parts = state
+        .objects
+        .multiparts
+        .get(upload)
+        .map(|m| m.parts.iter().map(|p| p.length).collect())
+        .unwrap_or_default();
+    (parts, state.uploads[upload].size)
+}
+
+/// AWS S3 refuses parts under 5 MiB but the last: an upload pushed in many
+/// small chunks stages what does not fill a part on the disk (across a
+/// restart too) and sends only whole parts until the closing request.
+#[tokio::test]
+async fn small_chunks_become_whole_parts_and_one_short_last_part() {
+    if !garage::available("small_chunks_become_whole_parts") {
+        return;
+    }
+    const PART: usize = 5 * 1024 * 1024;
+    let g = Garage::shared();
+    let prefix = "wholeparts/";
+    let reg = s3_registry(g, prefix, &["--storage-part-size-bytes", "5242880"], "");
+    let data = reg.dir.path().join("data");
+    let blob = pseudo_random_bytes(2 * PART + 1_234_567, 11);
+    let digest = sha256(&blob);
+    let loc = reg.start_upload("s3/parts").await;
+    let upload_id = loc.rsplit('/').next().unwrap().to_owned();
+    // Chunks of an odd size, so that parts straddle them.
+    const CHUNK: usize = 300_007;
+    let mut at = 0;
+    let first_leg = PART + PART / 2;
+    while at < first_leg {
+        let end = (at + CHUNK).min(first_leg);
+        let r = patch(&reg, &loc, at, &blob[at..end]).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        at = end;
+    }
+    let (parts, size) = logged_parts(&data, &upload_id);
+    assert_eq!(size, at as u64);
+    assert_eq!(parts, vec![PART as u64], "one whole part, the rest staged");
+    let staging = data.join("uploads").join(&upload_id);
+    assert_eq!(std::fs::metadata(&staging).unwrap().len(), at as u64);
+    // SIGKILL: the staged tail and the part survive; the upload goes on.
+    let reg = reg.restart();
+    let status = reg.request(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        header(&status, "Range"),
+        Some(format!("0-{}", at - 1).as_str())
+    );
+    let last_leg = blob.len() - 1000;
+    while at < last_leg {
+        let end = (at + CHUNK).min(last_leg);
+        let r = patch(&reg, &loc, at, &blob[at..end]).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        at = end;
+    }
+    let (parts, _) = logged_parts(&data, &upload_id);
+    assert_eq!(parts, vec![PART as u64; 2], "every part so far is whole");
+    let r = reg
+        .request(Method::PUT, &with_query(&loc, &format!("digest={digest}")))
+        .header("Content-Type", "application/octet-stream")
+        .body(blob[at..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert!(
+        !staging.exists(),
+        "the staged tail went with the completion"
+    );
+    let got = reg.get(&format!("/v2/s3/parts/blobs/{digest}")).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(sha256(&got.bytes().await.unwrap()), digest);
+    assert_eq!(
+        keys(g, prefix).await,
+        vec![format!("{prefix}blobs/{upload_id}")]
+    );
+}
+
 #[tokio::test]
 async fn a_digest_mismatch_stores_nothing() {
     if !garage::available("a_digest_mismatch_stores_nothing") {
@@ -207,6 +308,55 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
         .get(&format!("/v2/s3/gc/blobs/{}", kept.layer_digest))
         .await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &kept.layer[..]);
+}
+
+/// A store lists open multipart uploads 1,000 at a time: a collection
+/// reads every page, so a crash-heavy history does not hide leftovers
+/// past the first thousand.
+#[tokio::test]
+async fn gc_aborts_open_multipart_uploads_past_the_first_page() {
+    if !garage::available("gc_aborts_open_multipart_uploads_past_the_first_page") {
+        return;
+    }
+    use futures_util::StreamExt as _;
+    use object_store::ObjectStoreExt as _;
+    // A Garage of its own: the count below is exact.
+    let g = Garage::start();
+    let prefix = "pages/";
+    let reg = s3_registry(&g, prefix, &[], "[gc]\ngrace = \"0s\"\n");
+    // Opened in the store, never logged: what crashes between opening a
+    // multipart upload and logging it leave behind.
+    const OPEN: usize = 1_005;
+    let client = std::sync::Arc::new(g.client());
+    let opened: Vec<()> = futures_util::stream::iter(0..OPEN)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let key = format!("{prefix}blobs/{i:032x}");
+                let upload = client
+                    .put_multipart(&object_store::path::Path::from(key))
+                    .await
+                    .unwrap();
+                drop(upload); // left open
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert_eq!(opened.len(), OPEN);
+    assert!(g
+        .cli(&["bucket", "info", garage::BUCKET])
+        .contains("Unfinished uploads"));
+    let r = reg
+        .request(Method::POST, "/v2/_ferro/gc/run")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["multiparts_aborted"], OPEN, "{report}");
+    let info = g.cli(&["bucket", "info", garage::BUCKET]);
+    assert!(!info.contains("Unfinished uploads"), "{info}");
 }
 
 #[tokio::test]
@@ -363,6 +513,30 @@ async fn garage_stopped_mid_push_gives_503s_and_pushes_resume_when_it_is_back() 
     }
     reg.push_image("s3/fault", "v2", "after").await;
     assert_eq!(reg.get("/readyz").await.status(), StatusCode::OK);
+    // The store's metrics saw all of it: successes, the failures while
+    // Garage was stopped, the retries of those, and the bytes.
+    let text = reg.get("/metrics").await.text().await.unwrap();
+    let sample = |name: &str, labels: &[&str]| {
+        common::metrics_sample(&text, name, labels).unwrap_or_else(|| panic!("{name} {labels:?}"))
+    };
+    let requests = "ferro_object_store_requests_total";
+    assert!(sample(requests, &["operation=\"put_object\"", "outcome=\"ok\""]) >= 1.0);
+    let failed: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(requests) && l.contains("outcome=\"error\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed >= 1.0, "{text}");
+    let retries: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ferro_object_store_retries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(retries >= 1.0, "{text}");
+    let seconds = "ferro_object_store_request_duration_seconds_count";
+    assert!(sample(seconds, &["operation=\"put_object\""]) >= 1.0);
+    assert!(sample("ferro_object_store_sent_bytes_total", &[]) > 0.0);
+    assert!(sample("ferro_object_store_received_bytes_total", &[]) > 0.0);
 }
 
 #[tokio::test]

@@ -42,8 +42,20 @@ pub fn spawn_ferro(dir: &Path) -> (Child, SocketAddr) {
 }
 
 /// [`spawn_ferro`] with more arguments for `ferro serve`.
+///
+/// `FERRO_BENCH_SERVER_WRAPPER` (say `valgrind --tool=callgrind`) runs
+/// the server under that command, to count its instructions.
 pub fn spawn_ferro_with(dir: &Path, extra_args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Process::new(env!("CARGO_BIN_EXE_ferro"))
+    let wrapper = std::env::var("FERRO_BENCH_SERVER_WRAPPER").unwrap_or_default();
+    let mut command = match wrapper.split_whitespace().collect::<Vec<_>>().split_first() {
+        Some((program, args)) => {
+            let mut c = Process::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_ferro"));
+            c
+        }
+        None => Process::new(env!("CARGO_BIN_EXE_ferro")),
+    };
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args([
             "--snapshot-every-records",

@@ -6,14 +6,14 @@
 //! bounded cache, [`SmallBlobCache`](crate::blobs::cache::SmallBlobCache),
 //! consulted only after the repository's link to the blob is checked),
 //! large ones memory-mapped piece by piece (each piece faulted in on the
-//! blocking pool) and streamed without a copy (page cache, not the heap).
+//! blocking pool, the next while the current one is sent,
+//! [`PieceStream`]) and streamed without a copy (page cache, not the heap).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt as _;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::manifests::digest_headers;
@@ -21,6 +21,8 @@ use super::ranges::{parse_range, ByteRange};
 use super::request::RequestContext;
 use super::App;
 use crate::blobs::read::BlobRange;
+use crate::blobs::stream::PieceStream;
+use crate::blobs::Backend;
 use crate::commands::Command;
 use crate::oci::{Digest, RepoName};
 
@@ -60,9 +62,7 @@ pub async fn get(
             return Ok(r);
         }
     };
-    let body = if head {
-        Body::empty()
-    } else {
+    if !head {
         // A whole small blob may be in memory already.
         let whole = start == 0 && len == size;
         let cached = whole.then(|| app.store.small_blobs().get(digest)).flatten();
@@ -76,43 +76,58 @@ pub async fn get(
                 size,
             ));
         }
-        if let Some(objects) = app.store.objects() {
-            return object_get(app, objects, digest, (status, start, len, size)).await;
+        // The one place a read asks where the bytes live.
+        return match app.store.backend() {
+            Backend::Filesystem => file_get(app, digest, (status, start, len, size)).await,
+            Backend::Object(objects) => {
+                object_get(app, objects, digest, (status, start, len, size)).await
+            }
+        };
+    }
+    Ok(blob_response(
+        status,
+        Body::empty(),
+        digest,
+        start,
+        len,
+        size,
+    ))
+}
+
+/// A GET of bytes `start..start + len` of a blob of `size` bytes on the
+/// filesystem: small ones read in one blocking task (and a whole one
+/// cached), large ones memory-mapped piece by piece.
+async fn file_get(
+    app: &App,
+    digest: &Digest,
+    (status, start, len, size): (StatusCode, u64, u64, u64),
+) -> ApiResult<Response> {
+    let whole = start == 0 && len == size;
+    let store = app.store.clone();
+    let d = digest.clone();
+    let read = tokio::task::spawn_blocking(move || store.read_range(&d, start, len))
+        .await
+        .map_err(ApiError::internal)?;
+    let body = match read {
+        Ok(BlobRange::InMemory(bytes)) => {
+            if whole {
+                app.store.small_blobs().insert(digest, bytes.clone());
+            }
+            Body::from(bytes)
         }
-        let store = app.store.clone();
-        let d = digest.clone();
-        let read = tokio::task::spawn_blocking(move || store.read_range(&d, start, len))
-            .await
-            .map_err(ApiError::internal)?;
-        match read {
-            Ok(BlobRange::InMemory(bytes)) => {
-                if whole {
-                    app.store.small_blobs().insert(digest, bytes.clone());
-                }
-                Body::from(bytes)
-            }
-            Ok(BlobRange::Mapped(range)) => {
-                // Each piece is mapped and faulted in on the blocking pool:
-                // a blob not in the page cache is read from the disk there,
-                // not on the thread serving other connections.
-                let range = Arc::new(range);
-                let pieces = futures_util::stream::iter(0..range.piece_count()).then(move |i| {
-                    let range = range.clone();
-                    async move {
-                        tokio::task::spawn_blocking(move || range.map_piece(i))
-                            .await
-                            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                    }
-                });
-                Body::from_stream(pieces)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let path = app.store.blob_path(digest);
-                tracing::error!(path = %path.display(), %digest, "blob in the state has no file");
-                return Err(blob_unknown());
-            }
-            Err(e) => return Err(e.into()),
+        Ok(BlobRange::Mapped(range)) => {
+            // Each piece is mapped and faulted in on the blocking pool (a
+            // blob not in the page cache is read from the disk there, not
+            // on the thread serving other connections), the next one while
+            // this one is sent.
+            Body::from_stream(PieceStream::new(range))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let path = app.store.blob_path(digest);
+            tracing::error!(path = %path.display(), %digest, "blob in the state has no file");
+            return Err(blob_unknown());
+        }
+        Err(e) => return Err(e.into()),
     };
     Ok(blob_response(status, body, digest, start, len, size))
 }

@@ -117,15 +117,13 @@ where
 
 impl Shared {
     /// Request id in, span around, metrics and access log after, id out.
-    async fn answer(&self, mut req: Request) -> Response {
+    async fn answer(&self, req: Request) -> Response {
         let started = Instant::now();
+        // Nothing after this reads the id from the request: it is only
+        // echoed in the response and put in the span.
         let id = match req.headers().get(REQUEST_ID) {
             Some(id) => id.clone(),
-            None => {
-                let id = make_request_id();
-                req.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+            None => make_request_id(),
         };
         let method = method_label(req.method());
         let span = tracing::info_span!(
@@ -247,10 +245,7 @@ fn make_request_id() -> HeaderValue {
 }
 
 fn readyz(gate: &Gate) -> Response {
-    let store_down = gate
-        .app()
-        .and_then(|app| app.store.objects())
-        .and_then(|o| o.unavailable_reason());
+    let store_down = gate.app().and_then(|app| app.store.unavailable_reason());
     if let (true, Some(reason)) = (gate.is_ready(), store_down) {
         (
             StatusCode::SERVICE_UNAVAILABLE,

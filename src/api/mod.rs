@@ -55,7 +55,7 @@ use crate::projection::State;
 
 pub use ext::PastStates;
 pub use router::router;
-pub use uploads::abort_multiparts;
+pub use uploads::{abort_multiparts, release as release_upload};
 
 /// Everything a handler needs, shared by all requests.
 pub struct App {

@@ -38,6 +38,8 @@ use object_store::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+mod metered;
+
 /// Which store holds blob bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -68,11 +70,17 @@ pub struct StorageConfig {
     pub secret_access_key: String,
     /// Allow a plain-HTTP endpoint (loopback test servers).
     pub allow_http: bool,
-    /// Upload bytes are sent to the store in parts of at most this size;
-    /// an upload holds at most two parts in memory. (AWS S3 itself wants
-    /// every part but the last to be at least 5 MiB; Garage and MinIO
-    /// take any size.)
+    /// Upload bytes are sent to the store in parts of this size (the last
+    /// one smaller); an upload holds at most two parts in memory, and
+    /// stages the bytes that do not fill a part on the disk. At least
+    /// [`PART_SIZE_BYTES_MIN`], the least AWS S3 accepts for every part but
+    /// the last.
     pub part_size_bytes: u64,
+    /// Accept a `part_size_bytes` below [`PART_SIZE_BYTES_MIN`], for stores
+    /// that take parts of any size (Garage, MinIO). The tests use it, so
+    /// that uploads of a few hundred KiB span several parts; on AWS S3 the
+    /// completion of such an upload would fail.
+    pub allow_small_parts: bool,
     /// Time allowed for one request to the store, retries not included.
     pub request_timeout_ms: u64,
     /// Retries of a failed idempotent request (timeouts, 5xx), with
@@ -99,12 +107,16 @@ impl std::fmt::Debug for StorageConfig {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .field("part_size_bytes", &self.part_size_bytes)
+            .field("allow_small_parts", &self.allow_small_parts)
             .finish_non_exhaustive()
     }
 }
 
 /// Default of `storage.part_size_bytes`.
 pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Least `storage.part_size_bytes` (S3's limit on every part but the last),
+/// unless `storage.allow_small_parts`.
+pub const PART_SIZE_BYTES_MIN: u64 = 5 * 1024 * 1024;
 /// Largest `storage.part_size_bytes` (S3's limit on one part).
 pub const PART_SIZE_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024;
 /// The most parts of one multipart upload (S3's limit).
@@ -122,6 +134,7 @@ impl Default for StorageConfig {
             secret_access_key: String::new(),
             allow_http: false,
             part_size_bytes: PART_SIZE_BYTES_DEFAULT,
+            allow_small_parts: false,
             request_timeout_ms: 30_000,
             retries_max: 3,
             retry_timeout_ms: 10_000,
@@ -141,9 +154,16 @@ impl StorageConfig {
         if self.bucket.is_empty() {
             return Err("storage.bucket must be set with backend = \"s3\"".into());
         }
-        if !(1..=PART_SIZE_BYTES_MAX).contains(&self.part_size_bytes) {
+        let min = match self.allow_small_parts {
+            true => 1,
+            false => PART_SIZE_BYTES_MIN,
+        };
+        if !(min..=PART_SIZE_BYTES_MAX).contains(&self.part_size_bytes) {
             return Err(format!(
-                "storage.part_size_bytes must be in 1..={PART_SIZE_BYTES_MAX}"
+                "storage.part_size_bytes is {}; it must be in {min}..={PART_SIZE_BYTES_MAX} \
+                 (S3 refuses parts under 5 MiB but the last; storage.allow_small_parts \
+                 lifts the minimum for stores that take any size)",
+                self.part_size_bytes
             ));
         }
         if self.request_timeout_ms == 0 {
@@ -238,6 +258,7 @@ impl ObjectBlobs {
             .with_secret_access_key(secret)
             .with_allow_http(config.allow_http)
             .with_virtual_hosted_style_request(false)
+            .with_http_connector(metered::MeteredConnector)
             .with_client_options(
                 ClientOptions::new()
                     .with_allow_http(config.allow_http)
@@ -342,7 +363,8 @@ impl ObjectBlobs {
     /// bucket and credentials are right. Updates availability.
     pub async fn probe(&self) -> Result<(), ObjectError> {
         let prefix = self.prefix_path();
-        let result = self.s3.list_with_delimiter(prefix.as_ref()).await;
+        let listing = self.s3.list_with_delimiter(prefix.as_ref());
+        let result = metered::operation("probe", listing).await;
         match result {
             Ok(_) => {
                 if self.unavailable.swap(false, Ordering::AcqRel) {
@@ -381,10 +403,12 @@ impl ObjectBlobs {
     /// Opens a multipart upload to `key`; returns its id.
     pub async fn start_multipart(&self, key: &str) -> Result<String, ObjectError> {
         self.check_available()?;
-        self.s3
-            .create_multipart(&Self::path(key))
-            .await
-            .map_err(|e| self.failed(e, key))
+        metered::operation(
+            "start_multipart",
+            self.s3.create_multipart(&Self::path(key)),
+        )
+        .await
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Stores part `number` (from 1) of a multipart upload; returns its
@@ -398,16 +422,18 @@ impl ObjectBlobs {
     ) -> Result<String, ObjectError> {
         debug_assert!((1..=PARTS_MAX).contains(&number));
         let id = multipart.to_owned();
-        self.s3
-            .put_part(
+        metered::operation(
+            "put_part",
+            self.s3.put_part(
                 &Self::path(key),
                 &id,
                 number as usize - 1,
                 PutPayload::from(bytes),
-            )
-            .await
-            .map(|p| p.content_id)
-            .map_err(|e| self.failed(e, key))
+            ),
+        )
+        .await
+        .map(|p| p.content_id)
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Completes a multipart upload from its parts' ETags, in order.
@@ -421,19 +447,24 @@ impl ObjectBlobs {
             .into_iter()
             .map(|content_id| PartId { content_id })
             .collect();
-        self.s3
-            .complete_multipart(&Self::path(key), &multipart.to_owned(), parts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.failed(e, key))
+        metered::operation(
+            "complete_multipart",
+            self.s3
+                .complete_multipart(&Self::path(key), &multipart.to_owned(), parts),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Aborts a multipart upload; one the store no longer knows is done.
     pub async fn abort_multipart(&self, key: &str, multipart: &str) -> Result<(), ObjectError> {
-        match self
-            .s3
-            .abort_multipart(&Self::path(key), &multipart.to_owned())
-            .await
+        match metered::operation(
+            "abort_multipart",
+            self.s3
+                .abort_multipart(&Self::path(key), &multipart.to_owned()),
+        )
+        .await
         {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed(e, key)),
@@ -443,11 +474,13 @@ impl ObjectBlobs {
     /// Writes a whole object in one request.
     pub async fn put_object(&self, key: &str, bytes: Bytes) -> Result<(), ObjectError> {
         self.check_available()?;
-        self.s3
-            .put(&Self::path(key), PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.failed(e, key))
+        metered::operation(
+            "put_object",
+            self.s3.put(&Self::path(key), PutPayload::from(bytes)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| self.failed(e, key))
     }
 
     /// Bytes `start..start + len` of an object, as a stream of what the
@@ -465,9 +498,7 @@ impl ObjectBlobs {
             range: Some(GetRange::Bounded(start..start + len)),
             ..GetOptions::default()
         };
-        let result = self
-            .s3
-            .get_opts(&Self::path(key), options)
+        let result = metered::operation("get", self.s3.get_opts(&Self::path(key), options))
             .await
             .map_err(|e| self.failed(e, key))?;
         Ok(result.into_stream().map_err(std::io::Error::other).boxed())
@@ -501,15 +532,48 @@ impl ObjectBlobs {
 
     /// The multipart uploads open in the store under the prefix's
     /// `blobs/`, as (key, multipart id): also those whose id never reached
-    /// the log (a crash between opening one and logging it). At most the
-    /// first 1,000 (one page; the next collection sees the rest).
-    /// object_store has no call for this, so it is a presigned
-    /// `ListMultipartUploads` sent with the HTTP client object_store uses.
+    /// the log (a crash between opening one and logging it). Every page of
+    /// the listing (1,000 uploads each), at most
+    /// [`MULTIPART_LIST_PAGES_MAX`] of them. object_store has no call for
+    /// this, so each page is a presigned `ListMultipartUploads` sent with
+    /// the HTTP client object_store uses.
     pub async fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>, ObjectError> {
-        let options = object_store::signer::SignedUrlOptions::new().with_query([
-            ("uploads", ""),
-            ("prefix", &format!("{}blobs/", self.prefix)),
-        ]);
+        let mut all = Vec::new();
+        let mut marker: Option<(String, Option<String>)> = None;
+        for _ in 0..MULTIPART_LIST_PAGES_MAX {
+            let started = std::time::Instant::now();
+            let page = self.list_multipart_page(marker.as_ref()).await;
+            let outcome = if page.is_ok() { "ok" } else { "error" };
+            metered::record("list_multipart_uploads", outcome, started);
+            let page = page?;
+            all.extend(page.uploads);
+            match page.next {
+                // A store that hands the same marker back would loop.
+                Some(next) if marker.as_ref() != Some(&next) => marker = Some(next),
+                _ => return Ok(all),
+            }
+        }
+        tracing::warn!(
+            pages = MULTIPART_LIST_PAGES_MAX,
+            "more open multipart uploads than one collection lists; the next sees the rest"
+        );
+        Ok(all)
+    }
+
+    /// One page of `ListMultipartUploads`, after `marker` (key, upload id).
+    async fn list_multipart_page(
+        &self,
+        marker: Option<&(String, Option<String>)>,
+    ) -> Result<MultipartPage, ObjectError> {
+        let prefix = format!("{}blobs/", self.prefix);
+        let mut query: Vec<(&str, &str)> = vec![("uploads", ""), ("prefix", &prefix)];
+        if let Some((key, upload)) = marker {
+            query.push(("key-marker", key));
+            if let Some(upload) = upload {
+                query.push(("upload-id-marker", upload));
+            }
+        }
+        let options = object_store::signer::SignedUrlOptions::new().with_query(query);
         let url = self
             .s3
             .signed_url_opts(
@@ -534,8 +598,7 @@ impl ObjectBlobs {
 
     /// The size of an object.
     pub async fn head(&self, key: &str) -> Result<u64, ObjectError> {
-        self.s3
-            .head(&Self::path(key))
+        metered::operation("head", self.s3.head(&Self::path(key)))
             .await
             .map(|m| m.size)
             .map_err(|e| self.failed(e, key))
@@ -543,7 +606,7 @@ impl ObjectBlobs {
 
     /// Deletes an object; one already gone is deleted.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        match self.s3.delete(&Self::path(key)).await {
+        match metered::operation("delete", self.s3.delete(&Self::path(key))).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed(e, key)),
         }
@@ -552,10 +615,8 @@ impl ObjectBlobs {
     /// Every object under the prefix.
     pub async fn list(&self) -> Result<Vec<ListedObject>, ObjectError> {
         let prefix = self.prefix_path();
-        let listed: Vec<object_store::ObjectMeta> = self
-            .s3
-            .list(prefix.as_ref())
-            .try_collect()
+        let listing = self.s3.list(prefix.as_ref()).try_collect();
+        let listed: Vec<object_store::ObjectMeta> = metered::operation("list", listing)
             .await
             .map_err(|e| self.failed(e, &self.prefix))?;
         Ok(listed
@@ -585,8 +646,24 @@ impl ObjectBlobs {
     }
 }
 
-/// The (key, upload id) pairs of a `ListMultipartUploadsResult`.
-fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
+/// Most pages of `ListMultipartUploads` one listing reads (1,000 uploads
+/// a page): a bound on one collection's work, far above what crashes
+/// leave behind.
+pub const MULTIPART_LIST_PAGES_MAX: usize = 1_000;
+
+/// One page of a `ListMultipartUploadsResult`.
+#[derive(Debug, PartialEq, Eq)]
+struct MultipartPage {
+    /// (key, upload id) of each upload on the page.
+    uploads: Vec<(String, String)>,
+    /// The markers of the next page when the listing is truncated: a key,
+    /// and an upload id when the store gives one (Garage does not; every
+    /// key of ours has one upload, so the key alone is enough).
+    next: Option<(String, Option<String>)>,
+}
+
+/// Parses one page of a `ListMultipartUploadsResult`.
+fn parse_multipart_uploads(xml: &str) -> MultipartPage {
     fn element<'a>(within: &'a str, name: &str) -> Option<&'a str> {
         let start = within.find(&format!("<{name}>"))? + name.len() + 2;
         let len = within[start..].find(&format!("</{name}>"))?;
@@ -599,7 +676,8 @@ fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
             .replace("&apos;", "'")
             .replace("&amp;", "&")
     }
-    xml.split("<Upload>")
+    let uploads = xml
+        .split("<Upload>")
         .skip(1)
         .filter_map(|u| {
             let u = &u[..u.find("</Upload>")?];
@@ -608,7 +686,20 @@ fn parse_multipart_uploads(xml: &str) -> Vec<(String, String)> {
                 unescape(element(u, "UploadId")?),
             ))
         })
-        .collect()
+        .collect();
+    // The page's own fields come before its uploads.
+    let head = &xml[..xml.find("<Upload>").unwrap_or(xml.len())];
+    let tail = &xml[xml.rfind("</Upload>").unwrap_or(0)..];
+    let field = |name: &str| element(head, name).or_else(|| element(tail, name));
+    let truncated = field("IsTruncated").is_some_and(|t| t.trim() == "true");
+    let next = match field("NextKeyMarker") {
+        Some(key) if truncated && !key.is_empty() => {
+            let upload = field("NextUploadIdMarker").filter(|u| !u.is_empty());
+            Some((unescape(key), upload.map(unescape)))
+        }
+        _ => None,
+    };
+    MultipartPage { uploads, next }
 }
 
 /// The object store of a blob store, shared.
@@ -617,6 +708,35 @@ pub type SharedObjectBlobs = Arc<ObjectBlobs>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_truncated_multipart_listing_names_the_next_page() {
+        let page = "<ListMultipartUploadsResult><Bucket>b</Bucket><KeyMarker></KeyMarker>\
+            <NextKeyMarker>p/blobs/b&amp;</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>\
+            <MaxUploads>2</MaxUploads><IsTruncated>true</IsTruncated>\
+            <Upload><Key>p/blobs/a</Key><UploadId>u1</UploadId></Upload>\
+            <Upload><Key>p/blobs/b&amp;</Key><UploadId>u2</UploadId></Upload>\
+            </ListMultipartUploadsResult>";
+        let parsed = parse_multipart_uploads(page);
+        assert_eq!(
+            parsed.uploads,
+            vec![
+                ("p/blobs/a".to_owned(), "u1".to_owned()),
+                ("p/blobs/b&".to_owned(), "u2".to_owned())
+            ]
+        );
+        assert_eq!(parsed.next, Some(("p/blobs/b&".into(), Some("u2".into()))));
+        // Garage names only the next key.
+        let garage = page.replace("<NextUploadIdMarker>u2</NextUploadIdMarker>", "");
+        let parsed = parse_multipart_uploads(&garage);
+        assert_eq!(parsed.next, Some(("p/blobs/b&".into(), None)));
+        let last = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>\
+            <Upload><Key>p/blobs/c</Key><UploadId>u3</UploadId></Upload>\
+            </ListMultipartUploadsResult>";
+        let parsed = parse_multipart_uploads(last);
+        assert_eq!(parsed.uploads.len(), 1);
+        assert_eq!(parsed.next, None);
+    }
 
     #[test]
     fn keys_are_under_the_prefix() {
@@ -657,7 +777,7 @@ mod tests {
         let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
 <ListMultipartUploadsResult><Bucket>b</Bucket><Upload><Key>p/blobs/0123456789abcdef0123456789abcdef</Key><UploadId>a1&amp;b2</UploadId><Initiated>2026-12-07T00:00:00Z</Initiated></Upload><Upload><Key>p/blobs/x</Key><UploadId>c3</UploadId></Upload></ListMultipartUploadsResult>"#;
         assert_eq!(
-            parse_multipart_uploads(xml),
+            parse_multipart_uploads(xml).uploads,
             vec![
                 (
                     "p/blobs/0123456789abcdef0123456789abcdef".to_owned(),
@@ -666,7 +786,8 @@ mod tests {
                 ("p/blobs/x".to_owned(), "c3".to_owned()),
             ]
         );
-        assert!(parse_multipart_uploads("<ListMultipartUploadsResult/>").is_empty());
+        let empty = parse_multipart_uploads("<ListMultipartUploadsResult/>");
+        assert!(empty.uploads.is_empty() && empty.next.is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! one go; a larger one is memory-mapped a piece at a time and handed out
 //! as [`Bytes`] that own their map, so serving it copies nothing into user
 //! space and takes one blocking-pool round trip per 4 MiB piece (where its
-//! pages are faulted in, so a cold read never stalls an async thread).
+//! pages are faulted in, so a cold read never stalls an async thread;
+//! [`super::stream::PieceStream`] runs those a piece ahead of the send).
 //!
 //! Mapping is safe here because a committed blob file never changes: it is
 //! renamed into place whole and only ever unlinked (garbage collection),
@@ -94,7 +95,37 @@ impl MappedRange {
                 .populate()
                 .map(&self.file)?
         };
+        self.read_ahead(offset + len as u64);
         Ok(Bytes::from_owner(map))
+    }
+
+    /// Asks the kernel to start reading the piece that follows `from`
+    /// into the page cache without waiting (`POSIX_FADV_WILLNEED`): when
+    /// the blob has left the page cache, the disk then reads a piece ahead
+    /// of the one being mapped, and mapping it finds it there. A hint;
+    /// cheap when the pages are cached already.
+    fn read_ahead(&self, from: u64) {
+        #[cfg(target_os = "linux")]
+        if from < self.end {
+            use std::os::fd::AsRawFd;
+            let len = (self.end - from).min(MAP_PIECE_BYTES);
+            let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(len))
+            else {
+                return;
+            };
+            // SAFETY: a plain system call on a descriptor this range owns;
+            // its result is only a hint's, so it is ignored.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    offset,
+                    len,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = from;
     }
 
     /// Every piece, in order (blocking, as [`MappedRange::map_piece`]).

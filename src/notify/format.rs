@@ -3,11 +3,14 @@
 //! `<seq>-<index>` (the record's sequence number and the event's place in
 //! its entry), so a receiver deduplicates redeliveries by id.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use super::config::Format;
-use crate::events::{Event, LinkSource};
+use crate::events::{Actor, Event, LinkSource};
 use crate::feed::FeedEntry;
 use crate::oci::{Digest, RepoName};
 use crate::timefmt::rfc3339;
@@ -78,6 +81,107 @@ pub enum Batch<'a> {
     },
 }
 
+/// One event as sent, serialized straight from borrowed parts of the entry
+/// (building `serde_json::Value` trees first cost most of a delivery's
+/// CPU: every key and string allocated, sorted and freed again).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Out<'a> {
+    Distribution(DistributionEvent<'a>),
+    Cloud(CloudEvent<'a>),
+    Gap(Value),
+}
+
+/// distribution's envelope.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    events: &'a [Out<'a>],
+}
+
+/// An event as distribution's documentation describes it, plus `ferro`
+/// (the entry's sequence number and the event's index).
+#[derive(Serialize)]
+struct DistributionEvent<'a> {
+    id: String,
+    timestamp: &'a str,
+    action: &'static str,
+    target: Target<'a>,
+    request: Request<'a>,
+    actor: Named<'a>,
+    source: Source<'a>,
+    ferro: Position,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Target<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    length: Option<u64>,
+    digest: &'a Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_repository: Option<&'a str>,
+    repository: &'a str,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    id: &'static str,
+    addr: &'a str,
+    host: &'a str,
+    method: &'static str,
+    useragent: &'static str,
+}
+
+#[derive(Serialize)]
+struct Named<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    addr: &'a str,
+    #[serde(rename = "instanceID")]
+    instance_id: &'static str,
+}
+
+#[derive(Serialize)]
+struct Position {
+    seq: u64,
+    index: u32,
+}
+
+/// A CloudEvents 1.0 event in structured JSON.
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: String,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    datacontenttype: &'static str,
+    ferroseq: u64,
+    data: CloudData<'a>,
+}
+
+#[derive(Serialize)]
+struct CloudData<'a> {
+    seq: u64,
+    index: u32,
+    actor: &'a Actor,
+    event: &'a Event,
+}
+
 /// A request body and its content type; `None` when no event of the batch
 /// exists in the format (the cursor moves on without a request).
 pub fn body(
@@ -87,7 +191,8 @@ pub fn body(
     lookup: ManifestLookup<'_>,
     batch_max: usize,
 ) -> Option<(Bytes, &'static str)> {
-    let events: Vec<Value> = match batch {
+    let host = source_host(source);
+    let events: Vec<Out<'_>> = match batch {
         Batch::Entries(entries) => entries
             .iter()
             .flat_map(|entry| {
@@ -96,8 +201,11 @@ pub fn body(
                     .iter()
                     .zip(&entry.indexes)
                     .filter_map(move |(e, i)| match format {
-                        Format::Distribution => distribution_event(source, entry, *i, e, lookup),
-                        Format::Cloudevents => Some(cloudevent(source, entry, *i, e)),
+                        Format::Distribution => {
+                            distribution_event(source, host, entry, *i, e, lookup)
+                                .map(Out::Distribution)
+                        }
+                        Format::Cloudevents => Some(Out::Cloud(cloudevent(source, entry, *i, e))),
                     })
             })
             .collect(),
@@ -105,41 +213,48 @@ pub fn body(
             from_seq,
             to_seq,
             now_unix_ns,
-        } => vec![gap_event(format, source, *from_seq, *to_seq, *now_unix_ns)],
+        } => vec![Out::Gap(gap_event(
+            format,
+            source,
+            *from_seq,
+            *to_seq,
+            *now_unix_ns,
+        ))],
     };
     if events.is_empty() {
         return None;
     }
-    let (value, content_type) = match format {
-        Format::Distribution => (json!({ "events": events }), DISTRIBUTION_MEDIA_TYPE),
+    let (bytes, content_type) = match format {
+        Format::Distribution => (
+            serde_json::to_vec(&Envelope { events: &events }),
+            DISTRIBUTION_MEDIA_TYPE,
+        ),
         Format::Cloudevents if batch_max == 1 && events.len() == 1 => {
-            let mut events = events;
-            (events.remove(0), CLOUDEVENTS_MEDIA_TYPE)
+            (serde_json::to_vec(&events[0]), CLOUDEVENTS_MEDIA_TYPE)
         }
-        Format::Cloudevents => (Value::Array(events), CLOUDEVENTS_BATCH_MEDIA_TYPE),
+        Format::Cloudevents => (serde_json::to_vec(&events), CLOUDEVENTS_BATCH_MEDIA_TYPE),
     };
-    let bytes = serde_json::to_vec(&value).ok()?;
-    Some((Bytes::from(bytes), content_type))
+    Some((Bytes::from(bytes.ok()?), content_type))
 }
 
 pub fn event_id(seq: u64, index: u32) -> String {
     format!("{seq}-{index}")
 }
 
-fn distribution_event(
+fn distribution_event<'a>(
     source: &str,
-    entry: &FeedEntry,
+    host: &'a str,
+    entry: &'a FeedEntry,
     index: u32,
-    event: &Event,
+    event: &'a Event,
     lookup: ManifestLookup<'_>,
-) -> Option<Value> {
+) -> Option<DistributionEvent<'a>> {
     let action = action(event)?;
-    let mut target = Map::new();
     let manifest_url =
         |repo: &RepoName, digest: &Digest| format!("{source}/v2/{repo}/manifests/{digest}");
     let blob_url = |repo: &RepoName, digest: &Digest| format!("{source}/v2/{repo}/blobs/{digest}");
     // The same entry's manifest push, else the state, names a tag's target.
-    let manifest_facts = |repo: &RepoName, digest: &Digest| {
+    let manifest_facts = |repo: &RepoName, digest: &Digest| -> Option<(Cow<'a, str>, u64)> {
         entry
             .events
             .iter()
@@ -150,115 +265,128 @@ fn distribution_event(
                     media_type,
                     body,
                     ..
-                } if r == repo && d == digest => Some((media_type.clone(), body.len() as u64)),
+                } if r == repo && d == digest => {
+                    Some((Cow::Borrowed(media_type.as_str()), body.len() as u64))
+                }
                 _ => None,
             })
-            .or_else(|| lookup(repo, digest))
+            .or_else(|| lookup(repo, digest).map(|(m, size)| (Cow::Owned(m), size)))
     };
-    let mut put = |k: &str, v: Value| {
-        target.insert(k.to_owned(), v);
+    let target = |repo: &'a RepoName, digest: &'a Digest| Target {
+        media_type: None,
+        size: None,
+        length: None,
+        digest,
+        tag: None,
+        url: None,
+        from_repository: None,
+        repository: repo.as_str(),
     };
-    let repo = match event {
+    let target = match event {
         Event::ManifestPut {
             repo,
             digest,
             media_type,
             body,
             ..
-        } => {
-            put("mediaType", json!(media_type));
-            put("digest", json!(digest.to_string()));
-            put("size", json!(body.len()));
-            put("length", json!(body.len()));
-            put("url", json!(manifest_url(repo, digest)));
-            repo
-        }
+        } => Target {
+            media_type: Some(Cow::Borrowed(media_type.as_str())),
+            size: Some(body.len() as u64),
+            length: Some(body.len() as u64),
+            url: Some(manifest_url(repo, digest)),
+            ..target(repo, digest)
+        },
         Event::TagSet {
             repo, tag, digest, ..
         }
         | Event::TagDeleted {
             repo, tag, digest, ..
         } => {
-            if let Some((media_type, size)) = manifest_facts(repo, digest) {
-                put("mediaType", json!(media_type));
-                put("size", json!(size));
-                put("length", json!(size));
+            let facts = manifest_facts(repo, digest);
+            let size = facts.as_ref().map(|(_, size)| *size);
+            Target {
+                media_type: facts.map(|(media_type, _)| media_type),
+                size,
+                length: size,
+                tag: Some(tag.as_str()),
+                url: Some(manifest_url(repo, digest)),
+                ..target(repo, digest)
             }
-            put("digest", json!(digest.to_string()));
-            put("tag", json!(tag.as_str()));
-            put("url", json!(manifest_url(repo, digest)));
-            repo
         }
-        Event::ManifestDeleted { repo, digest } => {
-            put("digest", json!(digest.to_string()));
-            repo
+        Event::ManifestDeleted { repo, digest } | Event::BlobUnlinked { repo, digest } => {
+            target(repo, digest)
         }
         Event::BlobLinked {
             repo,
             digest,
             size,
             source: link,
-        } => {
-            put("mediaType", json!(BLOB_MEDIA_TYPE));
-            put("digest", json!(digest.to_string()));
-            put("size", json!(size));
-            put("length", json!(size));
-            put("url", json!(blob_url(repo, digest)));
-            if let LinkSource::Mount { from: Some(from) } = link {
-                put("fromRepository", json!(from.as_str()));
-            }
-            repo
-        }
-        Event::BlobUnlinked { repo, digest } => {
-            put("digest", json!(digest.to_string()));
-            repo
-        }
+        } => Target {
+            media_type: Some(Cow::Borrowed(BLOB_MEDIA_TYPE)),
+            size: Some(*size),
+            length: Some(*size),
+            url: Some(blob_url(repo, digest)),
+            from_repository: match link {
+                LinkSource::Mount { from: Some(from) } => Some(from.as_str()),
+                _ => None,
+            },
+            ..target(repo, digest)
+        },
         _ => return None,
     };
-    target.insert("repository".into(), json!(repo.as_str()));
     let method = match action {
         "delete" => "DELETE",
         _ if matches!(event, Event::BlobLinked { .. }) => "POST",
         _ => "PUT",
     };
-    Some(json!({
-        "id": event_id(entry.seq, index),
-        "timestamp": entry.time,
-        "action": action,
-        "target": target,
-        "request": {
-            "id": "",
-            "addr": entry.actor.peer.clone().unwrap_or_default(),
-            "host": source_host(source),
-            "method": method,
-            "useragent": "",
+    Some(DistributionEvent {
+        id: event_id(entry.seq, index),
+        timestamp: &entry.time,
+        action,
+        target,
+        request: Request {
+            id: "",
+            addr: entry.actor.peer.as_deref().unwrap_or_default(),
+            host,
+            method,
+            useragent: "",
         },
-        "actor": { "name": entry.actor.user.clone().unwrap_or_default() },
-        "source": { "addr": source_host(source), "instanceID": "" },
-        "ferro": { "seq": entry.seq, "index": index },
-    }))
+        actor: Named {
+            name: entry.actor.user.as_deref().unwrap_or_default(),
+        },
+        source: Source {
+            addr: host,
+            instance_id: "",
+        },
+        ferro: Position {
+            seq: entry.seq,
+            index,
+        },
+    })
 }
 
-fn cloudevent(source: &str, entry: &FeedEntry, index: u32, event: &Event) -> Value {
-    let mut v = json!({
-        "specversion": "1.0",
-        "id": event_id(entry.seq, index),
-        "source": source,
-        "type": cloudevents_type(event),
-        "time": entry.time,
-        "datacontenttype": "application/json",
-        "ferroseq": entry.seq,
-        "data": {
-            "seq": entry.seq,
-            "index": index,
-            "actor": entry.actor,
-            "event": event,
+fn cloudevent<'a>(
+    source: &'a str,
+    entry: &'a FeedEntry,
+    index: u32,
+    event: &'a Event,
+) -> CloudEvent<'a> {
+    CloudEvent {
+        specversion: "1.0",
+        id: event_id(entry.seq, index),
+        source,
+        kind: cloudevents_type(event),
+        time: &entry.time,
+        subject: event.repo().map(RepoName::as_str),
+        datacontenttype: "application/json",
+        ferroseq: entry.seq,
+        data: CloudData {
+            seq: entry.seq,
+            index,
+            actor: &entry.actor,
+            event,
         },
-    });
-    if let (Some(repo), Some(map)) = (event.repo(), v.as_object_mut()) {
-        map.insert("subject".into(), json!(repo.as_str()));
     }
-    v
 }
 
 fn gap_event(format: Format, source: &str, from_seq: u64, to_seq: u64, now_unix_ns: u64) -> Value {

@@ -44,6 +44,14 @@ impl ObjectIndex {
         self.blobs.is_empty() && self.multiparts.is_empty()
     }
 
+    /// How many of an upload's bytes are parts of its open multipart
+    /// upload (0 when it has none); the rest are in its staging file.
+    pub fn parts_bytes(&self, upload: &str) -> u64 {
+        self.multiparts
+            .get(upload)
+            .map_or(0, |m| m.parts.iter().map(|p| p.length).sum())
+    }
+
     /// Applies one of the object store's events (others change nothing).
     pub fn apply(&mut self, time_unix_ns: u64, event: &Event) {
         match event {

@@ -243,6 +243,9 @@ root_domain = ".s3.garage.localhost"
             "--storage-prefix",
             prefix,
             "--storage-allow-http",
+            // Garage takes parts of any size: small ones make uploads of a
+            // few hundred KiB span several parts.
+            "--storage-allow-small-parts",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -51,11 +51,16 @@ pub struct BlobResults {
     pub chunk_bytes: u64,
     pub upload_monolithic: Outcome<Transfer>,
     pub upload_chunked: Outcome<Transfer>,
+    /// The blob pushed last, downloaded as soon as its upload is done:
+    /// what a user who pushes an image and then pulls it meets, while the
+    /// server may still be writing the blob back to the disk.
+    pub download_after_upload: Outcome<Transfer>,
     pub download: Outcome<Transfer>,
 }
 
 /// Uploads `mono` in one PUT and `chunked` in `chunk_bytes` PATCHes, then
-/// downloads whichever was accepted (the monolithic one first).
+/// downloads the one pushed last right away, then the other (or the
+/// monolithic one alone when the chunked upload was refused).
 pub async fn run(
     client: &mut Client,
     pid: u32,
@@ -72,6 +77,15 @@ pub async fn run(
         upload_chunked(client, chunked, chunk_bytes),
     )
     .await?;
+    // Right after the uploads, with nothing in between: the blob pushed
+    // last first.
+    let download_after_upload = match &upload_chunked {
+        Outcome::Done(_) => {
+            eprintln!("ferro-load:   download of the blob just pushed");
+            measured(pid, chunked.len, download(client, chunked)).await?
+        }
+        Outcome::Unable(why) => Outcome::Unable(why.clone()),
+    };
     let source = match (&upload_monolithic, &upload_chunked) {
         (Outcome::Done(_), _) => Some(mono),
         (_, Outcome::Done(_)) => Some(chunked),
@@ -88,6 +102,7 @@ pub async fn run(
         chunk_bytes,
         upload_monolithic,
         upload_chunked,
+        download_after_upload,
         download,
     })
 }

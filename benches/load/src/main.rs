@@ -581,7 +581,12 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
             )
             .await
             .map_err(|e| fail(e, &server))?;
-            for o in [&r.upload_monolithic, &r.upload_chunked, &r.download] {
+            for o in [
+                &r.upload_monolithic,
+                &r.upload_chunked,
+                &r.download_after_upload,
+                &r.download,
+            ] {
                 if let Outcome::Unable(why) = o {
                     strict("the large blob", why)?;
                 }

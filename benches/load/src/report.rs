@@ -270,6 +270,17 @@ fn rows(run: &Run) -> Vec<Row> {
         peak_rss(|b| &b.upload_chunked),
         added_rss(|b| &b.upload_chunked),
         row(
+            format!("download {size} blob just pushed, right after the uploads"),
+            "MB/s",
+            Better::Higher,
+            &|r| {
+                transfer_cell(blob(r).map(|b| &b.download_after_upload), |t| {
+                    t.mb_per_second
+                })
+            },
+        ),
+        peak_rss(|b| &b.download_after_upload),
+        row(
             format!("download {size} blob (hashed while read)"),
             "MB/s",
             Better::Higher,
@@ -348,6 +359,20 @@ fn rows(run: &Run) -> Vec<Row> {
                 .as_ref()
                 .map(|p| p.spent.server_cpu_seconds * 1e6 / p.requests.max(1) as f64))
         }),
+        row(
+            "  ÷ nginx's CPU per HEAD in this run (ceilings)".into(),
+            "×",
+            Better::Lower,
+            &|r| {
+                let nginx = run
+                    .ceilings
+                    .as_ref()
+                    .and_then(|c| c.nginx_cpu_us_per_request);
+                num(r.head.as_ref().zip(nginx).map(|(p, nginx)| {
+                    p.spent.server_cpu_seconds * 1e6 / p.requests.max(1) as f64 / nginx
+                }))
+            },
+        ),
         row("client CPU per HEAD".into(), "µs", Better::Neither, &|r| {
             num(r
                 .head
@@ -633,6 +658,7 @@ pub fn checks(run: &Run) -> Vec<Check> {
     let mono = done(b.map(|b| &b.upload_monolithic));
     let chunked = done(b.map(|b| &b.upload_chunked));
     let down = done(b.map(|b| &b.download));
+    let down_after = done(b.map(|b| &b.download_after_upload));
     ratio(
         "monolithic upload ≥ 80% of sha256 on one core".into(),
         mono.as_ref().map(|t| t.mb_per_second),
@@ -651,6 +677,51 @@ pub fn checks(run: &Run) -> Vec<Check> {
         loopback,
         0.7,
     );
+    let dist_down_after = dist
+        .and_then(|d| d.blob.as_ref())
+        .and_then(|b| done(Some(&b.download_after_upload)));
+    ratio(
+        "download right after the uploads ≥ 1.5× distribution".into(),
+        down_after.as_ref().map(|t| t.mb_per_second),
+        dist_down_after.as_ref().map(|t| t.mb_per_second),
+        1.5,
+    );
+    if let Some(t) = &down_after {
+        out.push(Check {
+            target: "download right after the uploads ≥ 1,750 MB/s".into(),
+            measured: format!("{} MB/s", fmt_num(t.mb_per_second)),
+            met: Some(t.mb_per_second >= 1750.0),
+        });
+    }
+    // Server CPU per HEAD against nginx's per request, measured in the
+    // same run: at most 10 µs, and within 10% of nginx's.
+    let head_cpu = ferro
+        .head
+        .as_ref()
+        .map(|p| p.spent.server_cpu_seconds * 1e6 / p.requests.max(1) as f64);
+    let nginx_cpu = run
+        .ceilings
+        .as_ref()
+        .and_then(|c| c.nginx_cpu_us_per_request);
+    if let Some(cpu) = head_cpu {
+        out.push(Check {
+            target: "server CPU per HEAD ≤ 10 µs".into(),
+            measured: format!("{} µs", fmt_num(cpu)),
+            met: Some(cpu <= 10.0),
+        });
+        if let Some(nginx) = nginx_cpu.filter(|n| *n > 0.0) {
+            out.push(Check {
+                target: "server CPU per HEAD ≤ 1.1× nginx's".into(),
+                measured: format!(
+                    "{} ({} vs {} µs)",
+                    fmt_ratio(cpu / nginx),
+                    fmt_num(cpu),
+                    fmt_num(nginx)
+                ),
+                met: Some(cpu / nginx <= 1.1),
+            });
+        }
+    }
     if let Some(p) = &ferro.pull {
         out.push(Check {
             target: "pull p99 < 5 ms".into(),

@@ -2,13 +2,25 @@
 //! backend = "s3"`). The protocol around them (sessions, bounds, ranges,
 //! answers) is the parent module's; only where the bytes go differs.
 //!
-//! A chunk's bytes go to the store as they arrive, as parts of the
-//! upload's multipart upload (at most two parts in memory: one being
-//! filled, one being sent), hashed on the way; the chunk is acknowledged
-//! once the store has every part and the log has the parts with the chunk
-//! (`AppendParts`). The multipart upload is opened, and logged, with the
-//! first bytes, at the upload's own key, so completing it is the blob: no
-//! copy. A whole blob in one request of at most a part is one PutObject.
+//! A chunk's bytes go to the store as they arrive, as parts of
+//! `part_size_bytes` of the upload's multipart upload (at most two parts
+//! in memory: one being filled, one being sent), hashed on the way. What
+//! is left at the end of a chunk, less than a part, is the upload's tail:
+//! it is written to the session's staging file at its place in the upload
+//! (the bytes before it, in parts, are a hole there) and fsynced, so every
+//! part but the last is a whole part, as AWS S3 requires (≥ 5 MiB), however
+//! small the client's chunks. The chunk is acknowledged once the store has
+//! every part, the disk has the tail, and the log has the parts with the
+//! chunk (`AppendParts`, or `AppendChunk` when no part was filled). The
+//! next chunk that fills a part reads the tail back and sends it first;
+//! the closing request sends the tail and its own bytes as the last part.
+//! The multipart upload is opened, and logged, with the first part, at the
+//! upload's own key, so completing it is the blob: no copy. A whole blob
+//! of at most a part is one PutObject.
+//!
+//! Tail writes go only past the acknowledged size, so a crash before the
+//! chunk is logged leaves the acknowledged tail intact; startup cuts the
+//! file back to the logged size (`reconcile`).
 //!
 //! After a restart the running hash of a session is gone and the parts
 //! cannot be read back before the upload is complete: the closing request
@@ -27,10 +39,13 @@ use crate::projection::StoredPart;
 
 /// What streaming a body into parts produced.
 struct Sent {
-    /// Bytes of the body.
+    /// Bytes streamed: the body's and those passed in before it.
     length: u64,
     /// The parts sent, in order.
     parts: Vec<StoredPart>,
+    /// The bytes left over, less than a part (only when asked to keep
+    /// them).
+    tail: BytesMut,
 }
 
 /// The running checksums of a body.
@@ -114,10 +129,13 @@ async fn settle(
 
 /// Streams `buf` and then the rest of `stream` into parts numbered from
 /// `first` of a multipart upload, at most two parts in memory (one sent
-/// while the next is read). `already`
-/// bytes of the body were read (into `buf`, summed) before. On an error,
-/// every part in flight is waited for before returning, so a retry of the
-/// same part numbers cannot race with it.
+/// while the next is read). `buf` was summed before (or is a tail read
+/// back from the disk). With `keep_tail`, the bytes left at the end that
+/// do not fill a part are returned instead of sent (a chunk that is not
+/// the last); otherwise they are the last part. `limit` bounds what is
+/// streamed, `buf` included. On an error, every part in flight is waited
+/// for before returning, so a retry of the same part numbers cannot race
+/// with it.
 #[allow(clippy::too_many_arguments)]
 async fn send_parts(
     objects: &SharedObjectBlobs,
@@ -128,6 +146,7 @@ async fn send_parts(
     stream: &mut BodyDataStream,
     sums: &mut Sums,
     limit: u64,
+    keep_tail: bool,
 ) -> ApiResult<Sent> {
     let part_bytes = objects.part_size_bytes as usize;
     let mut total = buf.len() as u64;
@@ -151,6 +170,9 @@ async fn send_parts(
                     }
                 }
                 continue;
+            }
+            if keep_tail && buf.len() < part_bytes {
+                break; // ended, less than a part left: the tail
             }
             let bytes: Bytes = buf.split_to(buf.len().min(part_bytes)).freeze();
             if number > PARTS_MAX {
@@ -181,10 +203,48 @@ async fn send_parts(
         }
         return Err(e);
     }
+    debug_assert!(
+        !keep_tail || buf.len() < part_bytes,
+        "only a partial part is kept"
+    );
+    debug_assert!(keep_tail || buf.is_empty(), "everything was sent");
     Ok(Sent {
         length: total,
         parts,
+        tail: buf,
     })
+}
+
+/// The staged tail of upload `id`: bytes `from..to` of the upload, in its
+/// staging file (less than a part).
+async fn read_tail(app: &App, id: &str, from: u64, to: u64) -> ApiResult<BytesMut> {
+    if to == from {
+        return Ok(BytesMut::new());
+    }
+    let path = app.store.staging_path(id);
+    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read as _, Seek as _};
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(std::io::SeekFrom::Start(from))?;
+        let mut buf = vec![0u8; (to - from) as usize];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(BytesMut::from(&bytes[..]))
+}
+
+/// Writes `tail`, bytes `at..` of upload `id`, to its staging file (which
+/// holds `offset` acknowledged bytes) and fsyncs it: see
+/// `BlobStore::write_tail`.
+async fn write_tail(app: &App, id: &str, offset: u64, at: u64, tail: Bytes) -> ApiResult<()> {
+    let store = app.store.clone();
+    let path = app.store.staging_path(id);
+    tokio::task::spawn_blocking(move || store.write_tail(&path, offset, at, &tail))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(())
 }
 
 /// The open multipart upload of `upload`: its key, id and next part
@@ -214,7 +274,8 @@ async fn open_multipart(
     Ok((key, multipart, 1))
 }
 
-/// `PATCH`: the body's bytes as new parts, logged with the chunk.
+/// `PATCH`: the body's bytes, after the staged tail, as new whole parts;
+/// what is left staged on the disk; all of it logged with the chunk.
 pub(super) async fn patch(
     app: &Arc<App>,
     ctx: &RequestContext,
@@ -234,44 +295,93 @@ pub(super) async fn patch(
         hasher,
         crc: crc32fast::Hasher::new(),
     };
+    let part_bytes = objects.part_size_bytes;
+    let in_parts = app.state.read().objects.parts_bytes(id);
+    debug_assert!(in_parts <= offset && offset - in_parts < part_bytes);
+    let staged = offset.saturating_sub(in_parts);
     let mut stream = body.into_data_stream();
-    // An empty chunk opens nothing.
-    let (first, ended) = read_up_to(&mut stream, 1, &mut sums, bounds.limit).await?;
-    if ended && first.is_empty() {
-        bounds.check_received(0)?;
+    // Read until the tail and the body fill a part, or the body ends.
+    let want = part_bytes.saturating_sub(staged).max(1) as usize;
+    let (first, ended) = read_up_to(&mut stream, want, &mut sums, bounds.limit).await?;
+    if ended {
+        let length = first.len() as u64;
+        bounds.check_received(length)?;
+        if length > 0 {
+            // No part filled: the bytes join the tail on the disk.
+            write_tail(app, id, offset, offset, first.freeze()).await?;
+            let command = Command::AppendChunk {
+                upload: id.to_owned(),
+                offset,
+                length,
+                crc32: sums.crc.clone().finalize(),
+            };
+            if let Err(e) = app.writer.submit(ctx.actor(), command).await {
+                // Not acknowledged: the file goes back to the logged size.
+                cut_back(app, id, offset).await;
+                return Err(e.into());
+            }
+        }
         session.hasher = sums.hasher;
-        session.hashed_bytes = offset;
-        return Ok(session_response(StatusCode::ACCEPTED, repo, id, offset));
+        session.hashed_bytes = offset + length;
+        return Ok(session_response(
+            StatusCode::ACCEPTED,
+            repo,
+            id,
+            offset + length,
+        ));
     }
+    // A part is full: the staged tail goes first.
+    let mut buf = read_tail(app, id, in_parts, offset).await?;
+    buf.extend_from_slice(&first);
     let (key, multipart, next) = open_multipart(app, ctx, objects, id).await?;
     let sent = send_parts(
         objects,
         &key,
         &multipart,
         next,
-        first,
+        buf,
         &mut stream,
         &mut sums,
-        bounds.limit,
+        bounds.limit + staged,
+        true,
     )
     .await?;
-    bounds.check_received(sent.length)?;
+    let length = sent.length - staged;
+    bounds.check_received(length)?;
+    let sent_bytes: u64 = sent.parts.iter().map(|p| p.length).sum();
+    write_tail(app, id, offset, in_parts + sent_bytes, sent.tail.freeze()).await?;
     let command = Command::AppendParts {
         upload: id.to_owned(),
         offset,
-        length: sent.length,
+        length,
         crc32: sums.crc.clone().finalize(),
         parts: sent.parts,
     };
-    app.writer.submit(ctx.actor(), command).await?;
+    if let Err(e) = app.writer.submit(ctx.actor(), command).await {
+        cut_back(app, id, offset).await;
+        return Err(e.into());
+    }
     session.hasher = sums.hasher;
-    session.hashed_bytes = offset + sent.length;
+    session.hashed_bytes = offset + length;
     Ok(session_response(
         StatusCode::ACCEPTED,
         repo,
         id,
-        offset + sent.length,
+        offset + length,
     ))
+}
+
+/// Cuts a staging file back to the `offset` bytes the log acknowledged
+/// (a failure is harmless: the next write, or startup, cuts it).
+async fn cut_back(app: &App, id: &str, offset: u64) {
+    let path = app.store.staging_path(id);
+    let _ = tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(offset))
+    })
+    .await;
 }
 
 /// Where the bytes of a closing request went.
@@ -306,9 +416,10 @@ impl From<crate::blobs::object::ObjectError> for NotStored {
     }
 }
 
-/// Receives the last bytes of `upload` (whose first `offset` bytes are
-/// already stored as its open multipart upload's parts, if any), checks
-/// them against `digest` and makes them the object at the upload's key.
+/// Receives the last bytes of `upload` (whose first bytes are already
+/// stored as its open multipart upload's parts, if any, and `tail`, read
+/// back from its staging file), checks them against `digest` and makes
+/// them the object at the upload's key.
 #[allow(clippy::too_many_arguments)]
 async fn store_closing(
     app: &Arc<App>,
@@ -317,6 +428,7 @@ async fn store_closing(
     upload: &str,
     digest: &Digest,
     hasher: Option<Hasher>,
+    tail: BytesMut,
     bounds: ChunkBounds,
     body: Body,
 ) -> Result<Stored, NotStored> {
@@ -328,21 +440,32 @@ async fn store_closing(
     let mut stream = body.into_data_stream();
     let open = app.state.read().objects.multiparts.get(upload).cloned();
     let part_bytes = objects.part_size_bytes as usize;
+    let staged = tail.len() as u64;
+    let limit = bounds.limit + staged;
     let (key, multipart, earlier, sent) = match open {
         None => {
-            let (first, ended) =
-                read_up_to(&mut stream, part_bytes, &mut sums, bounds.limit).await?;
+            let want = part_bytes.saturating_sub(tail.len()).max(1);
+            let (first, ended) = read_up_to(&mut stream, want, &mut sums, bounds.limit).await?;
+            let mut buf = tail;
+            buf.extend_from_slice(&first);
             if ended {
                 // The whole blob is here: one request, no multipart upload.
                 let length = first.len() as u64;
                 bounds.check_received(length)?;
-                if let Some(h) = sums.hasher.take() {
-                    if let Err(e) = check_digest(h.finish(), digest) {
-                        return Err(NotStored::Mismatch(e, None));
+                let computed = match sums.hasher.take() {
+                    Some(h) => h.finish(),
+                    // Resumed after a restart: every byte is in `buf`.
+                    None => {
+                        let mut h = digest.algorithm().hasher();
+                        h.update(&buf);
+                        h.finish()
                     }
+                };
+                if let Err(e) = check_digest(computed, digest) {
+                    return Err(NotStored::Mismatch(e, None));
                 }
                 let key = objects.key_for_upload(upload);
-                objects.put_object(&key, first.freeze()).await?;
+                objects.put_object(&key, buf.freeze()).await?;
                 return Ok(Stored {
                     key,
                     multipart: None,
@@ -357,10 +480,11 @@ async fn store_closing(
                 &key,
                 &multipart,
                 next,
-                first,
+                buf,
                 &mut stream,
                 &mut sums,
-                bounds.limit,
+                limit,
+                false,
             )
             .await?;
             (key, multipart, Vec::new(), sent)
@@ -372,16 +496,18 @@ async fn store_closing(
                 &m.key,
                 &m.multipart,
                 next,
-                BytesMut::new(),
+                tail,
                 &mut stream,
                 &mut sums,
-                bounds.limit,
+                limit,
+                false,
             )
             .await?;
             (m.key, m.multipart, m.parts, sent)
         }
     };
-    bounds.check_received(sent.length)?;
+    let length = sent.length - staged;
+    bounds.check_received(length)?;
     let verified = match sums.hasher.take() {
         Some(h) => {
             if let Err(e) = check_digest(h.finish(), digest) {
@@ -410,7 +536,7 @@ async fn store_closing(
         key,
         multipart: Some(multipart),
         parts: sent.parts,
-        length: sent.length,
+        length,
         crc32: sums.crc.finalize(),
     })
 }
@@ -454,7 +580,10 @@ pub(super) async fn finish(
         Some(h) if session.hashed_bytes == offset && h.algorithm() == digest.algorithm() => Some(h),
         _ => None,
     };
-    let stored = match store_closing(app, ctx, objects, id, digest, hasher, bounds, body).await {
+    let in_parts = app.state.read().objects.parts_bytes(id);
+    let tail = read_tail(app, id, in_parts, offset).await?;
+    let closing = store_closing(app, ctx, objects, id, digest, hasher, tail, bounds, body);
+    let stored = match closing.await {
         Ok(s) => s,
         Err(NotStored::Failed(e)) => return Err(e),
         Err(NotStored::Mismatch(e, multipart)) => {
@@ -479,6 +608,7 @@ pub(super) async fn finish(
                     )
                     .await?;
             }
+            super::file::remove_staging(&app.store.staging_path(id)).await;
             app.sessions.remove(id);
             return Err(e);
         }
@@ -498,6 +628,8 @@ pub(super) async fn finish(
     };
     app.writer.submit(ctx.actor(), command).await?;
     drop(_guard);
+    // Completed on the record: the staged tail is in the object now.
+    super::file::remove_staging(&app.store.staging_path(id)).await;
     drop_duplicate(app, objects, digest, &stored.key).await;
     let _ = stored.multipart;
     app.sessions.remove(id);
@@ -520,8 +652,11 @@ pub(super) async fn monolithic(
     // session: a collection leaves it alone while this runs.
     let _in_progress = objects.begin(&upload);
     let hasher = Some(digest.algorithm().hasher());
-    let stored = match store_closing(app, ctx, objects, &upload, digest, hasher, bounds, body).await
-    {
+    let tail = BytesMut::new();
+    let closing = store_closing(
+        app, ctx, objects, &upload, digest, hasher, tail, bounds, body,
+    );
+    let stored = match closing.await {
         Ok(s) => s,
         Err(NotStored::Failed(e)) => return Err(e),
         Err(NotStored::Mismatch(e, multipart)) => {
