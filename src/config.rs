@@ -56,6 +56,8 @@ pub struct Config {
     pub storage: crate::blobs::object::StorageConfig,
     /// The web UI at `/ui/` (see `api::ui`).
     pub ui: UiConfig,
+    /// The log shipped to object storage (see `archive`); off by default.
+    pub archive: crate::archive::ArchiveConfig,
     /// Events sent to HTTP endpoints from the log (see `notify`). Last:
     /// its endpoints are an array of tables.
     pub notifications: crate::notify::config::NotificationsConfig,
@@ -286,6 +288,7 @@ impl Default for Config {
             gc: crate::gc::GcConfig::default(),
             storage: crate::blobs::object::StorageConfig::default(),
             ui: UiConfig::default(),
+            archive: crate::archive::ArchiveConfig::default(),
             notifications: Default::default(),
             mirrors: Vec::new(),
         }
@@ -381,6 +384,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
             }
         }
+        self.archive.validate().map_err(ConfigError::Invalid)?;
         if self.tls.cert.as_os_str().is_empty() != self.tls.key.as_os_str().is_empty() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key go together: set both or neither".into(),
@@ -627,6 +631,30 @@ mod tests {
         assert!(text.contains("# [[notifications.endpoints]]"));
         let parsed: Config = toml::from_str(&text).unwrap();
         assert!(parsed.mirrors.is_empty());
+    }
+
+    #[test]
+    fn archive_settings_from_variables() {
+        let mut c = Config::default();
+        assert!(!c.archive.enabled());
+        c.apply_env([
+            (
+                "FERRO_ARCHIVE__URL".to_owned(),
+                "s3://logs/ferro".to_owned(),
+            ),
+            ("FERRO_ARCHIVE__DURABILITY".into(), "archived".into()),
+            ("FERRO_ARCHIVE__SHIP_INTERVAL_MS".into(), "250".into()),
+        ])
+        .unwrap();
+        assert_eq!(c.archive.url, "s3://logs/ferro");
+        assert_eq!(
+            c.archive.durability,
+            crate::archive::ArchiveDurability::Archived
+        );
+        assert_eq!(c.archive.ship_interval_ms, 250);
+        c.validate().unwrap();
+        c.archive.url = "ftp://x".into();
+        assert!(c.validate().is_err());
     }
 
     #[test]

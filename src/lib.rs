@@ -2,6 +2,7 @@
 //! checksummed event log. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod blobs;
 pub mod commands;

@@ -172,6 +172,26 @@ struct ServeArgs {
     /// Blob GETs answer 307 to a presigned URL of the object.
     #[arg(long)]
     storage_redirect: bool,
+    /// Ship the log to this archive: s3://bucket/prefix or file:///path
+    /// [default: off].
+    #[arg(long)]
+    archive_url: Option<String>,
+    /// The archive's S3 endpoint [default: the storage endpoint].
+    #[arg(long)]
+    archive_endpoint: Option<String>,
+    /// Allow a plain-HTTP archive endpoint.
+    #[arg(long)]
+    archive_allow_http: bool,
+    /// Ship new records at least this often, in ms [default: 1000].
+    #[arg(long)]
+    archive_ship_interval_ms: Option<u64>,
+    /// Ship as soon as this many record bytes wait [default: 1048576].
+    #[arg(long)]
+    archive_ship_max_bytes: Option<u64>,
+    /// Acknowledge writes once durable locally (local) or only once in
+    /// the archive (archived) [default: local].
+    #[arg(long, value_enum)]
+    archive_durability: Option<ferro::archive::ArchiveDurability>,
     #[arg(long, value_enum)]
     notifications_hold: Option<ferro::notify::config::LogHold>,
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -331,6 +351,25 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     s.allow_http |= args.storage_allow_http;
     s.allow_small_parts |= args.storage_allow_small_parts;
     s.redirect |= args.storage_redirect;
+    let a = &mut c.archive;
+    for (flag, slot) in [
+        (args.archive_url, &mut a.url),
+        (args.archive_endpoint, &mut a.endpoint),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    a.allow_http |= args.archive_allow_http;
+    if let Some(v) = args.archive_ship_interval_ms {
+        a.ship_interval_ms = v;
+    }
+    if let Some(v) = args.archive_ship_max_bytes {
+        a.ship_max_bytes = v;
+    }
+    if let Some(v) = args.archive_durability {
+        a.durability = v;
+    }
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;
     }

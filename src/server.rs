@@ -325,11 +325,7 @@ pub async fn run(
             &url,
             stop.clone(),
         ) {
-            Ok(n) => {
-                let hold = n.clone();
-                snapshots.set_log_hold(Box::new(move || hold.log_hold()));
-                Some(n)
-            }
+            Ok(n) => Some(n),
             Err(e) => {
                 stop.cancel();
                 let _ = serving.await;
@@ -351,6 +347,28 @@ pub async fn run(
     for m in mirrors.iter() {
         tracing::info!(prefix = %m.config.prefix, upstreams = m.config.upstreams.len(), "mirror on");
     }
+    let archive = match start_archive(&config, &layout, &writer, &store, &stop) {
+        Ok(a) => a,
+        Err(e) => {
+            stop.cancel();
+            let _ = serving.await;
+            return Err(e);
+        }
+    };
+    // Compaction keeps what an endpoint or the archive still needs.
+    {
+        let notifier = notifier.clone();
+        let archive = archive.clone();
+        snapshots.set_log_hold(Box::new(move || {
+            let holds = [
+                notifier.as_ref().and_then(|n| n.log_hold()),
+                archive.as_ref().and_then(|a| a.log_hold()),
+            ];
+            holds.into_iter().flatten().min()
+        }));
+    }
+    let archive_loop = archive.as_ref().map(|a| a.spawn());
+
     let app = Arc::new(App {
         layout: layout.clone(),
         writer: writer.clone(),
@@ -368,6 +386,7 @@ pub async fn run(
         )),
         gc: Some(gc_service),
         notifier,
+        archive,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
         mirrors: Arc::new(mirrors),
@@ -394,6 +413,9 @@ pub async fn run(
     drop(app);
     tracing::info!("draining the log writer");
     writer.sync().await?;
+    if let Some(archive_loop) = archive_loop {
+        let _ = archive_loop.await;
+    }
     snapshots.stop();
     if let Err(e) = snapshot_loop.await {
         tracing::warn!(error = %e, "the snapshot loop ended abnormally");
@@ -559,6 +581,7 @@ pub async fn run_read_only(
         upload_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         gc: None,
         notifier: None,
+        archive: None,
         shutdown: stop.clone(),
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
         mirrors: Arc::default(),
@@ -582,6 +605,41 @@ pub async fn run_read_only(
     stop.cancel();
     let _ = serving.await;
     Ok(())
+}
+
+/// The archive shipper of `[archive]`, when it is on: built (no request
+/// yet), its wait set on the writer under `durability = "archived"`.
+fn start_archive(
+    config: &Config,
+    layout: &Layout,
+    writer: &log::LogWriter,
+    store: &BlobStore,
+    stop: &CancellationToken,
+) -> Result<Option<Arc<crate::archive::Shipper>>, ServerError> {
+    if !config.archive.enabled() {
+        return Ok(None);
+    }
+    let archive = crate::archive::ArchiveStore::open(&config.archive, &config.storage)
+        .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e)))?;
+    let blobs = matches!(store.backend(), crate::blobs::Backend::Filesystem).then(|| store.clone());
+    let shipper = crate::archive::Shipper::new(
+        archive,
+        config.archive.clone(),
+        layout.clone(),
+        writer.clone(),
+        blobs,
+        config.limits.segment_bytes_max,
+        stop.clone(),
+    );
+    if config.archive.durability == crate::archive::ArchiveDurability::Archived {
+        let waiter = shipper.clone();
+        writer.set_ack_wait(Arc::new(move |seq| {
+            let waiter = waiter.clone();
+            Box::pin(async move { waiter.wait_shipped(seq).await })
+        }));
+    }
+    tracing::info!(archive = %shipper.url(), durability = ?config.archive.durability, "log archive on");
+    Ok(Some(shipper))
 }
 
 /// The object store of `[storage]`, when blob bytes live in one.

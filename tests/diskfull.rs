@@ -378,6 +378,7 @@ fn http_pushes_fail_with_5xx_on_a_full_disk_and_work_once_space_is_back() {
         upload_permits: Arc::new(tokio::sync::Semaphore::new(16)),
         gc: None,
         notifier: None,
+        archive: None,
         shutdown: Default::default(),
         ui: ferro::api::ui::Ui::new(&Default::default(), false, false, true),
         mirrors: Default::default(),

@@ -303,6 +303,9 @@ fn print_defaults_lists_every_setting() {
         "[auth.token]",
         "[auth.token.external]",
         "untagged_manifests_older_than = \"off\"",
+        "[archive]",
+        "ship_interval_ms = 1000",
+        "durability = \"local\"",
     ] {
         assert!(text.contains(key), "{key} missing:\n{text}");
     }

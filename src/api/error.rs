@@ -178,6 +178,8 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(ErrorCode::TooManyRequests, "the registry is shutting down")
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)
             }
+            SubmitError::NotReplicated(reason) => ApiError::new(ErrorCode::TooManyRequests, reason)
+                .with_status(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }

@@ -253,7 +253,14 @@ fn readyz(gate: &Gate) -> Response {
         )
             .into_response()
     } else if gate.is_ready() {
-        "ready".into_response()
+        match gate
+            .app()
+            .and_then(|app| app.archive.as_ref().map(|a| a.readiness()))
+        {
+            Some((true, detail)) => format!("ready\n{detail}").into_response(),
+            Some((false, detail)) => (StatusCode::SERVICE_UNAVAILABLE, detail).into_response(),
+            None => "ready".into_response(),
+        }
     } else if gate.app().is_some() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if let Some(what) = gate.waiting_for.lock().clone() {
@@ -272,6 +279,9 @@ fn metrics_page(gate: &Gate) -> Response {
         Some(app) => {
             if let Some(n) = &app.notifier {
                 n.refresh_metrics();
+            }
+            if let Some(a) = &app.archive {
+                a.refresh_metrics();
             }
             let summary = app.state.read().summary();
             let state = crate::metrics::StateFigures {

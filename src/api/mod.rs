@@ -85,6 +85,9 @@ pub struct App {
     /// The notification endpoints (absent when none is configured, and
     /// when serving a past state).
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// The log's archive shipper (absent when `[archive]` is off, and
+    /// when serving a past state).
+    pub archive: Option<Arc<crate::archive::Shipper>>,
     /// Cancelled when the server starts shutting down: requests that wait
     /// on purpose (the feed's long-poll) end early instead of holding the
     /// graceful drain.

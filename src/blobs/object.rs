@@ -180,6 +180,53 @@ impl StorageConfig {
     }
 }
 
+/// An S3 client for `config`'s endpoint, bucket and credentials, with
+/// its request timeout and retry policy: the one place both are set (the
+/// blob store and the log archive use it). Makes no request.
+pub fn s3_client(config: &StorageConfig) -> Result<AmazonS3, String> {
+    s3_builder(config).build().map_err(|e| e.to_string())
+}
+
+/// The client builder [`s3_client`] builds.
+fn s3_builder(config: &StorageConfig) -> AmazonS3Builder {
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    let key_id = match config.access_key_id.as_str() {
+        "" => env("AWS_ACCESS_KEY_ID"),
+        k => k.to_owned(),
+    };
+    let secret = match config.secret_access_key.as_str() {
+        "" => env("AWS_SECRET_ACCESS_KEY"),
+        s => s.to_owned(),
+    };
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let mut builder = AmazonS3Builder::new()
+        .with_region(&config.region)
+        .with_bucket_name(&config.bucket)
+        .with_access_key_id(key_id)
+        .with_secret_access_key(secret)
+        .with_allow_http(config.allow_http)
+        .with_virtual_hosted_style_request(false)
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(config.allow_http)
+                .with_timeout(timeout)
+                .with_connect_timeout(timeout.min(Duration::from_secs(5))),
+        )
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: config.retries_max as usize,
+            retry_timeout: Duration::from_millis(config.retry_timeout_ms),
+        });
+    if !config.endpoint.is_empty() {
+        builder = builder.with_endpoint(&config.endpoint);
+    }
+    builder
+}
+
 /// A failed request to the object store.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -241,43 +288,13 @@ impl ObjectBlobs {
     /// The client for `config` (`backend = "s3"`). Makes no request.
     pub fn new(config: &StorageConfig) -> Result<ObjectBlobs, String> {
         config.validate()?;
-        let env = |name: &str| std::env::var(name).unwrap_or_default();
-        let key_id = match config.access_key_id.as_str() {
-            "" => env("AWS_ACCESS_KEY_ID"),
-            k => k.to_owned(),
-        };
-        let secret = match config.secret_access_key.as_str() {
-            "" => env("AWS_SECRET_ACCESS_KEY"),
-            s => s.to_owned(),
-        };
-        let timeout = Duration::from_millis(config.request_timeout_ms);
-        let mut builder = AmazonS3Builder::new()
-            .with_region(&config.region)
-            .with_bucket_name(&config.bucket)
-            .with_access_key_id(key_id)
-            .with_secret_access_key(secret)
-            .with_allow_http(config.allow_http)
-            .with_virtual_hosted_style_request(false)
+        // Only the blob store's requests are counted in the object-store
+        // metrics (the log archive has its own figures).
+        let s3 = s3_builder(config)
             .with_http_connector(metered::MeteredConnector)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(config.allow_http)
-                    .with_timeout(timeout)
-                    .with_connect_timeout(timeout.min(Duration::from_secs(5))),
-            )
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(50),
-                    max_backoff: Duration::from_secs(2),
-                    base: 2.0,
-                },
-                max_retries: config.retries_max as usize,
-                retry_timeout: Duration::from_millis(config.retry_timeout_ms),
-            });
-        if !config.endpoint.is_empty() {
-            builder = builder.with_endpoint(&config.endpoint);
-        }
-        let s3 = builder.build().map_err(|e| e.to_string())?;
+            .build()
+            .map_err(|e| e.to_string())?;
+        let timeout = Duration::from_millis(config.request_timeout_ms);
         let prefix = match config.prefix.trim_matches('/') {
             "" => String::new(),
             p => format!("{p}/"),

@@ -77,7 +77,20 @@ pub enum SubmitError {
     Storage(String),
     #[error("the log writer has stopped")]
     Stopped,
+    /// Durable locally, but a further acknowledgement condition (the
+    /// archive, under `archive.durability = "archived"`) was not met.
+    #[error("{0}")]
+    NotReplicated(String),
 }
+
+/// What a command waits for after its entry is durable and applied,
+/// before it is acknowledged (the archive's `durability = "archived"`):
+/// given the entry's sequence number.
+pub type AckWait = Arc<
+    dyn Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Statistics the writer keeps for metrics and tests.
 #[derive(Debug, Clone, Default)]
@@ -113,6 +126,8 @@ pub struct LogWriter {
     tx: mpsc::Sender<Submission>,
     stats: Arc<Mutex<WriterStats>>,
     tip: Arc<LogTip>,
+    /// Set once, shared by every clone (see [`AckWait`]).
+    ack_wait: Arc<std::sync::OnceLock<AckWait>>,
 }
 
 /// The last record applied to the state: its sequence number and checksum.
@@ -255,7 +270,15 @@ impl LogWriter {
         let handle = std::thread::Builder::new()
             .name("ferro-log-writer".into())
             .spawn(move || worker.run(rx))?;
-        Ok((LogWriter { tx, stats, tip }, handle))
+        Ok((
+            LogWriter {
+                tx,
+                stats,
+                tip,
+                ack_wait: Arc::default(),
+            },
+            handle,
+        ))
     }
 
     /// A handle with no writer behind it, for a server that only reads:
@@ -269,6 +292,7 @@ impl LogWriter {
             tx,
             stats: Arc::new(Mutex::new(WriterStats::default())),
             tip,
+            ack_wait: Arc::default(),
         }
     }
 
@@ -284,7 +308,17 @@ impl LogWriter {
             })
             .await
             .map_err(|_| SubmitError::Stopped)?;
-        rx.await.map_err(|_| SubmitError::Stopped)?
+        let committed = rx.await.map_err(|_| SubmitError::Stopped)??;
+        if let (Some(wait), Some(seq)) = (self.ack_wait.get(), committed.seq) {
+            wait(seq).await.map_err(SubmitError::NotReplicated)?;
+        }
+        Ok(committed)
+    }
+
+    /// Makes every later acknowledgement wait for `wait` too (set once:
+    /// a second call is ignored and returns `false`).
+    pub fn set_ack_wait(&self, wait: AckWait) -> bool {
+        self.ack_wait.set(wait).is_ok()
     }
 
     /// Makes everything written so far durable.

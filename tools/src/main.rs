@@ -6,6 +6,7 @@
 //! repair, replay --export-oci) take the lock and refuse, with exit code 3,
 //! while a server holds it.
 
+mod archive;
 mod dump;
 mod error;
 mod export;
@@ -81,6 +82,11 @@ enum Command {
     /// Pre-fetch images into a running server's pull-through cache.
     #[command(subcommand)]
     Mirror(mirror::MirrorCommand),
+    /// Rebuild a new data directory (--data-dir) from a log archive, as of
+    /// its end or --at SEQ|TIME, every checksum and the chain verified.
+    RestoreFrom(archive::RestoreFromArgs),
+    /// The log archive: status, verify.
+    Archive(archive::ArchiveArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +115,8 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore::run(data_dir, args, &out),
         Command::Gc(args) => gc::run(data_dir, args, &out),
         Command::Mirror(command) => mirror::run(command, &out),
+        Command::RestoreFrom(args) => archive::run_restore(data_dir, args, &out),
+        Command::Archive(args) => archive::run(data_dir, args, &out),
     };
     match result {
         Ok(exit) => exit.into(),

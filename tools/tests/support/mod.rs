@@ -114,6 +114,28 @@ impl Drop for Server {
     }
 }
 
+/// Something requests can be sent to: a [`Server`], or the address of
+/// one ([`Addr`], which threads can share).
+pub trait Endpoint {
+    fn url(&self, path: &str) -> String;
+}
+
+impl Endpoint for Server {
+    fn url(&self, path: &str) -> String {
+        Server::url(self, path)
+    }
+}
+
+/// A server's `host:port`.
+#[derive(Debug, Clone)]
+pub struct Addr(pub String);
+
+impl Endpoint for Addr {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.0, path)
+    }
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     ferro::oci::Digest::sha256_of(bytes).to_string()
 }
@@ -126,7 +148,7 @@ pub fn client() -> reqwest::blocking::Client {
 }
 
 /// Uploads a blob with a single `POST ?digest=`.
-pub fn push_blob(server: &Server, repo: &str, bytes: &[u8]) -> String {
+pub fn push_blob(server: &impl Endpoint, repo: &str, bytes: &[u8]) -> String {
     let digest = sha256(bytes);
     let r = client()
         .post(server.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
@@ -144,7 +166,7 @@ pub fn push_blob(server: &Server, repo: &str, bytes: &[u8]) -> String {
 }
 
 pub fn put_manifest(
-    server: &Server,
+    server: &impl Endpoint,
     repo: &str,
     reference: &str,
     media_type: &str,
@@ -178,7 +200,7 @@ pub struct Image {
 
 /// Pushes a small image (a config and one layer, both unique to `seed`)
 /// and tags it.
-pub fn push_image(server: &Server, repo: &str, tag: &str, seed: &str) -> Image {
+pub fn push_image(server: &impl Endpoint, repo: &str, tag: &str, seed: &str) -> Image {
     let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
     let layer = format!("layer bytes of {seed}").repeat(8);
     let config_digest = push_blob(server, repo, config.as_bytes());
@@ -198,7 +220,7 @@ pub fn push_image(server: &Server, repo: &str, tag: &str, seed: &str) -> Image {
 }
 
 /// Pushes an index of the given (already pushed) manifests and tags it.
-pub fn push_index(server: &Server, repo: &str, tag: &str, children: &[&Image]) -> String {
+pub fn push_index(server: &impl Endpoint, repo: &str, tag: &str, children: &[&Image]) -> String {
     let manifests: Vec<String> = children
         .iter()
         .enumerate()
