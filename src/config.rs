@@ -621,11 +621,16 @@ mod tests {
         let mut c = Config::default();
         c.apply_env([(
             "FERRO_MIRRORS".to_owned(),
-            r#"[{prefix = "hub/", tag_ttl = "1m", upstreams = [{url = "http://127.0.0.1:9"}]}]"#
+            r#"[{prefix = "hub/", tag_ttl = "1m", upstreams = [{url = "http://127.0.0.1:9"}], sync_interval = "1h", sync = [{repository = "library/alpine", tags = ["3.*"]}]}]"#
                 .to_owned(),
         )])
         .unwrap();
         assert_eq!(c.mirrors[0].tag_ttl, std::time::Duration::from_secs(60));
+        assert_eq!(
+            c.mirrors[0].sync_interval,
+            std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(c.mirrors[0].sync[0].tags, ["3.*"]);
         let text = Config::defaults_text();
         assert!(text.contains("# [[mirrors]]"), "{text}");
         assert!(text.contains("# [[notifications.endpoints]]"));

@@ -12,7 +12,9 @@
 //!   only once whole and verified;
 //! - `evict`: the size cap, least recently pulled manifests first;
 //! - `prefetch`: an image pulled through a running server's mirror
-//!   (`ferroctl mirror sync`).
+//!   (`ferroctl mirror sync`);
+//! - `sync`: the schedule that keeps a list of repositories' tags (glob
+//!   or version range) cached, in process.
 //!
 //! This module decides what to fetch and commits it; `api::mirror` turns
 //! its answers into HTTP. When every upstream fails (no answer, 5xx, 429)
@@ -27,6 +29,7 @@ pub mod config;
 pub mod evict;
 pub mod fill;
 pub mod prefetch;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +74,7 @@ pub fn describe_metrics() {
         CACHED_BYTES,
         "Bytes of blobs cached under a mirror's prefix"
     );
+    sync::describe_metrics();
 }
 
 /// What the mirrors need of the registry: the log, the state and the

@@ -400,6 +400,7 @@ pub async fn run(
     });
     tracing::info!("listening on {url}");
     let expiry = crate::expiry::spawn(app.clone(), stop.clone());
+    let mirror_syncs = crate::mirror::sync::spawn(&app.mirrors, &stop);
 
     shutdown.await;
     gate.drain();
@@ -409,6 +410,9 @@ pub async fn run(
     }
     if let Some(expiry) = expiry {
         let _ = expiry.await;
+    }
+    for task in mirror_syncs {
+        let _ = task.await;
     }
     drop(app);
     tracing::info!("draining the log writer");

@@ -528,3 +528,107 @@ async fn prefetch_caches_an_image_before_anyone_pulls_it() {
         assert_eq!(sha256(&r.bytes().await.unwrap()), sha256(l));
     }
 }
+
+/// The mirror's tags under `repo`, read from its own state (the tag list
+/// is never forwarded upstream, so polling it pulls nothing).
+async fn mirror_tags(mirror: &Ferro, repo: &str) -> Vec<String> {
+    let r = get(&mirror.url(&format!("/v2/{repo}/tags/list"))).await;
+    if r.status() != 200 {
+        return Vec::new();
+    }
+    let body: serde_json::Value = r.json().await.unwrap();
+    let mut tags: Vec<String> = body["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
+async fn wait_for_tags(mirror: &Ferro, repo: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tags = mirror_tags(mirror, repo).await;
+        if tags == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule did not bring {want:?} (has {tags:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedule_keeps_the_matching_tags_cached_without_a_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut upstream = anonymous_upstream(dir.path());
+    let mut pushed = std::collections::HashMap::new();
+    for (i, tag) in ["3.18", "3.19", "3.20", "latest"].into_iter().enumerate() {
+        let l = layer(20_000 + i, 10 + i as u64);
+        let digest = push_image(&upstream.url, "library/alpine", tag, &[&l], None).await;
+        pushed.insert(tag, (digest, l));
+    }
+    let config = mirror_config(
+        dir.path(),
+        &upstream.url,
+        "tag_ttl = \"1h\"\nsync_interval = \"1s\"\nsync = [{ repository = \"library/alpine\", semver = \">=3.19\" }]",
+        "",
+    );
+    let mirror = start_mirror(dir.path(), &config);
+    // Without any client pull, the schedule caches exactly the matching
+    // tags: `3.18` is out of range and `latest` is not a version.
+    wait_for_tags(&mirror, "hub/library/alpine", &["3.19", "3.20"]).await;
+    // A tag pushed upstream later is there after the next interval.
+    let l = layer(30_000, 99);
+    let digest = push_image(&upstream.url, "library/alpine", "3.21", &[&l], None).await;
+    pushed.insert("3.21", (digest, l));
+    wait_for_tags(&mirror, "hub/library/alpine", &["3.19", "3.20", "3.21"]).await;
+    // The tag is committed before its blobs arrive: the run that put it
+    // there is over once the run count passes what it is now.
+    let runs = metric(&mirror, "ferro_mirror_sync_runs_total").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&mirror, "ferro_mirror_sync_runs_total").await <= runs {
+        assert!(std::time::Instant::now() < deadline, "no run ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&mirror, "ferro_mirror_sync_tags_synced_total").await >= 3.0);
+    assert!(metric(&mirror, "ferro_mirror_sync_runs_total").await >= 2.0);
+    assert!(metric(&mirror, "ferro_mirror_sync_last_success_timestamp_seconds").await > 0.0);
+
+    // The upstream stopped: the synced tags pull whole (manifest and
+    // blob), the others do not.
+    upstream.terminate(Duration::from_secs(30));
+    for tag in ["3.19", "3.20", "3.21"] {
+        let (digest, l) = &pushed[tag];
+        let (status, got) =
+            manifest_digest(&mirror.url(&format!("/v2/hub/library/alpine/manifests/{tag}"))).await;
+        assert_eq!((status, &got), (200, digest), "{tag}");
+        let r = get(&mirror.url(&format!("/v2/hub/library/alpine/blobs/{}", sha256(l)))).await;
+        assert_eq!(r.status(), 200, "{tag}'s layer");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), l.as_slice());
+    }
+    for tag in ["3.18", "latest"] {
+        let (status, _) =
+            manifest_digest(&mirror.url(&format!("/v2/hub/library/alpine/manifests/{tag}"))).await;
+        assert_ne!(status, 200, "{tag} was never synced");
+        let (_, l) = &pushed[tag];
+        let r = get(&mirror.url(&format!("/v2/hub/library/alpine/blobs/{}", sha256(l)))).await;
+        assert_ne!(r.status(), 200, "{tag}'s layer was never synced");
+    }
+    // A run against the stopped upstream is counted as a failure, and
+    // retried: the task keeps going.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&mirror, "ferro_mirror_sync_failures_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync failure counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

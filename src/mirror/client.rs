@@ -228,6 +228,40 @@ impl Upstream {
         self.send(http::Method::GET, &path, repo).await
     }
 
+    /// Every tag of `repo` upstream (`GET /v2/<name>/tags/list`, following
+    /// the `Link` header's next pages), or `None` when the upstream has no
+    /// such repository. At most [`TAG_PAGES_MAX`] pages.
+    pub async fn list_tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>, UpstreamError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut path = format!("/v2/{repo}/tags/list");
+        for _ in 0..TAG_PAGES_MAX {
+            let Some(answer) = self.send(http::Method::GET, &path, repo).await? else {
+                return Ok(None);
+            };
+            let next = answer
+                .headers()
+                .get(http::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| next_link(v, &self.base));
+            let body = self.read_bounded(answer, TAG_PAGE_BYTES_MAX).await?;
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| self.invalid(format!("tag list of {repo}: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => path = n,
+                None => return Ok(Some(tags)),
+            }
+        }
+        Err(self.invalid(format!(
+            "tag list of {repo}: more than {TAG_PAGES_MAX} pages"
+        )))
+    }
+
     fn unreachable(&self, reason: impl std::fmt::Display) -> UpstreamError {
         UpstreamError::Unreachable {
             upstream: self.base.clone(),
@@ -423,6 +457,31 @@ impl Upstream {
     }
 }
 
+/// Most pages of one tag list followed: a bound on an upstream that
+/// links pages in a circle.
+pub const TAG_PAGES_MAX: usize = 1000;
+/// Largest page of a tag list read.
+const TAG_PAGE_BYTES_MAX: u64 = 16 << 20;
+
+/// The path and query of a `Link: <…>; rel="next"` header, relative to
+/// the upstream (an absolute link must be on the upstream's own origin:
+/// credentials are not sent elsewhere).
+fn next_link(header: &str, base: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let path = match target.strip_prefix(base) {
+            Some(rest) => rest,
+            None => target,
+        };
+        (is_next && path.starts_with('/')).then(|| path.to_owned())
+    })
+}
+
 /// An error and its causes on one line (reqwest's own says little).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -517,6 +576,25 @@ fn auth_params(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_pages_come_from_the_link_header() {
+        let base = "http://127.0.0.1:5001";
+        let next = |h: &str| next_link(h, base);
+        assert_eq!(
+            next(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next(r#"<http://127.0.0.1:5001/v2/a/tags/list?last=b>; rel=next"#).as_deref(),
+            Some("/v2/a/tags/list?last=b")
+        );
+        assert_eq!(
+            next(r#"<https://elsewhere/v2/a/tags/list>; rel="next""#),
+            None
+        );
+        assert_eq!(next(r#"</v2/a/tags/list?last=b>; rel="prev""#), None);
+    }
 
     #[test]
     fn challenges_parse() {

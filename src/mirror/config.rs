@@ -38,6 +38,77 @@ pub struct MirrorConfig {
     /// Longest pause within a blob's body before the fill is abandoned.
     #[serde(with = "duration_text")]
     pub read_timeout: Duration,
+    /// Repositories kept up to date on a schedule (see `sync_interval`).
+    pub sync: Vec<SyncRule>,
+    /// How often the `sync` list is pre-fetched from the upstreams (and
+    /// once at start). 0: no schedule.
+    #[serde(with = "duration_text")]
+    pub sync_interval: Duration,
+}
+
+/// One repository the schedule keeps cached, and which of its tags: those
+/// matching any glob of `tags` and, if `semver` is set, inside that
+/// range (a tag that is not a version never is). Neither: every tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncRule {
+    /// The repository's name upstream (`library/alpine`).
+    pub repository: String,
+    /// Globs over tag names (`3.*`); empty: any.
+    pub tags: Vec<String>,
+    /// A version range (`>=3.19`, `~1.2`); empty: none.
+    pub semver: String,
+}
+
+/// A [`SyncRule`] compiled: which tags it keeps.
+pub struct TagFilter {
+    globs: Option<globset::GlobSet>,
+    range: Option<semver::VersionReq>,
+}
+
+impl TagFilter {
+    pub fn new(rule: &SyncRule) -> Result<TagFilter, String> {
+        let globs = match rule.tags.is_empty() {
+            true => None,
+            false => {
+                let mut set = globset::GlobSetBuilder::new();
+                for g in &rule.tags {
+                    set.add(globset::Glob::new(g).map_err(|e| format!("tags {g:?}: {e}"))?);
+                }
+                Some(set.build().map_err(|e| e.to_string())?)
+            }
+        };
+        let range = match rule.semver.trim() {
+            "" => None,
+            r => Some(semver::VersionReq::parse(r).map_err(|e| format!("semver {r:?}: {e}"))?),
+        };
+        Ok(TagFilter { globs, range })
+    }
+
+    /// Whether the rule keeps `tag`.
+    pub fn matches(&self, tag: &str) -> bool {
+        self.globs.as_ref().is_none_or(|g| g.is_match(tag))
+            && self
+                .range
+                .as_ref()
+                .is_none_or(|r| tag_version(tag).is_some_and(|v| r.matches(&v)))
+    }
+}
+
+/// A tag read as a version: `v` prefix allowed, missing minor or patch
+/// taken as 0 (`3.19` is 3.19.0, as image tags are usually written).
+pub fn tag_version(tag: &str) -> Option<semver::Version> {
+    let t = tag.strip_prefix('v').unwrap_or(tag);
+    if let Ok(v) = semver::Version::parse(t) {
+        return Some(v);
+    }
+    let parts: Vec<&str> = t.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() > 2 || !parts.iter().all(numeric) {
+        return None;
+    }
+    let n = |i: usize| parts.get(i).map_or(Some(0), |p| p.parse().ok());
+    Some(semver::Version::new(n(0)?, n(1)?, n(2)?))
 }
 
 impl Default for MirrorConfig {
@@ -51,6 +122,8 @@ impl Default for MirrorConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            sync: Vec::new(),
+            sync_interval: Duration::ZERO,
         }
     }
 }
@@ -83,6 +156,10 @@ pub const EXAMPLE: &str = r#"# Pull-through caches of other registries (none by 
 # connect_timeout = "10s"
 # timeout = "30s"                  # until an answer starts
 # read_timeout = "1m"              # longest pause within a blob
+# sync_interval = "6h"             # pre-fetch the sync list this often; 0 (default): never
+# sync = [                         # tags matching the globs and the range
+#   { repository = "library/alpine", tags = ["3.*"], semver = ">=3.19" },
+# ]
 # [[mirrors.upstreams]]
 # url = "https://registry-1.docker.io"
 # username = ""                    # or token = "…"; none: anonymous
@@ -118,6 +195,14 @@ pub fn validate(mirrors: &[MirrorConfig]) -> Result<(), String> {
             if value.is_zero() {
                 return Err(what(format!("{key} must be positive")));
             }
+        }
+        for rule in &m.sync {
+            crate::oci::RepoName::parse(&rule.repository)
+                .map_err(|e| what(format!("sync repository {:?}: {e}", rule.repository)))?;
+            TagFilter::new(rule).map_err(|e| what(format!("sync {:?}: {e}", rule.repository)))?;
+        }
+        if !m.sync.is_empty() && m.sync_interval.is_zero() {
+            return Err(what("sync needs a sync_interval".into()));
         }
         for u in &m.upstreams {
             crate::notify::client::Target::parse(&u.url).map_err(what)?;
@@ -174,8 +259,50 @@ mod tests {
             "[[mirrors]]\nprefix = \"hub/\"\n[[mirrors.upstreams]]\nurl = \"http://h\"\nusername = \"a\"\npassword = \"b\"\ntoken = \"c\"\n".to_owned(),
             format!("[[mirrors]]\nprefix = \"hub/\"\ntimeout = \"0s\"\n{up}"),
             format!("[[mirrors]]\nprefix = \"a/\"\n{up}[[mirrors]]\nprefix = \"a/b/\"\n{up}"),
+            format!("[[mirrors]]\nprefix = \"a/\"\nsync_interval = \"1h\"\nsync = [{{ repository = \"x\", semver = \">=>1\" }}]\n{up}"),
+            format!("[[mirrors]]\nprefix = \"a/\"\nsync_interval = \"1h\"\nsync = [{{ repository = \"x\", tags = [\"a[\"] }}]\n{up}"),
+            format!("[[mirrors]]\nprefix = \"a/\"\nsync_interval = \"1h\"\nsync = [{{ repository = \"X\" }}]\n{up}"),
+            format!("[[mirrors]]\nprefix = \"a/\"\nsync = [{{ repository = \"x\" }}]\n{up}"),
         ] {
             assert!(validate(&mirrors(&bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_commented_example_is_valid() {
+        let start = EXAMPLE.find("# [[mirrors]]").unwrap();
+        let text: String = EXAMPLE[start..]
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let m = mirrors(&text);
+        validate(&m).unwrap();
+        assert_eq!(m[0].sync[0].repository, "library/alpine");
+        assert!(TagFilter::new(&m[0].sync[0]).unwrap().matches("3.20"));
+    }
+
+    #[test]
+    fn sync_filters_keep_matching_tags() {
+        let m = mirrors(
+            "[[mirrors]]\nprefix = \"hub/\"\nsync_interval = \"1h\"\nsync = [{ repository = \"library/alpine\", tags = [\"3.*\"], semver = \">=3.19\" }, { repository = \"app\", semver = \">=1.2\" }, { repository = \"all\" }]\n[[mirrors.upstreams]]\nurl = \"http://h\"\n",
+        );
+        validate(&m).unwrap();
+        assert_eq!(m[0].sync_interval, Duration::from_secs(3600));
+        let keep = |i: usize, tags: &[&str]| {
+            let f = TagFilter::new(&m[0].sync[i]).unwrap();
+            tags.iter()
+                .filter(|t| f.matches(t))
+                .map(|t| t.to_string())
+                .collect::<Vec<String>>()
+        };
+        let tags = ["3.18", "3.19", "3.20.1", "latest", "4.0", "3.x", "v3.21"];
+        assert_eq!(keep(0, &tags), ["3.19", "3.20.1"]);
+        assert_eq!(
+            keep(1, &["1.1", "1.2", "v1.3.0", "1.4-rc1", "edge"]),
+            ["1.2", "v1.3.0"]
+        );
+        assert_eq!(keep(2, &tags), tags);
+        assert_eq!(tag_version("3"), Some(semver::Version::new(3, 0, 0)));
+        assert_eq!(tag_version("3.1.2.4"), None);
     }
 }

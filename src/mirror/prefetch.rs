@@ -22,7 +22,7 @@ pub struct PrefetchReport {
 
 /// Most manifests followed from one index (children of children
 /// included): a bound on what a hostile index can ask for.
-const MANIFESTS_MAX: u64 = 1024;
+pub const MANIFESTS_MAX: u64 = 1024;
 
 /// Pulls `repo:reference` and everything it references through the server
 /// at `server` (`http://127.0.0.1:5000`), with Basic `credentials` if any.
