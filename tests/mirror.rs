@@ -567,13 +567,27 @@ async fn wait_for_tags(mirror: &Ferro, repo: &str, want: &[&str]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_schedule_keeps_the_matching_tags_cached_without_a_pull() {
     let dir = tempfile::tempdir().unwrap();
-    let mut upstream = anonymous_upstream(dir.path());
+    // Tag lists of two per page: the schedule must follow `Link` to see
+    // `3.20` and later.
+    let upstream_config = dir.path().join("upstream.toml");
+    std::fs::write(&upstream_config, "[limits]\npage_entries_max = 2\n").unwrap();
+    let mut upstream = Ferro::start(
+        &dir.path().join("upstream"),
+        Some(&upstream_config),
+        &[],
+        &[],
+    );
     let mut pushed = std::collections::HashMap::new();
     for (i, tag) in ["3.18", "3.19", "3.20", "latest"].into_iter().enumerate() {
         let l = layer(20_000 + i, 10 + i as u64);
         let digest = push_image(&upstream.url, "library/alpine", tag, &[&l], None).await;
         pushed.insert(tag, (digest, l));
     }
+    let r = get(&upstream.url("/v2/library/alpine/tags/list")).await;
+    assert!(
+        r.headers().contains_key("link"),
+        "the upstream pages its tag list"
+    );
     let config = mirror_config(
         dir.path(),
         &upstream.url,
