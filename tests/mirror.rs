@@ -567,10 +567,20 @@ async fn wait_for_tags(mirror: &Ferro, repo: &str, want: &[&str]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_schedule_keeps_the_matching_tags_cached_without_a_pull() {
     let dir = tempfile::tempdir().unwrap();
-    // Tag lists of two per page: the schedule must follow `Link` to see
-    // `3.20` and later.
+    // The token flow, and tag lists of two per page: the schedule must
+    // sign in and follow `Link` to see `3.20` and later.
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, auth_support::htpasswd(&[("alice", "a-pass")])).unwrap();
     let upstream_config = dir.path().join("upstream.toml");
-    std::fs::write(&upstream_config, "[limits]\npage_entries_max = 2\n").unwrap();
+    std::fs::write(
+        &upstream_config,
+        format!(
+            "[limits]\npage_entries_max = 2\n[auth]\nscheme = \"token\"\nhtpasswd = \"{}\"\n[auth.token]\nservice = \"upstream\"\nlifetime_secs = 60\n",
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let alice = Some(("alice", "a-pass"));
     let mut upstream = Ferro::start(
         &dir.path().join("upstream"),
         Some(&upstream_config),
@@ -580,19 +590,26 @@ async fn the_schedule_keeps_the_matching_tags_cached_without_a_pull() {
     let mut pushed = std::collections::HashMap::new();
     for (i, tag) in ["3.18", "3.19", "3.20", "latest"].into_iter().enumerate() {
         let l = layer(20_000 + i, 10 + i as u64);
-        let digest = push_image(&upstream.url, "library/alpine", tag, &[&l], None).await;
+        let digest = push_image(&upstream.url, "library/alpine", tag, &[&l], alice).await;
         pushed.insert(tag, (digest, l));
     }
-    let r = get(&upstream.url("/v2/library/alpine/tags/list")).await;
+    let r = reqwest::Client::new()
+        .get(upstream.url("/v2/library/alpine/tags/list"))
+        .basic_auth("alice", Some("a-pass"))
+        .send()
+        .await
+        .unwrap();
     assert!(
         r.headers().contains_key("link"),
         "the upstream pages its tag list"
     );
+    let r = get(&upstream.url("/v2/library/alpine/tags/list")).await;
+    assert_eq!(r.status(), 401, "the upstream asks for a token");
     let config = mirror_config(
         dir.path(),
         &upstream.url,
         "tag_ttl = \"1h\"\nsync_interval = \"1s\"\nsync = [{ repository = \"library/alpine\", semver = \">=3.19\" }]",
-        "",
+        "username = \"alice\"\npassword = \"a-pass\"",
     );
     let mirror = start_mirror(dir.path(), &config);
     // Without any client pull, the schedule caches exactly the matching
@@ -600,7 +617,7 @@ async fn the_schedule_keeps_the_matching_tags_cached_without_a_pull() {
     wait_for_tags(&mirror, "hub/library/alpine", &["3.19", "3.20"]).await;
     // A tag pushed upstream later is there after the next interval.
     let l = layer(30_000, 99);
-    let digest = push_image(&upstream.url, "library/alpine", "3.21", &[&l], None).await;
+    let digest = push_image(&upstream.url, "library/alpine", "3.21", &[&l], alice).await;
     pushed.insert("3.21", (digest, l));
     wait_for_tags(&mirror, "hub/library/alpine", &["3.19", "3.20", "3.21"]).await;
     // The tag is committed before its blobs arrive: the run that put it
