@@ -668,7 +668,6 @@ fn parts_events(
     Ok(events)
 }
 
-/// The events that delete those of `blobs` still unused since `mark_seq`.
 /// Plans a [`Command::PutManifest`]; a mirror's fill
 /// ([`Command::FillManifest`]) skips `check_references`.
 fn plan_put_manifest(
@@ -747,6 +746,7 @@ fn plan_put_manifest(
     Ok(events)
 }
 
+/// The events that delete those of `blobs` still unused since `mark_seq`.
 fn plan_collect(state: &State, mark_seq: u64, blobs: &[Collectable]) -> Vec<Event> {
     let mut events = Vec::new();
     let mut seen = std::collections::HashSet::new();
