@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferro::events::{Actor, Entry, Event};
-use support::{image_config, image_manifest, spawn_ferro_with, OCI_MANIFEST};
+use support::{image_config, image_manifest, median, process_cpu, spawn_ferro_with, OCI_MANIFEST};
 
 struct Args {
     images: usize,
@@ -65,17 +65,6 @@ fn args() -> Args {
         i += 2;
     }
     a
-}
-
-/// User + system CPU time of process `pid` so far.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
 /// Pushes `images` small images (a config blob of its own, one shared
@@ -160,11 +149,6 @@ async fn run(a: &Args, extra: &[String]) -> Run {
         per_second: a.images as f64 / took.as_secs_f64(),
         cpu_ms_per_1000: cpu.as_secs_f64() * 1e3 * 1000.0 / a.images as f64,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[(v.len() - 1) / 2]
 }
 
 /// An archive of `records` records in ~1 MiB pieces under `dir`.

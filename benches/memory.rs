@@ -31,6 +31,7 @@
 //! are the whole difference from the empty server divided by the count:
 //! each figure carries the other's cost too.
 
+#[allow(dead_code)] // the other benchmarks use the rest of it
 mod support;
 
 use std::io::{Read, Write};

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use receiver::{Behaviour, Receiver};
 use serde_json::Value;
-use support::{image_config, image_manifest, spawn_ferro_with, OCI_MANIFEST};
+use support::{image_config, image_manifest, median, process_cpu, spawn_ferro_with, OCI_MANIFEST};
 
 struct Args {
     pushes: usize,
@@ -160,29 +160,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    percentile(&v, 0.5)
-}
-
 struct Run {
     per_second: f64,
     /// Server CPU milliseconds per 1,000 pushes.
     cpu_ms_per_1000: f64,
     lags_ms: Vec<f64>,
-}
-
-/// User + system CPU time of process `pid` so far.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // Fields after the command name (which may hold spaces) start at
-    // state; utime and stime are the 14th and 15th fields overall.
-    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
 async fn run(a: &Args, endpoints: bool) -> Run {

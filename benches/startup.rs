@@ -27,6 +27,7 @@
 //! `binary` (the real `ferro serve`, from spawn until it logs that it
 //! listens, snapshots disabled so the data set does not change).
 
+#[allow(dead_code)] // the other benchmarks use the rest of it
 mod support;
 
 use std::io::Write;

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
+use std::time::Duration;
 
 use ferro::oci::Digest;
 
@@ -87,4 +88,25 @@ pub fn spawn_ferro_with(dir: &Path, extra_args: &[&str]) -> (Child, SocketAddr) 
     };
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
+}
+
+/// User + system CPU time of process `pid` so far (`/proc/PID/stat`): on a
+/// shared machine a server's own CPU time moves far less than wall-clock
+/// figures do.
+pub fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at
+    // state; utime and stime are the 14th and 15th fields overall.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
+
+/// The median of `v` (the lower middle one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[(v.len() - 1) / 2]
 }

@@ -18,6 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "garage_config.rs"]
+mod garage_config;
+
 pub const BUCKET: &str = "ferro";
 pub const REGION: &str = "garage";
 /// Garage key ids are `GK` and 24 hex digits; secrets 64 hex digits.
@@ -99,24 +102,7 @@ impl Garage {
             .collect();
         std::fs::write(
             &config,
-            format!(
-                r#"metadata_dir = "{dir}/meta"
-data_dir = "{dir}/data"
-db_engine = "sqlite"
-replication_factor = 1
-metadata_fsync = true
-data_fsync = true
-rpc_bind_addr = "127.0.0.1:{rpc_port}"
-rpc_public_addr = "127.0.0.1:{rpc_port}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "{REGION}"
-api_bind_addr = "127.0.0.1:{s3_port}"
-root_domain = ".s3.garage.localhost"
-"#,
-                dir = dir.path().display()
-            ),
+            garage_config::garage_toml(dir.path(), rpc_port, s3_port, &secret, REGION),
         )
         .expect("write garage.toml");
         let mut garage = Garage {

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+#[path = "../../../tests/common/garage_config.rs"]
+mod garage_config;
+
 use crate::http::BoxError;
 use crate::servers::{free_port, spawn_tied, stop_child};
 
@@ -60,24 +63,7 @@ impl Garage {
             .collect();
         std::fs::write(
             &config,
-            format!(
-                r#"metadata_dir = "{dir}/meta"
-data_dir = "{dir}/data"
-db_engine = "sqlite"
-replication_factor = 1
-metadata_fsync = true
-data_fsync = true
-rpc_bind_addr = "127.0.0.1:{rpc_port}"
-rpc_public_addr = "127.0.0.1:{rpc_port}"
-rpc_secret = "{rpc_secret}"
-
-[s3_api]
-s3_region = "{REGION}"
-api_bind_addr = "127.0.0.1:{s3_port}"
-root_domain = ".s3.garage.localhost"
-"#,
-                dir = dir.path().display()
-            ),
+            garage_config::garage_toml(dir.path(), rpc_port, s3_port, &rpc_secret, REGION),
         )?;
         let mut command = Command::new(&bin);
         command
