@@ -123,8 +123,9 @@ pub fn run(data_dir: &Path, args: &VerifyArgs, out: &Out) -> CtlResult<Exit> {
     let state = check_log_and_snapshots(&layout, out, &mut report)?;
     if let Some(state) = &state {
         report.state = Some(state.summary());
-        check_state(state, &mirror_prefixes(args)?, &mut report);
-        match object_store(args)? {
+        let config = settings(args)?;
+        check_state(state, &mirror_prefixes(&config), &mut report);
+        match object_store(&config)? {
             Some(objects) => check_objects(&objects, state, args.blobs, out, &mut report)?,
             None => {
                 check_blobs(&layout, state, args.blobs, out, &mut report)?;
@@ -412,10 +413,9 @@ fn compare_snapshot(file: &SnapshotFile, state: &State, record_crc: u32) -> Snap
     }
 }
 
-/// The prefixes of the config's `[[mirrors]]`: a mirror fetches the blobs
-/// and child manifests of a manifest only when they are pulled, so under
-/// them a reference not yet in the repository is not a problem.
-fn mirror_prefixes(args: &VerifyArgs) -> CtlResult<Vec<String>> {
+/// The server's settings as `--config` and the `FERRO_*` variables give
+/// them (the defaults without `--config`), read once per run.
+fn settings(args: &VerifyArgs) -> CtlResult<ferro::config::Config> {
     let mut config = match &args.config {
         Some(path) => ferro::config::Config::load(path)
             .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?,
@@ -424,7 +424,14 @@ fn mirror_prefixes(args: &VerifyArgs) -> CtlResult<Vec<String>> {
     config
         .apply_env(std::env::vars())
         .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?;
-    Ok(config.mirrors.into_iter().map(|m| m.prefix).collect())
+    Ok(config)
+}
+
+/// The prefixes of the config's `[[mirrors]]`: a mirror fetches the blobs
+/// and child manifests of a manifest only when they are pulled, so under
+/// them a reference not yet in the repository is not a problem.
+fn mirror_prefixes(config: &ferro::config::Config) -> Vec<String> {
+    config.mirrors.iter().map(|m| m.prefix.clone()).collect()
 }
 
 /// The projection's own invariants, as a second opinion on the replay.
@@ -539,15 +546,7 @@ fn check_blobs(
 }
 
 /// The object store of `--config`, when blobs live in one.
-fn object_store(args: &VerifyArgs) -> CtlResult<Option<ObjectBlobs>> {
-    let mut config = match &args.config {
-        Some(path) => ferro::config::Config::load(path)
-            .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?,
-        None => ferro::config::Config::default(),
-    };
-    config
-        .apply_env(std::env::vars())
-        .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?;
+fn object_store(config: &ferro::config::Config) -> CtlResult<Option<ObjectBlobs>> {
     if config.storage.backend != StorageBackend::S3 {
         return Ok(None);
     }
