@@ -189,8 +189,14 @@ pub async fn verify(store: &ArchiveStore) -> Result<Verified, StoreError> {
             continue;
         };
         out.blobs += 1;
-        let bytes = store.get(&l.name).await?;
-        let actual = hex::encode(sha2::Sha256::digest(&bytes));
+        let mut hasher = sha2::Sha256::new();
+        store
+            .get_each(&l.name, |chunk| {
+                hasher.update(chunk);
+                Ok(())
+            })
+            .await?;
+        let actual = hex::encode(hasher.finalize());
         if actual != digest.hex() {
             out.problems.push(format!(
                 "corrupt archive object {}: its bytes hash to sha256:{actual}",

@@ -227,11 +227,19 @@ pub async fn restore(
             "the archive's log starts at sequence {first_seq} and it holds no snapshot from which to replay it"
         )));
     }
+    // Blobs before the log: a data directory whose log names a blob it
+    // lacks is never produced (a corrupt blob leaves no log behind).
+    let (blobs, blob_bytes) = match restore_blobs(store, &layout, progress).await {
+        Ok(restored) => restored,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     // All verified: the log goes in place.
     std::fs::rename(&staging, &log_dir).map_err(io_err(&log_dir))?;
     fsync_dir(&log_dir).map_err(io_err(&log_dir))?;
     fsync_dir(data_dir).map_err(io_err(data_dir))?;
-    let (blobs, blob_bytes) = restore_blobs(store, &layout, progress).await?;
     drop(data);
     Ok(RestoreReport {
         first_seq,
@@ -266,21 +274,34 @@ async fn restore_blobs(
         let dir = target.parent().unwrap_or(&blobs_dir).to_owned();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let tmp = dir.join(format!("{}.restoring", digest.hex()));
-        let bytes = store.get(&l.name).await?;
-        let actual = hex::encode(sha2::Sha256::digest(&bytes));
+        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut hasher = sha2::Sha256::new();
+        let bytes = store
+            .get_each(&l.name, |chunk| {
+                hasher.update(chunk);
+                file.write_all(chunk)
+            })
+            .await;
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        let actual = hex::encode(hasher.finalize());
         if actual != digest.hex() {
+            let _ = std::fs::remove_file(&tmp);
             return Err(RestoreError::Refused(format!(
                 "corrupt archive object {}: its bytes hash to sha256:{actual}",
                 l.name
             )));
         }
-        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&bytes).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
         fsync_dir(&dir).map_err(io_err(&dir))?;
         count += 1;
-        total += bytes.len() as u64;
+        total += bytes;
         progress("blobs", count);
     }
     Ok((count, total))

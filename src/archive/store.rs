@@ -168,6 +168,30 @@ impl ArchiveStore {
         got.bytes().await.map_err(|e| self.failed(name, e))
     }
 
+    /// Streams `name` chunk by chunk into `each` (blob bytes: any size,
+    /// never held whole). Returns the number of bytes read.
+    pub async fn get_each(
+        &self,
+        name: &str,
+        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        let got = self
+            .store
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.failed(name, e))?;
+        let mut chunks = got.into_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = chunks.try_next().await.map_err(|e| self.failed(name, e))? {
+            each(&chunk).map_err(|e| StoreError::Failed {
+                key: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+            total += chunk.len() as u64;
+        }
+        Ok(total)
+    }
+
     pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
         match self.store.head(&self.path(name)).await {
             Ok(_) => Ok(true),
@@ -270,6 +294,15 @@ mod tests {
         let second = store.put_new("epochs/a", Bytes::from_static(b"two")).await;
         assert!(matches!(second, Err(StoreError::AlreadyExists(_))));
         assert_eq!(&store.get("epochs/a").await.unwrap()[..], b"one");
+        let mut streamed = Vec::new();
+        let n = store
+            .get_each("epochs/a", |chunk| {
+                streamed.extend_from_slice(chunk);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!((n, &streamed[..]), (3, &b"one"[..]));
         let listed = store.list(EPOCHS_DIR, None).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "epochs/a");

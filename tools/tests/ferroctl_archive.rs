@@ -531,6 +531,52 @@ fn a_flipped_byte_on_garage_is_named_by_verify_and_restore() {
     flipped_byte(&Target::s3("flip/"));
 }
 
+/// A flipped byte in an archived blob (blobs on the filesystem): verify
+/// names the object, restore refuses and leaves neither a log nor the blob.
+#[test]
+fn a_flipped_byte_in_an_archived_blob_is_named_by_verify_and_restore() {
+    let target = Target::file();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data, &target, &["--archive-ship-interval-ms", "50"]);
+    push_image(&server, "app", "v1", "blob-flip");
+    wait_shipped(&server);
+    server.stop();
+    let Target::File(archive) = &target else {
+        unreachable!()
+    };
+    let blobs = archive.path().join("archive/blobs/sha256");
+    let mut names: Vec<(u64, String)> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.metadata().unwrap().len(),
+                e.file_name().to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    names.sort();
+    let (size, hex) = names.pop().expect("an archived blob");
+    let name = format!("blobs/sha256/{hex}");
+    target.flip_byte(&name, size as usize / 2);
+    let v = target
+        .ctl(&data, &["--json", "archive", "verify"], &[])
+        .expect(1)
+        .json();
+    assert!(v["problems"].to_string().contains(&name), "{v}");
+    let restored = dir.path().join("restored");
+    let r = target.ctl(&restored, &["restore-from"], &[]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains(&name), "{}", r.stderr);
+    let left = std::fs::read_dir(restored.join("log"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "a log naming a corrupt blob was left");
+    let restored_blob = restored.join("blobs/sha256").join(&hex[..2]).join(&hex);
+    assert!(!restored_blob.exists(), "the corrupt blob was kept");
+}
+
 /// A second primary with another history is refused (and does not fence
 /// the first); a newer primary with the same history fences the older.
 fn second_primary(target: &Target) {
