@@ -12,7 +12,9 @@
 //! backoff; the records wait in the local log, which compaction does not
 //! cut past the shipped point ([`Shipper::log_hold`]).
 //!
-//! Also shipped: the newest local snapshot the archive covers, and with
+//! Also shipped: the newest local snapshot the archive covers (looked for
+//! when the shipper has caught up, and every few seconds under a load it
+//! never catches up with), and with
 //! blobs on the filesystem every blob a shipped record links, before the
 //! piece that links it (so the archive never names a blob it lacks).
 
@@ -57,6 +59,8 @@ pub const EPOCH: &str = "ferro_archive_epoch";
 /// Longest wait between two attempts while the store fails.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// How often a shipper that never catches up looks for a new snapshot.
+const SNAPSHOT_LOOK_EVERY: Duration = Duration::from_secs(5);
 /// How long a graceful shutdown waits for the last records to ship.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -303,6 +307,9 @@ impl Shipper {
         let archived = self.config.durability == ArchiveDurability::Archived;
         let mut last_ship = Instant::now() - interval;
         let mut snapshot_seq = self.archived_snapshot_seq().await.unwrap_or(0);
+        // Under a steady load the loop never idles: snapshots are also
+        // looked for between shipments, at most this often.
+        let mut snapshot_looked = Instant::now();
         let mut uploaded = HashSet::new();
         // Where the last read stopped: the next starts there instead of
         // verifying the active segment again from its start.
@@ -341,6 +348,17 @@ impl Shipper {
                     Ok(()) => {
                         backoff = BACKOFF_MIN;
                         last_ship = Instant::now();
+                        if snapshot_looked.elapsed() >= SNAPSHOT_LOOK_EVERY {
+                            snapshot_looked = Instant::now();
+                            match self.ship_snapshot(snapshot_seq).await {
+                                Ok(Some(seq)) => snapshot_seq = seq,
+                                Ok(None) => {}
+                                Err(ShipError::Fenced(f)) => return self.fence(f).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "could not ship a snapshot to the archive")
+                                }
+                            }
+                        }
                     }
                     Err(ShipError::Fenced(f)) => return self.fence(f).await,
                     Err(e) => {
