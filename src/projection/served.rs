@@ -54,3 +54,52 @@ impl fmt::Debug for HeadersCell {
         f.write_str("HeadersCell")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::log::format::PAYLOAD_CONFIG;
+    use crate::projection::Manifest;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            body: Bytes::from_static(b"{}"),
+            blobs: Vec::new(),
+            manifests: Vec::new(),
+            subject: None,
+            artifact_type: None,
+            put_seq: 7,
+            headers: HeadersCell::default(),
+        }
+    }
+
+    /// Built headers change neither equality nor the snapshot's bytes,
+    /// and a decoded manifest starts with an empty cell.
+    #[test]
+    fn built_headers_are_not_state() {
+        let empty = manifest();
+        let read = manifest();
+        let built = read.headers.get_or_init(|| ManifestHeaders {
+            content_length: HeaderValue::from(2usize),
+            content_type: None,
+            docker_content_digest: None,
+            etag: None,
+        });
+        assert_eq!(built.content_length, "2");
+        assert!(read.headers.0.get().is_some());
+        assert_eq!(empty, read);
+        let bytes = |m: &Manifest| bincode::serde::encode_to_vec(m, PAYLOAD_CONFIG).unwrap();
+        assert_eq!(bytes(&empty), bytes(&read));
+        let (decoded, _): (Manifest, usize) =
+            bincode::serde::decode_from_slice(&bytes(&read), PAYLOAD_CONFIG).unwrap();
+        assert!(decoded.headers.0.get().is_none());
+        assert_eq!(decoded, empty);
+        // A second build is never run: the first result is kept.
+        let again = read.headers.get_or_init(|| unreachable!("built once"));
+        assert_eq!(again.content_length, "2");
+    }
+}
