@@ -86,6 +86,7 @@ pub fn manifest_from_log(
                         subject,
                         artifact_type,
                         put_seq: record.seq,
+                        headers: Default::default(),
                     });
                 }
             }

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -14,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, HttpBody};
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Router};
@@ -81,6 +82,7 @@ pub fn front(gate: Arc<Gate>, body_read_timeout: Duration, access_log: bool) -> 
             body_read_timeout,
             access_log,
         }),
+        peer: None,
     }
 }
 
@@ -88,6 +90,21 @@ pub fn front(gate: Arc<Gate>, body_read_timeout: Duration, access_log: bool) -> 
 #[derive(Clone)]
 pub struct Front {
     shared: Arc<Shared>,
+    /// The connection's peer, when this copy serves one connection.
+    /// Without it a request must carry its `ConnectInfo` extension.
+    peer: Option<SocketAddr>,
+}
+
+impl Front {
+    /// The copy that serves one connection from `peer`. Handed over as a
+    /// field rather than as a request extension: an extension costs each
+    /// request a map allocation, and only the axum routes read it.
+    pub fn serving(&self, peer: SocketAddr) -> Front {
+        Front {
+            shared: self.shared.clone(),
+            peer: Some(peer),
+        }
+    }
 }
 
 struct Shared {
@@ -111,13 +128,14 @@ where
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        Box::pin(async move { Ok(shared.answer(req.map(Body::new)).await) })
+        let peer = self.peer;
+        Box::pin(async move { Ok(shared.answer(req.map(Body::new), peer).await) })
     }
 }
 
 impl Shared {
     /// Request id in, span around, metrics and access log after, id out.
-    async fn answer(&self, req: Request) -> Response {
+    async fn answer(&self, req: Request, peer: Option<SocketAddr>) -> Response {
         let started = Instant::now();
         // Nothing after this reads the id from the request: it is only
         // echoed in the response and put in the span.
@@ -139,12 +157,16 @@ impl Shared {
         };
         let in_flight = crate::metrics::in_flight();
         in_flight.increment(1.0);
-        let (route, mut response) = self.route(req).instrument(span.clone()).await;
+        // The span moves into the future, and is read back from it for the
+        // access log: a second handle would cost a reference count in the
+        // subscriber's registry, taken and released on every request.
+        let mut routed = std::pin::pin!(self.route(req, peer).instrument(span));
+        let (route, mut response) = routed.as_mut().await;
         in_flight.decrement(1.0);
         let elapsed = started.elapsed();
         crate::metrics::record_request(route, method, response.status(), elapsed);
         if self.access_log {
-            span.in_scope(|| {
+            routed.span().in_scope(|| {
                 tracing::info!(
                     status = response.status().as_u16(),
                     latency_us = elapsed.as_micros() as u64,
@@ -159,7 +181,7 @@ impl Shared {
     /// The fixed endpoints, or the registry once the gate is open, with
     /// the label of the route for metrics (the OCI dispatch names its
     /// own).
-    async fn route(&self, req: Request) -> (&'static str, Response) {
+    async fn route(&self, mut req: Request, peer: Option<SocketAddr>) -> (&'static str, Response) {
         let fixed = match req.uri().path() {
             "/healthz" => Some("healthz"),
             "/readyz" => Some("readyz"),
@@ -193,16 +215,27 @@ impl Shared {
         } else {
             "other"
         };
+        let peer = peer.or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        });
         let r = match self.gate.ready.get() {
             // What the token endpoint and the UI do not answer goes
             // straight to the OCI dispatch (see `router::serve`), which
             // names its own route; they go through the axum router.
             Some((_, app)) if label == "other" || (label == "ui" && !app.ui.enabled) => {
-                return router::serve(app.clone(), req).await
+                return router::serve_from(app.clone(), peer, req).await;
             }
             // Boxed: the router's future is large, and inline it would
             // make every request's future as large (see `route_request`).
-            Some((router, _)) => Box::pin(router.clone().oneshot(req)).await.into_response(),
+            Some((router, _)) => {
+                // The axum routes read the peer as an extractor.
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                }
+                Box::pin(router.clone().oneshot(req)).await.into_response()
+            }
             None => {
                 let mut r = ApiError::new(ErrorCode::TooManyRequests, "the registry is starting")
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)

@@ -21,6 +21,7 @@ use super::App;
 use crate::commands::Command;
 use crate::manifest;
 use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::projection::served::ManifestHeaders;
 use crate::projection::State;
 
 /// Answers a manifest GET/HEAD from `state` (the live state, or a past one).
@@ -42,12 +43,23 @@ pub fn get(
         } else {
             Body::from(m.body.clone()).into_response()
         };
+        let built = m.headers.get_or_init(|| ManifestHeaders {
+            content_length: HeaderValue::from(m.body.len()),
+            content_type: HeaderValue::from_str(&m.media_type).ok(),
+            docker_content_digest: digest_value(digest),
+            etag: etag_value(digest),
+        });
         let h = response.headers_mut();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len()));
-        if let Ok(v) = HeaderValue::from_str(&m.media_type) {
-            h.insert(header::CONTENT_TYPE, v);
+        h.insert(header::CONTENT_LENGTH, built.content_length.clone());
+        if let Some(v) = &built.content_type {
+            h.insert(header::CONTENT_TYPE, v.clone());
         }
-        digest_headers(h, digest);
+        if let Some(v) = &built.docker_content_digest {
+            h.insert(CONTENT_DIGEST, v.clone());
+        }
+        if let Some(v) = &built.etag {
+            h.insert(header::ETAG, v.clone());
+        }
         response
     };
     Ok(response)
@@ -76,18 +88,29 @@ fn manifest_unknown() -> ApiError {
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
 pub fn digest_headers(h: &mut HeaderMap, digest: &Digest) {
-    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+    if let Some(v) = digest_value(digest) {
         h.insert(CONTENT_DIGEST, v);
     }
-    // `"<digest>"`, built on the stack: the longest digest is sha512's.
+    if let Some(v) = etag_value(digest) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// `Docker-Content-Digest`: the digest itself.
+fn digest_value(digest: &Digest) -> Option<HeaderValue> {
+    HeaderValue::from_str(digest.as_str()).ok()
+}
+
+/// `ETag`: `"<digest>"`, built on the stack (the longest digest is
+/// sha512's).
+fn etag_value(digest: &Digest) -> Option<HeaderValue> {
     let mut etag = [b'"'; 2 + 7 + 128];
     let d = digest.as_str().as_bytes();
-    if d.len() + 2 <= etag.len() {
-        etag[1..1 + d.len()].copy_from_slice(d);
-        if let Ok(v) = HeaderValue::from_bytes(&etag[..d.len() + 2]) {
-            h.insert(header::ETAG, v);
-        }
+    if d.len() + 2 > etag.len() {
+        return None;
     }
+    etag[1..1 + d.len()].copy_from_slice(d);
+    HeaderValue::from_bytes(&etag[..d.len() + 2]).ok()
 }
 
 /// The media type of a `Content-Type` header, parameters removed.

@@ -81,12 +81,56 @@ impl From<PathError> for ApiError {
     }
 }
 
-/// The first `k` segments of `rest` as they are in it, slashes and all:
-/// `rest.split('/')` made `segments`, so they are a prefix of `rest` (no
-/// copy, no join).
-fn leading<'a>(rest: &'a str, segments: &[&str], k: usize) -> &'a str {
-    let len: usize = segments[..k].iter().map(|s| s.len()).sum::<usize>() + k.saturating_sub(1);
-    &rest[..len]
+/// The last segments of a path, read from the right (names have slashes,
+/// so only the last few say what is addressed), without collecting the
+/// segments: a request's path is split once, into a fixed array.
+struct Segments<'a> {
+    rest: &'a str,
+    /// `last[0]` is the last segment, `last[1]` the one before it, and so
+    /// on; `""` past the first segment.
+    last: [&'a str; 4],
+    /// How many segments `rest` has, counted up to 5 (5: more than 4).
+    n: usize,
+}
+
+impl<'a> Segments<'a> {
+    fn of(rest: &'a str) -> Self {
+        let mut last = [""; 4];
+        let mut found = 0;
+        let mut end = rest.len();
+        // Byte by byte from the right: paths are short, and a slash is
+        // one byte of ASCII, so every cut is on a character boundary.
+        for (i, b) in rest.bytes().enumerate().rev() {
+            if b == b'/' {
+                last[found] = &rest[i + 1..end];
+                end = i;
+                found += 1;
+                if found == last.len() {
+                    // At least one more segment (maybe empty) before it.
+                    return Segments { rest, last, n: 5 };
+                }
+            }
+        }
+        last[found] = &rest[..end];
+        Segments {
+            rest,
+            last,
+            n: found + 1,
+        }
+    }
+
+    /// The `i`-th segment from the end (0: the last).
+    fn back(&self, i: usize) -> &'a str {
+        self.last[i]
+    }
+
+    /// `rest` without its last `k` segments and their slashes: the name
+    /// in front of a route's keywords.
+    fn before(&self, k: usize) -> &'a str {
+        debug_assert!(k < self.n && k <= self.last.len());
+        let cut: usize = self.last[..k].iter().map(|s| s.len() + 1).sum();
+        &self.rest[..self.rest.len() - cut]
+    }
 }
 
 fn name(s: &str) -> Result<RepoName, PathError> {
@@ -142,16 +186,16 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     if rest == "_catalog" {
         return Ok(Route::Catalog);
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let n = segments.len();
-    if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
+    let s = Segments::of(rest);
+    let n = s.n;
+    if n >= 3 && s.back(1) == "tags" && s.back(0) == "list" {
         return Ok(Route::Tags {
-            repo: name(leading(rest, &segments, n - 2))?,
+            repo: name(s.before(2))?,
         });
     }
-    if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
-        let id = segments[n - 1];
-        let repo = name(leading(rest, &segments, n - 3))?;
+    if n >= 4 && s.back(2) == "blobs" && s.back(1) == "uploads" {
+        let id = s.back(0);
+        let repo = name(s.before(3))?;
         return Ok(if id.is_empty() {
             Route::UploadStart { repo }
         } else {
@@ -161,15 +205,15 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
             }
         });
     }
-    if n >= 3 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
+    if n >= 3 && s.back(1) == "blobs" && s.back(0) == "uploads" {
         return Ok(Route::UploadStart {
-            repo: name(leading(rest, &segments, n - 2))?,
+            repo: name(s.before(2))?,
         });
     }
     if n >= 3 {
-        let last = segments[n - 1];
-        let repo = || name(leading(rest, &segments, n - 2));
-        match segments[n - 2] {
+        let last = s.back(0);
+        let repo = || name(s.before(2));
+        match s.back(1) {
             "manifests" => {
                 // The name is judged first, as on every other route.
                 let repo = repo()?;
@@ -205,12 +249,12 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     // is none of the above and whose third segment from the end does is an
     // extension's. (Checked last: `/v2/_a/manifests/x` is a manifest route
     // with an invalid name, not an extension.)
-    if n >= 3 && segments[n - 3].starts_with('_') {
-        let name_part = (n > 3).then(|| leading(rest, &segments, n - 3));
-        return extension(name_part, &segments[n - 3..]);
+    if n >= 3 && s.back(2).starts_with('_') {
+        let name_part = (n > 3).then(|| s.before(3));
+        return extension(name_part, &[s.back(2), s.back(1), s.back(0)]);
     }
-    if segments == ["_ferro", "notifications"] {
-        return extension(None, &segments);
+    if n == 2 && s.back(1) == "_ferro" && s.back(0) == "notifications" {
+        return extension(None, &[s.back(1), s.back(0)]);
     }
     Err(PathError::NotFound)
 }
@@ -263,6 +307,39 @@ mod tests {
             parse("/v2/tags/list/tags/list"),
             Ok(Route::Tags { repo }) if repo.as_str() == "tags/list"
         ));
+    }
+
+    /// Names of any depth are cut at the right place, whatever the route.
+    #[test]
+    fn deep_names() {
+        assert!(matches!(
+            parse("/v2/a/b/c/d/e/manifests/v1"),
+            Ok(Route::Manifest { repo, .. }) if repo.as_str() == "a/b/c/d/e"
+        ));
+        assert!(matches!(
+            parse("/v2/a/b/c/blobs/uploads/x"),
+            Ok(Route::Upload { repo, id }) if repo.as_str() == "a/b/c" && id == "x"
+        ));
+        assert!(matches!(
+            parse("/v2/a/b/c/d/blobs/uploads/"),
+            Ok(Route::UploadStart { repo }) if repo.as_str() == "a/b/c/d"
+        ));
+        assert!(matches!(
+            parse("/v2/a/b/c/d/tags/list"),
+            Ok(Route::Tags { repo }) if repo.as_str() == "a/b/c/d"
+        ));
+        assert!(matches!(
+            parse("/v2/a/b/c/d/_ferro/history/tag"),
+            Ok(Route::Extension { repo: Some(r), .. }) if r.as_str() == "a/b/c/d"
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/a/b/c/d/e/f/blobs/{}", d())),
+            Ok(Route::Blob { repo, .. }) if repo.as_str() == "a/b/c/d/e/f"
+        ));
+        assert_eq!(
+            parse("/v2/x/_ferro/notifications"),
+            Err(PathError::NotFound)
+        );
     }
 
     #[test]

@@ -55,12 +55,25 @@ pub fn router(app: Arc<App>) -> Router {
 /// (which clone the method, URI and headers) cost about a tenth of a
 /// HEAD's instructions and decide nothing here.
 pub async fn serve(app: Arc<App>, req: Request) -> (&'static str, Response) {
-    let (parts, body) = req.into_parts();
-    // The connection loop puts the peer address on every request.
-    let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    serve_from(app, peer, req).await
+}
+
+/// [`serve`] for a request whose peer is known (`front` holds it per
+/// connection; `None` if it is not, which is refused).
+pub async fn serve_from(
+    app: Arc<App>,
+    peer: Option<SocketAddr>,
+    req: Request,
+) -> (&'static str, Response) {
+    let Some(peer) = peer else {
         let refused = ApiError::internal("request without its peer address");
         return ("not_found", refused.into_response());
     };
+    let (parts, body) = req.into_parts();
     dispatch(app, peer, parts.method, parts.uri, parts.headers, body).await
 }
 

@@ -24,6 +24,7 @@ use crate::oci::{Digest, RepoName, Tag};
 
 pub mod objects;
 mod reach;
+pub mod served;
 
 pub use objects::{ObjectIndex, OpenMultipart, StoredPart};
 
@@ -182,6 +183,9 @@ pub struct Manifest {
     pub artifact_type: Option<String>,
     /// Sequence number of the entry that stored it.
     pub put_seq: u64,
+    /// Its GET/HEAD header values once read (derived; not in snapshots).
+    #[serde(skip)]
+    pub headers: served::HeadersCell,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +236,7 @@ impl State {
                     subject: subject.as_ref().map(|s| shared(&r.manifests, s)),
                     artifact_type: artifact_type.clone(),
                     put_seq: seq,
+                    headers: Default::default(),
                 };
                 // A replaced manifest keeps its key, which its tags share.
                 let replaced = r.manifests.insert(digest.clone(), manifest);

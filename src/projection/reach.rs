@@ -128,6 +128,7 @@ mod tests {
             subject: subject.map(d),
             artifact_type: None,
             put_seq,
+            headers: Default::default(),
         }
     }
 

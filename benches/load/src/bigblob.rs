@@ -1,6 +1,6 @@
 //! One large blob up and down: a monolithic upload (POST, then one PUT
 //! whose body is streamed), a chunked upload (PATCH after PATCH), and a
-//! download hashed while it is read. The server's peak RSS is taken around
+//! download checked while it is read (`content::Check`). The server's peak RSS is taken around
 //! each transfer: VmHWM after resetting it, and VmRSS sampled meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +13,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
-use sha2::{Digest as _, Sha256};
 
-use crate::content::BigBlob;
+use crate::content::{BigBlob, Check, Verifier};
 use crate::http::{with_query, Body, BoxError, Client, Reply};
 use crate::ops;
 use crate::servers::{proc_stats, reset_peak_rss};
@@ -26,8 +25,8 @@ use crate::workloads::Outcome;
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 const RSS_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
 const REPO: &str = "bench/big";
-/// Frames queued between the download and its hashing thread.
-const HASH_QUEUE_FRAMES: usize = 256;
+/// Frames queued between the download and its checking thread.
+const CHECK_QUEUE_FRAMES: usize = 256;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Transfer {
@@ -67,6 +66,7 @@ pub async fn run(
     mono: &BigBlob,
     chunked: &BigBlob,
     chunk_bytes: u64,
+    check: Check,
 ) -> Result<BlobResults, BoxError> {
     eprintln!("ferro-load:   monolithic upload");
     let upload_monolithic = measured(pid, mono.len, upload_monolithic(client, mono)).await?;
@@ -82,7 +82,7 @@ pub async fn run(
     let download_after_upload = match &upload_chunked {
         Outcome::Done(_) => {
             eprintln!("ferro-load:   download of the blob just pushed");
-            measured(pid, chunked.len, download(client, chunked)).await?
+            measured(pid, chunked.len, download(client, chunked, check)).await?
         }
         Outcome::Unable(why) => Outcome::Unable(why.clone()),
     };
@@ -94,7 +94,7 @@ pub async fn run(
     let download = match source {
         Some(blob) => {
             eprintln!("ferro-load:   download");
-            measured(pid, blob.len, download(client, blob)).await?
+            measured(pid, blob.len, download(client, blob, check)).await?
         }
         None => Outcome::Unable("nothing uploaded to download".into()),
     };
@@ -331,7 +331,11 @@ async fn upload_chunked(
     Ok(Outcome::Done(tails))
 }
 
-async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<Duration>, BoxError> {
+async fn download(
+    client: &mut Client,
+    blob: &BigBlob,
+    check: Check,
+) -> Result<Outcome<Duration>, BoxError> {
     let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
     let what = format!("GET {path}");
     let request = Request::get(&path).body(crate::http::empty())?;
@@ -356,15 +360,15 @@ async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<Duratio
         .into());
     }
     let mut body = response.into_body();
-    // Hashing runs on its own thread, fed as frames arrive, so receiving
-    // and hashing overlap instead of taking turns on one core.
-    let (frames, mut to_hash) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE_FRAMES);
-    let hashing = std::thread::spawn(move || {
-        let mut hasher = Sha256::new();
-        while let Some(data) = to_hash.blocking_recv() {
-            hasher.update(&data);
+    // The check runs on its own thread, fed as frames arrive, so receiving
+    // and checking overlap instead of taking turns on one core.
+    let (frames, mut to_check) = tokio::sync::mpsc::channel::<Bytes>(CHECK_QUEUE_FRAMES);
+    let mut verifier = Verifier::new(check, blob);
+    let checking = std::thread::spawn(move || {
+        while let Some(data) = to_check.blocking_recv() {
+            verifier.update(&data);
         }
-        format!("sha256:{}", hex::encode(hasher.finalize()))
+        verifier
     });
     let mut received = 0u64;
     let started = Instant::now();
@@ -375,22 +379,17 @@ async fn download(client: &mut Client, blob: &BigBlob) -> Result<Outcome<Duratio
             frames
                 .send(data)
                 .await
-                .map_err(|_| format!("{what}: the hashing thread stopped"))?;
+                .map_err(|_| format!("{what}: the checking thread stopped"))?;
         }
         if started.elapsed() > TRANSFER_TIMEOUT {
             return Err(format!("{what}: slower than {TRANSFER_TIMEOUT:?}").into());
         }
     }
     drop(frames);
-    let actual = hashing
+    checking
         .join()
-        .map_err(|_| format!("{what}: the hashing thread panicked"))?;
-    if received != blob.len || actual != blob.digest {
-        return Err(format!(
-            "{what}: got {received} bytes hashing to {actual}, expected {} bytes, {}",
-            blob.len, blob.digest
-        )
-        .into());
-    }
+        .map_err(|_| format!("{what}: the checking thread panicked"))?
+        .finish(blob)
+        .map_err(|why| format!("{what}: {why}"))?;
     Ok(Outcome::Done(Duration::ZERO))
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hyper::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
+use crate::content::{BigBlob, Check, Verifier};
 use crate::http::{BoxError, Client};
 use crate::servers::{cpu_seconds, free_port, log_tail, spawn_tied, stop_child};
 use crate::stats::{run_workers, Latencies, Ticket};
@@ -25,6 +26,9 @@ pub struct Ceilings {
     pub loopback_mb_per_second: f64,
     /// The same with the receiver hashing what it reads (sha256).
     pub loopback_hashed_mb_per_second: f64,
+    /// The same with the receiver comparing what it reads with the bytes
+    /// sent, byte by byte.
+    pub loopback_compared_mb_per_second: f64,
     /// Median time to append 200 bytes to a file and `fdatasync` it, in
     /// the directory the servers' data goes to: what one durable log
     /// write costs on this disk at that moment.
@@ -68,29 +72,38 @@ pub fn sha256_rate(budget: Duration) -> f64 {
     (rounds * BUFFER_BYTES) as f64 / started.elapsed().as_secs_f64() / 1e6
 }
 
-/// One sender thread to one receiver thread over 127.0.0.1; with
-/// `hashed`, what is received is also hashed (on a third thread), as a
-/// verifying client does.
-pub fn loopback_rate(budget: Duration, hashed: bool) -> std::io::Result<f64> {
-    const HASH_QUEUE_BUFFERS: usize = 64;
+/// One sender thread to one receiver thread over 127.0.0.1, the sender
+/// writing the pieces of `blob` over and over; with `check`, what is
+/// received is also checked (on a third thread) by the download's own
+/// [`Verifier`], as the benchmark's download does.
+pub fn loopback_rate(
+    budget: Duration,
+    blob: &BigBlob,
+    check: Option<Check>,
+) -> std::io::Result<f64> {
+    const CHECK_QUEUE_BUFFERS: usize = 64;
     const BUFFER_BYTES: usize = 1024 * 1024;
     const TOTAL_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let verifier = check.map(|c| Verifier::new(c, blob));
     let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
         let (mut socket, _) = listener.accept()?;
-        // Hashing, when asked for, runs on a third thread fed with the
+        // The check, when asked for, runs on a third thread fed with the
         // buffers read (and handed back), as the benchmark's download does.
-        let (to_hash, queue) =
-            std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE_BUFFERS);
+        let (to_check, queue) =
+            std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(CHECK_QUEUE_BUFFERS);
         let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
-        let hashing = std::thread::spawn(move || {
-            let mut hasher = Sha256::new();
+        let checked = verifier.is_some();
+        let checking = std::thread::spawn(move || {
+            let mut verifier = verifier;
             for (buffer, n) in queue {
-                hasher.update(&buffer[..n]);
+                if let Some(v) = &mut verifier {
+                    v.update(&buffer[..n]);
+                }
                 let _ = give_back.send(buffer);
             }
-            hasher.finalize()
+            verifier
         });
         let mut received = 0u64;
         let mut buffer = vec![0u8; BUFFER_BYTES];
@@ -98,33 +111,45 @@ pub fn loopback_rate(budget: Duration, hashed: bool) -> std::io::Result<f64> {
         loop {
             let n = socket.read(&mut buffer)?;
             if n == 0 {
-                drop(to_hash);
-                std::hint::black_box(
-                    hashing
-                        .join()
-                        .map_err(|_| std::io::Error::other("hashing panicked"))?,
-                );
-                return Ok((received, started.elapsed()));
+                drop(to_check);
+                let verifier = checking
+                    .join()
+                    .map_err(|_| std::io::Error::other("the check panicked"))?;
+                let elapsed = started.elapsed();
+                if let Some(Verifier::Bytes {
+                    first_difference: Some(at),
+                    ..
+                }) = verifier
+                {
+                    return Err(std::io::Error::other(format!("byte {at} arrived changed")));
+                }
+                std::hint::black_box(verifier);
+                return Ok((received, elapsed));
             }
             received += n as u64;
-            if hashed {
+            if checked {
                 let next = returned
                     .try_recv()
                     .unwrap_or_else(|_| vec![0u8; BUFFER_BYTES]);
                 let full = std::mem::replace(&mut buffer, next);
-                to_hash
+                to_check
                     .send((full, n))
-                    .map_err(|_| std::io::Error::other("hashing stopped"))?;
+                    .map_err(|_| std::io::Error::other("the check stopped"))?;
             }
         }
     });
     let mut socket = TcpStream::connect(addr)?;
-    let buffer = vec![7u8; BUFFER_BYTES];
+    let pieces = blob.pieces(0, blob.len);
     let started = Instant::now();
     let mut sent = 0u64;
-    while sent < TOTAL_BYTES_MAX && started.elapsed() < budget {
-        socket.write_all(&buffer)?;
-        sent += BUFFER_BYTES as u64;
+    'sending: while sent < TOTAL_BYTES_MAX {
+        for piece in &pieces {
+            if started.elapsed() >= budget {
+                break 'sending;
+            }
+            socket.write_all(piece)?;
+            sent += piece.len() as u64;
+        }
     }
     drop(socket);
     let (received, elapsed) = receiver
@@ -414,15 +439,17 @@ pub async fn measure(
 ) -> Ceilings {
     let sha256_mb_per_second = sha256_rate(Duration::from_secs(2));
     let mut notes = Vec::new();
-    let loopback_mb_per_second = loopback_rate(Duration::from_secs(2), false).unwrap_or_else(|e| {
-        notes.push(format!("loopback: {e}"));
-        0.0
-    });
-    let loopback_hashed_mb_per_second =
-        loopback_rate(Duration::from_secs(2), true).unwrap_or_else(|e| {
-            notes.push(format!("loopback, hashed: {e}"));
+    // Sent over and over: one pattern's worth, as the large blob is made.
+    let sent = BigBlob::new((BigBlob::PATTERN_BYTES_MAX / 1024 / 1024) as u64, 3);
+    let mut loopback = |check: Option<Check>, what: &str| {
+        loopback_rate(Duration::from_secs(2), &sent, check).unwrap_or_else(|e| {
+            notes.push(format!("{what}: {e}"));
             0.0
-        });
+        })
+    };
+    let loopback_mb_per_second = loopback(None, "loopback");
+    let loopback_hashed_mb_per_second = loopback(Some(Check::Sha256), "loopback, hashed");
+    let loopback_compared_mb_per_second = loopback(Some(Check::Bytes), "loopback, compared");
     let (fdatasync_append_us, small_file_commit_us) =
         disk_sync_us(work_root, Duration::from_secs(3)).unwrap_or_else(|e| {
             notes.push(format!("disk: {e}"));
@@ -463,6 +490,7 @@ pub async fn measure(
         sha256_mb_per_second,
         loopback_mb_per_second,
         loopback_hashed_mb_per_second,
+        loopback_compared_mb_per_second,
         fdatasync_append_us,
         small_file_commit_us,
         file_write_mb_per_second,

@@ -104,6 +104,11 @@ struct Args {
     /// Size of the large blob in MiB [default: 1024; --quick 64].
     #[arg(long)]
     blob_mib: Option<u64>,
+    /// How a downloaded blob is checked as it arrives: its sha256, as a
+    /// registry client does (the client then takes no more than sha256 on
+    /// one core), or every byte against the bytes pushed (cheap).
+    #[arg(long, value_enum, default_value = "sha256")]
+    download_check: content::Check,
     /// PATCH chunk size in MiB for the chunked upload [default: 16; --quick 8].
     #[arg(long)]
     chunk_mib: Option<u64>,
@@ -328,6 +333,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
         mixed_concurrency: args.mixed_concurrency,
         mixed_seconds: pick(args.mixed_seconds, 20, 3),
         client_threads,
+        download_check: args.download_check,
     };
     if settings.push_images_cn == 0
         || settings.tags == 0
@@ -590,6 +596,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
                 mono,
                 chunked,
                 settings.chunk_mib * 1024 * 1024,
+                settings.download_check,
             )
             .await
             .map_err(|e| fail(e, &server))?;

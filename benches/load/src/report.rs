@@ -87,6 +87,8 @@ pub struct Settings {
     pub mixed_concurrency: usize,
     pub mixed_seconds: u64,
     pub client_threads: usize,
+    /// How downloads are checked as they arrive.
+    pub download_check: crate::content::Check,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -270,7 +272,10 @@ fn rows(run: &Run) -> Vec<Row> {
         peak_rss(|b| &b.upload_chunked),
         added_rss(|b| &b.upload_chunked),
         row(
-            format!("download {size} blob just pushed, right after the uploads"),
+            format!(
+                "download {size} blob just pushed, right after the uploads ({})",
+                s.download_check.describe()
+            ),
             "MB/s",
             Better::Higher,
             &|r| {
@@ -281,7 +286,7 @@ fn rows(run: &Run) -> Vec<Row> {
         ),
         peak_rss(|b| &b.download_after_upload),
         row(
-            format!("download {size} blob (hashed while read)"),
+            format!("download {size} blob ({})", s.download_check.describe()),
             "MB/s",
             Better::Higher,
             &|r| transfer_cell(blob(r).map(|b| &b.download), |t| t.mb_per_second),
@@ -509,6 +514,11 @@ pub fn ceilings_table(c: &Ceilings, blob_mib: u64) -> String {
             "loopback TCP, the receiver hashing (sha256) what it reads".into(),
             "MB/s".into(),
             fmt_num(c.loopback_hashed_mb_per_second),
+        ],
+        vec![
+            "loopback TCP, the receiver comparing what it reads with what was sent".into(),
+            "MB/s".into(),
+            fmt_num(c.loopback_compared_mb_per_second),
         ],
         vec![
             format!("disk: write {} in 1 MiB blocks (page cache)", size),
