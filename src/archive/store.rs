@@ -168,6 +168,28 @@ impl ArchiveStore {
         got.bytes().await.map_err(|e| self.failed(name, e))
     }
 
+    /// Reads `name` as a stream of chunks (blob bytes: any size).
+    pub async fn get_stream(
+        &self,
+        name: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, StoreError>>, StoreError>
+    {
+        use futures_util::StreamExt as _;
+        let got = self
+            .store
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.failed(name, e))?;
+        let key = name.to_owned();
+        Ok(got
+            .into_stream()
+            .map_err(move |e| StoreError::Failed {
+                key: key.clone(),
+                reason: e.to_string(),
+            })
+            .boxed())
+    }
+
     pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
         match self.store.head(&self.path(name)).await {
             Ok(_) => Ok(true),
