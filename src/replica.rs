@@ -196,6 +196,7 @@ pub async fn promote(config: &Config) -> Result<PromoteReport, ReplicaError> {
         store,
         settings.replica.clone(),
         writer.clone(),
+        started.log.state.clone(),
         blob_target(config, &layout),
         stop,
     );

@@ -421,6 +421,7 @@ pub async fn run(
             archive,
             config.replica.clone(),
             writer.clone(),
+            opened.state.clone(),
             blobs,
             stop.clone(),
         )

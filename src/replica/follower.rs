@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt as _};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use sha2::Digest as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ use crate::blobs::BlobStore;
 use crate::events::Event;
 use crate::log::{FollowedRecord, LogWriter, SubmitError};
 use crate::oci::Digest;
+use crate::projection::State;
 
 pub const APPLIED_SEQ: &str = "ferro_replica_applied_seq";
 pub const LAG_SECONDS: &str = "ferro_replica_lag_seconds";
@@ -148,9 +149,13 @@ pub struct Follower {
     store: ArchiveStore,
     config: ReplicaConfig,
     writer: LogWriter,
-    /// Where linked blobs are brought in, when they live on the
+    /// Where linked blobs are brought in, and where the files of blobs
+    /// the primary collected are removed, when blobs live on the
     /// filesystem (in object storage the primary's bucket is shared).
     blobs: Option<BlobStore>,
+    /// The state the writer applies to: a collected blob's file goes
+    /// only once the state no longer holds the blob.
+    state: Arc<RwLock<State>>,
     health: Mutex<Health>,
     /// Woken by the primary's feed.
     hint: Notify,
@@ -165,6 +170,7 @@ impl Follower {
         store: ArchiveStore,
         config: ReplicaConfig,
         writer: LogWriter,
+        state: Arc<RwLock<State>>,
         blobs: Option<BlobStore>,
         stop: CancellationToken,
     ) -> Arc<Follower> {
@@ -173,6 +179,7 @@ impl Follower {
             config,
             writer,
             blobs,
+            state,
             health: Mutex::new(Health::default()),
             hint: Notify::new(),
             stop,
@@ -415,14 +422,14 @@ impl Follower {
             let bytes = bytes?;
             let (records, piece_last) = decode_piece(&p, &bytes, at)?;
             if !records.is_empty() {
-                let linked: Vec<Digest> = records
-                    .iter()
-                    .flat_map(|r| r.entry.events.iter())
-                    .filter_map(|e| match e {
-                        Event::BlobLinked { digest, .. } => Some(digest.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let (mut linked, mut collected) = (Vec::new(), Vec::new());
+                for event in records.iter().flat_map(|r| r.entry.events.iter()) {
+                    match event {
+                        Event::BlobLinked { digest, .. } => linked.push(digest.clone()),
+                        Event::BlobDeleted { digest, .. } => collected.push(digest.clone()),
+                        _ => {}
+                    }
+                }
                 self.fetch_blobs(&linked).await?;
                 let count = records.len() as u64;
                 let last = records.last().map(|r| (r.seq, r.crc)).expect("not empty");
@@ -433,6 +440,7 @@ impl Follower {
                         SubmitError::Stopped => FollowError::Local("the log writer stopped".into()),
                         e => FollowError::Local(e.to_string()),
                     })?;
+                self.remove_collected(collected).await?;
                 at = last;
                 applied += count;
                 let mut h = self.health.lock();
@@ -469,6 +477,26 @@ impl Follower {
             self.health.lock().blobs_total += 1;
         }
         Ok(())
+    }
+
+    /// Removes the files of blobs the primary collected, once applied:
+    /// those the state no longer holds (a later record may link the same
+    /// bytes again).
+    async fn remove_collected(&self, mut digests: Vec<Digest>) -> Result<(), FollowError> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(());
+        };
+        {
+            let state = self.state.read();
+            digests.retain(|d| !state.blobs.contains_key(d));
+        }
+        if digests.is_empty() {
+            return Ok(());
+        }
+        blobs
+            .remove_collected(&digests, &Default::default())
+            .await
+            .map_err(|e| FollowError::Local(format!("removing collected blobs: {e}")))
     }
 
     async fn fetch_blob(&self, blobs: &BlobStore, digest: &Digest) -> Result<(), FollowError> {

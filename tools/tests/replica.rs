@@ -500,3 +500,70 @@ fn a_replica_follows_a_primary_on_garage() {
     assert_same_reads(&primary, &replica, &[("app", "v2", &three)]);
     assert_writes_refused(&replica, &format!("http://{}", primary.addr));
 }
+
+/// The file of a blob in a data directory on the filesystem.
+fn blob_file(data: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    data.join("blobs").join("sha256").join(&hex[..2]).join(hex)
+}
+
+/// Blobs on the filesystem: the replica brings in the bytes of what is
+/// pushed (from the archive) and drops the files of what the primary's
+/// garbage collection deleted.
+#[test]
+fn a_replica_keeps_the_blob_files_of_its_state() {
+    let target = Target::file();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferro.toml");
+    std::fs::write(
+        &config,
+        "[history]\nretention = \"0s\"\n\n[gc]\ngrace = \"0s\"\n",
+    )
+    .unwrap();
+    let primary = target.primary(
+        &dir.path().join("primary"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let old = push_image(&primary, "app", "v1", "old");
+    let kept = push_image(&primary, "app", "v2", "kept");
+    wait_shipped(&primary);
+    let replica_dir = dir.path().join("replica");
+    let replica = target.replica(&replica_dir, Some(&primary));
+    wait_applied(&replica, &primary);
+    let fresh = push_image(&primary, "app", "v3", "fresh");
+    wait_shipped(&primary);
+    wait_applied(&replica, &primary);
+    for image in [&old, &kept, &fresh] {
+        assert!(blob_file(&replica_dir, &image.layer).exists());
+    }
+    assert!(metric(&replica, "ferro_replica_blobs_fetched_total") >= 2.0);
+
+    let r = client()
+        .delete(primary.url(&format!("/v2/app/manifests/{}", old.digest)))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = client()
+        .post(primary.url("/v2/_ferro/gc/run"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert!(!blob_file(&primary.data_dir, &old.layer).exists());
+    wait_shipped(&primary);
+    wait_applied(&replica, &primary);
+    assert!(!blob_file(&replica_dir, &old.layer).exists());
+    assert!(!blob_file(&replica_dir, &old.config).exists());
+    for image in [&kept, &fresh] {
+        assert!(blob_file(&replica_dir, &image.layer).exists());
+    }
+    assert_eq!(
+        get(&replica, &format!("/v2/app/blobs/{}", old.layer)).0,
+        404
+    );
+    assert_same_reads(
+        &primary,
+        &replica,
+        &[("app", "v2", &kept), ("app", "v3", &fresh)],
+    );
+}
