@@ -167,13 +167,18 @@ fn get(server: &Server, path: &str) -> (u16, Vec<u8>) {
 /// The answers both servers must give alike: manifests by tag and digest,
 /// layers and configs, tag lists, the catalog, histories, as-of reads.
 fn assert_same_reads(primary: &Server, replica: &Server, images: &[(&str, &str, &Image)]) {
-    let mut paths = vec!["/v2/_catalog".to_owned()];
+    // The feed shows the log itself: the same entries, times and actors.
+    let mut paths = vec![
+        "/v2/_catalog".to_owned(),
+        "/v2/_ferro/events/feed?after=0&n=1000".to_owned(),
+    ];
     for (repo, tag, image) in images {
         paths.extend([
             format!("/v2/{repo}/manifests/{tag}"),
             format!("/v2/{repo}/manifests/{}", image.digest),
             format!("/v2/{repo}/blobs/{}", image.layer),
             format!("/v2/{repo}/tags/list"),
+            format!("/v2/{repo}/referrers/{}", image.digest),
             format!("/v2/{repo}/_ferro/history/repository"),
             format!("/v2/{repo}/_ferro/history/tag?tag={tag}"),
             format!("/v2/{repo}/_ferro/asof/tags?at=3"),
@@ -260,6 +265,10 @@ fn a_replica_serves_and_follows_the_primary() {
     let (status, body) = readyz(&replica);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("replica of file://"), "{body}");
+    // The web UI serves, without its write actions.
+    let (status, page) = get(&replica, "/ui/");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("app"));
     assert!(metric(&replica, "ferro_replica_lag_seconds") < 5.0);
     assert!(metric(&replica, "ferro_replica_polls_total") >= 1.0);
 
