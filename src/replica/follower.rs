@@ -417,7 +417,8 @@ impl Follower {
             .buffered(PREFETCH_PIECES);
         while let Some((p, bytes)) = fetches.next().await {
             if self.stop.is_cancelled() {
-                break;
+                // Stopping: not caught up, whatever was listed.
+                return Ok(applied);
             }
             let bytes = bytes?;
             let (records, piece_last) = decode_piece(&p, &bytes, at)?;

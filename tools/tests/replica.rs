@@ -462,6 +462,17 @@ fn a_promoted_replica_takes_over_and_fences_the_old_primary() {
     let promoted = ctl(&replica_dir, &["promote"]).expect(0);
     assert!(promoted.stdout.contains("promoted"), "{}", promoted.stdout);
     ctl(&replica_dir, &["promote"]).expect(1);
+    // Promoted, it holds a writer's log: not a replica's any more.
+    let refused = Command::new(ferro_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--replica-of"])
+        .arg(target.url())
+        .arg("--data-dir")
+        .arg(&replica_dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not a replica's"), "{stderr}");
 
     let new_primary = target.primary(&replica_dir, &[]);
     let (_, body) = get(&new_primary, "/v2/app/manifests/v2");
