@@ -26,8 +26,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferro::events::{Actor, Entry, Event};
-use support::{image_config, image_manifest, median, process_cpu, spawn_ferro_with, OCI_MANIFEST};
+use support::{
+    build_archive, image_config, image_manifest, median, process_cpu, spawn_ferro_with,
+    OCI_MANIFEST,
+};
 
 struct Args {
     images: usize,
@@ -149,48 +151,6 @@ async fn run(a: &Args, extra: &[String]) -> Run {
         per_second: a.images as f64 / took.as_secs_f64(),
         cpu_ms_per_1000: cpu.as_secs_f64() * 1e3 * 1000.0 / a.images as f64,
     }
-}
-
-/// An archive of `records` records in ~1 MiB pieces under `dir`.
-fn build_archive(dir: &std::path::Path, records: u64) -> u64 {
-    let log = dir.join("log");
-    std::fs::create_dir_all(&log).unwrap();
-    let actor = Actor {
-        user: Some("ci".into()),
-        peer: Some("10.1.2.3:40000".into()),
-    };
-    let mut piece = ferro::archive::piece::PieceBuilder::new(1, 0);
-    let mut bytes = 0u64;
-    let mut scratch = Vec::new();
-    for seq in 1..=records {
-        let entry = Entry {
-            actor: actor.clone(),
-            events: vec![Event::UploadStarted {
-                repo: ferro::oci::RepoName::parse(&format!(
-                    "team{}/service{}",
-                    seq % 10,
-                    seq % 1000
-                ))
-                .unwrap(),
-                upload: format!("{seq:032x}"),
-            }],
-        };
-        let payload = ferro::log::format::encode_payload(&entry).unwrap();
-        let time = 1_764_000_000_000_000_000 + seq * 1_000_000;
-        scratch.clear();
-        let crc =
-            ferro::log::format::encode_record(&mut scratch, seq, time, piece.last_crc, &payload);
-        assert!(piece.push(seq, time, crc, &payload));
-        if piece.len_bytes() >= 1 << 20 || seq == records {
-            let next = ferro::archive::piece::PieceBuilder::new(seq + 1, piece.last_crc);
-            let done = std::mem::replace(&mut piece, next);
-            let name = done.name();
-            let b = done.into_bytes();
-            bytes += b.len() as u64;
-            std::fs::write(dir.join(&name), b).unwrap();
-        }
-    }
-    bytes
 }
 
 fn main() {

@@ -58,6 +58,9 @@ pub struct Config {
     pub ui: UiConfig,
     /// The log shipped to object storage (see `archive`); off by default.
     pub archive: crate::archive::ArchiveConfig,
+    /// Serve as a read replica of an archive (see `replica`); off by
+    /// default.
+    pub replica: crate::replica::ReplicaConfig,
     /// Events sent to HTTP endpoints from the log (see `notify`). Last:
     /// its endpoints are an array of tables.
     pub notifications: crate::notify::config::NotificationsConfig,
@@ -289,6 +292,7 @@ impl Default for Config {
             storage: crate::blobs::object::StorageConfig::default(),
             ui: UiConfig::default(),
             archive: crate::archive::ArchiveConfig::default(),
+            replica: crate::replica::ReplicaConfig::default(),
             notifications: Default::default(),
             mirrors: Vec::new(),
         }
@@ -385,6 +389,9 @@ impl Config {
             }
         }
         self.archive.validate().map_err(ConfigError::Invalid)?;
+        self.replica
+            .validate(&self.archive)
+            .map_err(ConfigError::Invalid)?;
         if self.tls.cert.as_os_str().is_empty() != self.tls.key.as_os_str().is_empty() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key go together: set both or neither".into(),
@@ -660,6 +667,33 @@ mod tests {
         c.validate().unwrap();
         c.archive.url = "ftp://x".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn replica_settings_from_variables_and_defaults() {
+        let text = Config::defaults_text();
+        assert!(text.contains("[replica]"), "{text}");
+        assert!(text.contains("poll_interval_ms = 200"), "{text}");
+        let mut c = Config::default();
+        assert!(!c.replica.enabled());
+        c.apply_env([
+            ("FERRO_REPLICA__OF".to_owned(), "s3://logs/ferro".to_owned()),
+            (
+                "FERRO_REPLICA__PRIMARY".into(),
+                "http://10.0.0.1:5000".into(),
+            ),
+            ("FERRO_REPLICA__POLL_INTERVAL_MS".into(), "50".into()),
+        ])
+        .unwrap();
+        assert_eq!(c.replica.of, "s3://logs/ferro");
+        assert_eq!(c.replica.primary, "http://10.0.0.1:5000");
+        assert_eq!(c.replica.poll_interval_ms, 50);
+        c.validate().unwrap();
+        c.archive.url = "s3://logs/other".into();
+        assert!(
+            c.validate().is_err(),
+            "a replica ships, once promoted, where it follows"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod oci;
 pub mod projection;
 pub mod reconcile;
 pub mod replay;
+pub mod replica;
 pub mod restore;
 pub mod server;
 pub mod snapshot;

@@ -192,6 +192,19 @@ struct ServeArgs {
     /// the archive (archived) [default: local].
     #[arg(long, value_enum)]
     archive_durability: Option<ferro::archive::ArchiveDurability>,
+    /// Serve as a read replica of this archive (s3://bucket/prefix or
+    /// file:///path, the primary's archive URL): restore from it, follow
+    /// it, answer every write with 405 [default: off].
+    #[arg(long, value_name = "URL")]
+    replica_of: Option<String>,
+    /// With --replica-of: the primary's URL, named to clients that try
+    /// to write and long-polled for new records.
+    #[arg(long, value_name = "URL")]
+    primary: Option<String>,
+    /// With --replica-of: how often the archive is listed, in ms
+    /// [default: 200].
+    #[arg(long)]
+    replica_poll_interval_ms: Option<u64>,
     #[arg(long, value_enum)]
     notifications_hold: Option<ferro::notify::config::LogHold>,
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -369,6 +382,15 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.archive_durability {
         a.durability = v;
+    }
+    let r = &mut c.replica;
+    for (flag, slot) in [(args.replica_of, &mut r.of), (args.primary, &mut r.primary)] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    if let Some(v) = args.replica_poll_interval_ms {
+        r.poll_interval_ms = v;
     }
     if let Some(v) = args.notifications_hold {
         c.notifications.hold = v;

@@ -66,6 +66,8 @@ pub enum ServerError {
     Task(String),
     #[error("notifications: {0}")]
     Notifications(String),
+    #[error(transparent)]
+    Replica(#[from] crate::replica::ReplicaError),
 }
 
 /// What the blocking part of startup opened.
@@ -167,6 +169,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     check_config(&config)?;
+    let replica = config.replica.enabled();
+    if !replica {
+        crate::replica::refuse_writer_on_replica(&config.data_dir)?;
+    }
     if config.durability == crate::config::DurabilityMode::Never {
         tracing::warn!("durability is \"never\": acknowledged writes can be lost on power failure");
     }
@@ -179,6 +185,7 @@ pub async fn run(
     // them once the recorder is in place.
     crate::notify::describe_metrics();
     crate::mirror::describe_metrics();
+    crate::replica::follower::describe_metrics();
     let started = Instant::now();
     let listener = Listener::bind(&config).await?;
     let url = listener.url();
@@ -201,6 +208,30 @@ pub async fn run(
         stop.clone(),
     ));
     let mut shutdown = std::pin::pin!(shutdown);
+
+    // A replica's data directory is checked, and on its first start
+    // restored from the archive, before its log is opened.
+    let followed = if replica {
+        let prepared = tokio::select! {
+            p = prepare_replica(&config, &gate) => p,
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested during startup");
+                stop.cancel();
+                let _ = serving.await;
+                return Ok(());
+            }
+        };
+        match prepared {
+            Ok(store) => Some(store),
+            Err(e) => {
+                stop.cancel();
+                let _ = serving.await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
 
     // The replay runs on the blocking pool while the listener answers.
     let opening = tokio::task::spawn_blocking({
@@ -277,10 +308,20 @@ pub async fn run(
         return Err(e.into());
     }
     let writer = opened.writer.clone();
+    if replica {
+        // Its records come only from the archive.
+        writer.follow_only(config.replica.write_refusal());
+    }
     if let Durability::Interval { interval_ms } = config.log_durability() {
         log::writer::spawn_interval_sync(writer.clone(), Duration::from_millis(interval_ms));
     }
-    if let Err(e) = crate::reconcile::reconcile_uploads(&opened.state, &store, &writer).await {
+    // A replica's uploads are the primary's: nothing of them is here.
+    if let Err(e) = match replica {
+        false => crate::reconcile::reconcile_uploads(&opened.state, &store, &writer)
+            .await
+            .map(drop),
+        true => Ok(()),
+    } {
         stop.cancel();
         let _ = serving.await;
         return Err(e.into());
@@ -304,7 +345,7 @@ pub async fn run(
         &config.gc,
         config.history.retention,
     );
-    if config.gc.enabled {
+    if config.gc.enabled && !replica {
         crate::gc::spawn_schedule(
             gc_service.collector.clone(),
             config.gc.clone(),
@@ -312,7 +353,8 @@ pub async fn run(
         );
     }
 
-    let notifier = if config.notifications.endpoints.is_empty() {
+    // Notifications, mirrors and the archive are the primary's to run.
+    let notifier = if config.notifications.endpoints.is_empty() || replica {
         None
     } else {
         match crate::notify::Notifier::start(
@@ -334,7 +376,7 @@ pub async fn run(
     };
 
     let mirrors = crate::mirror::Mirrors::new(
-        &config.mirrors,
+        if replica { &[] } else { &config.mirrors },
         &crate::mirror::Registry {
             writer: writer.clone(),
             state: opened.state.clone(),
@@ -346,7 +388,11 @@ pub async fn run(
     for m in mirrors.iter() {
         tracing::info!(prefix = %m.config.prefix, upstreams = m.config.upstreams.len(), "mirror on");
     }
-    let archive = match start_archive(&config, &layout, &writer, &store, &stop) {
+    let shipping = match replica {
+        false => start_archive(&config, &layout, &writer, &store, &stop),
+        true => Ok(None),
+    };
+    let archive = match shipping {
         Ok(a) => a,
         Err(e) => {
             stop.cancel();
@@ -367,6 +413,19 @@ pub async fn run(
         }));
     }
     let archive_loop = archive.as_ref().map(|a| a.spawn());
+    let follower = followed.map(|archive| {
+        let blobs =
+            matches!(store.backend(), crate::blobs::Backend::Filesystem).then(|| store.clone());
+        crate::replica::Follower::new(
+            archive,
+            config.replica.clone(),
+            writer.clone(),
+            opened.state.clone(),
+            blobs,
+            stop.clone(),
+        )
+    });
+    let follow_loop = follower.as_ref().map(|f| f.spawn());
 
     let app = Arc::new(App {
         layout: layout.clone(),
@@ -377,7 +436,7 @@ pub async fn run(
         sessions: UploadSessions::default(),
         delete_enabled: config.delete_enabled,
         past: PastStates::default(),
-        read_only: false,
+        read_only: replica,
         auth,
         tls,
         upload_permits: Arc::new(tokio::sync::Semaphore::new(
@@ -387,9 +446,10 @@ pub async fn run(
         notifier,
         archive,
         shutdown: stop.clone(),
-        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, false, loopback),
+        ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, replica, loopback),
         mirrors: Arc::new(mirrors),
         feed_positions: Default::default(),
+        replica: follower,
     });
     gate.open(app.clone());
     crate::metrics::set_startup(crate::metrics::Startup {
@@ -398,7 +458,10 @@ pub async fn run(
         total: started.elapsed(),
     });
     tracing::info!("listening on {url}");
-    let expiry = crate::expiry::spawn(app.clone(), stop.clone());
+    let expiry = match replica {
+        false => crate::expiry::spawn(app.clone(), stop.clone()),
+        true => None,
+    };
     let mirror_syncs = crate::mirror::sync::spawn(&app.mirrors, &stop);
 
     shutdown.await;
@@ -414,6 +477,9 @@ pub async fn run(
         let _ = task.await;
     }
     drop(app);
+    if let Some(follow_loop) = follow_loop {
+        let _ = follow_loop.await;
+    }
     tracing::info!("draining the log writer");
     writer.sync().await?;
     if let Some(archive_loop) = archive_loop {
@@ -583,6 +649,7 @@ pub async fn run_read_only(
         ui: crate::api::ui::Ui::new(&config.ui, auth_enabled, true, loopback),
         mirrors: Arc::default(),
         feed_positions: Default::default(),
+        replica: None,
     });
     let gate = Arc::new(Gate::default());
     gate.open(app);
@@ -602,6 +669,71 @@ pub async fn run_read_only(
     stop.cancel();
     let _ = serving.await;
     Ok(())
+}
+
+/// How often a replica's first read of the archive is tried again.
+const REPLICA_PREPARE_RETRY: Duration = Duration::from_secs(2);
+
+/// Readies a replica's data directory (`replica::prepare`), retrying
+/// while the archive does not answer (saying so on `/readyz`); the
+/// archive it follows.
+async fn prepare_replica(
+    config: &Config,
+    gate: &Gate,
+) -> Result<crate::archive::ArchiveStore, ServerError> {
+    use crate::archive::read::ReadError;
+    use crate::archive::restore::RestoreError;
+    use crate::replica::{Prepared, ReplicaError};
+    let archive = crate::replica::open_archive(config)
+        .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e)))?;
+    loop {
+        gate.set_waiting_for(Some(format!(
+            "replica: reading the archive {}",
+            archive.url()
+        )));
+        let mut progress = |what: &str, n: u64| {
+            tracing::info!(what, count = n, "restoring the replica from the archive");
+        };
+        match crate::replica::prepare(config, &archive, &mut progress).await {
+            Ok(prepared) => {
+                match &prepared {
+                    Prepared::Resumed => {
+                        tracing::info!(archive = %archive.url(), "replica: resuming from its own log")
+                    }
+                    Prepared::Empty => {
+                        tracing::info!(archive = %archive.url(), "replica: the archive holds no record yet; following it from the start")
+                    }
+                    Prepared::Restored(r) => tracing::info!(
+                        archive = %archive.url(),
+                        records = r.records,
+                        last_seq = r.last_seq,
+                        snapshot_seq = r.snapshot_seq.unwrap_or(0),
+                        blobs = r.blobs,
+                        "replica: restored from the archive"
+                    ),
+                }
+                gate.set_waiting_for(None);
+                return Ok(archive);
+            }
+            // The archive is unreachable or an object is bad: a replica
+            // waits for it, never starts from part of it.
+            Err(
+                e @ (ReplicaError::Store(_)
+                | ReplicaError::Restore(
+                    RestoreError::Store(_)
+                    | RestoreError::Read(ReadError::Store(_) | ReadError::Corrupt(_)),
+                )),
+            ) => {
+                tracing::warn!(archive = %archive.url(), error = %e, "replica: cannot read the archive; retrying");
+                gate.set_waiting_for(Some(format!(
+                    "replica: cannot read the archive {}: {e}",
+                    archive.url()
+                )));
+                tokio::time::sleep(REPLICA_PREPARE_RETRY).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The archive shipper of `[archive]`, when it is on: built (no request

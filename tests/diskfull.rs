@@ -383,6 +383,7 @@ fn http_pushes_fail_with_5xx_on_a_full_disk_and_work_once_space_is_back() {
         ui: ferro::api::ui::Ui::new(&Default::default(), false, false, true),
         mirrors: Default::default(),
         feed_positions: Default::default(),
+        replica: None,
     });
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -876,3 +876,89 @@ fn a_second_open_of_a_data_dir_is_locked_out() {
     let again = DataDir::open(&root).expect("the lock is released on drop");
     drop(again);
 }
+
+/// Every record of the log in `log_dir`: (seq, time, crc, prev crc, the
+/// record's bytes as on disk, its entry).
+fn raw_records(log_dir: &Path) -> Vec<ferro::log::FollowedRecord> {
+    let mut out: Vec<ferro::log::FollowedRecord> = Vec::new();
+    let mut prev_crc = 0;
+    recovery::read_log(log_dir, &ReadOptions::default(), &mut |r| {
+        let mut bytes = Vec::new();
+        let crc = ferro::log::format::encode_record(
+            &mut bytes,
+            r.seq,
+            r.time_unix_ns,
+            prev_crc,
+            r.payload,
+        );
+        assert_eq!(crc, r.crc, "re-encoding record {} gives its bytes", r.seq);
+        out.push(ferro::log::FollowedRecord {
+            seq: r.seq,
+            time_unix_ns: r.time_unix_ns,
+            crc: r.crc,
+            prev_crc,
+            bytes: Bytes::from(bytes),
+            entry: r.decode().unwrap(),
+        });
+        prev_crc = r.crc;
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    out
+}
+
+/// A follower's log (a read replica's): records of another log appended
+/// as they are, across segment rolls, are the same log record for record
+/// and fold to the same state; a record that does not continue it is
+/// refused with nothing written; commands are refused.
+#[test]
+fn a_followed_log_is_the_same_log() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (primary_dir, follower_dir) = (dir.path().join("primary"), dir.path().join("follower"));
+    let primary = open_log(&primary_dir, RecoveryMode::Strict, SEGMENT_BYTES_LARGE).unwrap();
+    submit_all(&rt, &primary, workload(120, "f"));
+    let primary_state = close(primary);
+    let records = raw_records(&primary_dir);
+    assert_eq!(records.len(), 120);
+
+    let follower = open_log(&follower_dir, RecoveryMode::Strict, 4096).unwrap();
+    follower.writer.follow_only("a read replica".into());
+    let refused = rt.block_on(follower.writer.submit(actor(0), workload(1, "x").remove(0)));
+    assert!(
+        matches!(refused, Err(ferro::log::SubmitError::Follower(_))),
+        "{refused:?}"
+    );
+    rt.block_on(follower.writer.append_followed(records[..50].to_vec()))
+        .unwrap();
+    // Not after record 50: a gap, then a record off the chain.
+    let gap = rt.block_on(follower.writer.append_followed(records[51..60].to_vec()));
+    assert!(gap.is_err());
+    let mut forked = records[50].clone();
+    forked.prev_crc ^= 1;
+    let fork = rt.block_on(follower.writer.append_followed(vec![forked]));
+    assert!(fork.is_err());
+    assert_eq!(follower.writer.tip().seq(), 50);
+    rt.block_on(follower.writer.append_followed(records[50..].to_vec()))
+        .unwrap();
+    let follower_state = close(follower);
+    assert_eq!(follower_state, primary_state);
+    assert!(
+        recovery::read_log(&follower_dir, &ReadOptions::default(), &mut |_| Ok(
+            ControlFlow::Continue(())
+        ))
+        .unwrap()
+        .segments
+        .len()
+            > 2,
+        "the follower's log rolled its 4 KiB segments"
+    );
+    let followed = raw_records(&follower_dir);
+    assert_eq!(followed.len(), records.len());
+    for (a, b) in records.iter().zip(&followed) {
+        assert_eq!(
+            (a.seq, a.time_unix_ns, a.crc, &a.bytes),
+            (b.seq, b.time_unix_ns, b.crc, &b.bytes)
+        );
+    }
+}

@@ -306,6 +306,8 @@ fn print_defaults_lists_every_setting() {
         "[archive]",
         "ship_interval_ms = 1000",
         "durability = \"local\"",
+        "[replica]",
+        "poll_interval_ms = 200",
     ] {
         assert!(text.contains(key), "{key} missing:\n{text}");
     }

@@ -110,3 +110,45 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[(v.len() - 1) / 2]
 }
+
+/// An archive of `records` records in ~1 MiB pieces under `dir`.
+pub fn build_archive(dir: &std::path::Path, records: u64) -> u64 {
+    let log = dir.join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    let actor = ferro::events::Actor {
+        user: Some("ci".into()),
+        peer: Some("10.1.2.3:40000".into()),
+    };
+    let mut piece = ferro::archive::piece::PieceBuilder::new(1, 0);
+    let mut bytes = 0u64;
+    let mut scratch = Vec::new();
+    for seq in 1..=records {
+        let entry = ferro::events::Entry {
+            actor: actor.clone(),
+            events: vec![ferro::events::Event::UploadStarted {
+                repo: ferro::oci::RepoName::parse(&format!(
+                    "team{}/service{}",
+                    seq % 10,
+                    seq % 1000
+                ))
+                .unwrap(),
+                upload: format!("{seq:032x}"),
+            }],
+        };
+        let payload = ferro::log::format::encode_payload(&entry).unwrap();
+        let time = 1_764_000_000_000_000_000 + seq * 1_000_000;
+        scratch.clear();
+        let crc =
+            ferro::log::format::encode_record(&mut scratch, seq, time, piece.last_crc, &payload);
+        assert!(piece.push(seq, time, crc, &payload));
+        if piece.len_bytes() >= 1 << 20 || seq == records {
+            let next = ferro::archive::piece::PieceBuilder::new(seq + 1, piece.last_crc);
+            let done = std::mem::replace(&mut piece, next);
+            let name = done.name();
+            let b = done.into_bytes();
+            bytes += b.len() as u64;
+            std::fs::write(dir.join(&name), b).unwrap();
+        }
+    }
+    bytes
+}

@@ -180,6 +180,7 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::NotReplicated(reason) => ApiError::new(ErrorCode::TooManyRequests, reason)
                 .with_status(StatusCode::SERVICE_UNAVAILABLE),
+            SubmitError::Follower(reason) => ApiError::new(ErrorCode::Unsupported, reason),
         }
     }
 }

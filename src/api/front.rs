@@ -288,6 +288,9 @@ fn readyz(gate: &Gate) -> Response {
         )
             .into_response()
     } else if gate.is_ready() {
+        if let Some(replica) = gate.app().and_then(|app| app.replica.clone()) {
+            return format!("ready\n{}", replica.readiness()).into_response();
+        }
         match gate
             .app()
             .and_then(|app| app.archive.as_ref().map(|a| a.readiness()))
@@ -317,6 +320,9 @@ fn metrics_page(gate: &Gate) -> Response {
             }
             if let Some(a) = &app.archive {
                 a.refresh_metrics();
+            }
+            if let Some(r) = &app.replica {
+                r.refresh_metrics();
             }
             let summary = app.state.read().summary();
             let state = crate::metrics::StateFigures {

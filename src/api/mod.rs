@@ -88,6 +88,10 @@ pub struct App {
     /// The log's archive shipper (absent when `[archive]` is off, and
     /// when serving a past state).
     pub archive: Option<Arc<crate::archive::Shipper>>,
+    /// The follower of a read replica (`[replica]`): its state comes from
+    /// another server's archive and every write answers 405 naming the
+    /// primary (`read_only` is set too).
+    pub replica: Option<Arc<crate::replica::Follower>>,
     /// Cancelled when the server starts shutting down: requests that wait
     /// on purpose (the feed's long-poll) end early instead of holding the
     /// graceful drain.

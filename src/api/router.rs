@@ -196,11 +196,11 @@ async fn serve_route(
 ) -> Response {
     match route {
         _ if app.read_only && !matches!(*method, Method::GET | Method::HEAD) => {
-            let mut r = ApiError::new(
-                ErrorCode::Unsupported,
-                "this registry serves a past state and is read-only",
-            )
-            .into_response();
+            let message = match &app.replica {
+                Some(replica) => replica.write_refusal(),
+                None => "this registry serves a past state and is read-only".into(),
+            };
+            let mut r = ApiError::new(ErrorCode::Unsupported, message).into_response();
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             r

@@ -168,6 +168,28 @@ impl ArchiveStore {
         got.bytes().await.map_err(|e| self.failed(name, e))
     }
 
+    /// Reads `name` as a stream of chunks (blob bytes: any size).
+    pub async fn get_stream(
+        &self,
+        name: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, StoreError>>, StoreError>
+    {
+        use futures_util::StreamExt as _;
+        let got = self
+            .store
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.failed(name, e))?;
+        let key = name.to_owned();
+        Ok(got
+            .into_stream()
+            .map_err(move |e| StoreError::Failed {
+                key: key.clone(),
+                reason: e.to_string(),
+            })
+            .boxed())
+    }
+
     /// Streams `name` chunk by chunk into `each` (blob bytes: any size,
     /// never held whole). Returns the number of bytes read.
     pub async fn get_each(
@@ -175,14 +197,9 @@ impl ArchiveStore {
         name: &str,
         mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<u64, StoreError> {
-        let got = self
-            .store
-            .get(&self.path(name))
-            .await
-            .map_err(|e| self.failed(name, e))?;
-        let mut chunks = got.into_stream();
+        let mut chunks = self.get_stream(name).await?;
         let mut total = 0u64;
-        while let Some(chunk) = chunks.try_next().await.map_err(|e| self.failed(name, e))? {
+        while let Some(chunk) = chunks.try_next().await? {
             each(&chunk).map_err(|e| StoreError::Failed {
                 key: name.to_owned(),
                 reason: e.to_string(),

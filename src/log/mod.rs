@@ -23,7 +23,8 @@ pub use recovery::{
     ReadOptions, RecordView, RecoveryError, RecoveryMode, RecoveryReport, ReplayFrom,
 };
 pub use writer::{
-    Committed, Durability, LogTip, LogWriter, SubmitError, WriterOptions, WriterStart,
+    Committed, Durability, FollowedRecord, LogTip, LogWriter, SubmitError, WriterOptions,
+    WriterStart,
 };
 
 /// A log opened for writing, with the state recovered from it.

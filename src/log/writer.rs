@@ -81,6 +81,25 @@ pub enum SubmitError {
     /// archive, under `archive.durability = "archived"`) was not met.
     #[error("{0}")]
     NotReplicated(String),
+    /// The log follows another server's (a read replica): it takes
+    /// records only from there, never a command.
+    #[error("{0}")]
+    Follower(String),
+}
+
+/// A record of another server's log, verified (its checksum, and its
+/// chain to the record before it), to be appended as it is: same
+/// sequence number, time and checksum, so the two logs stay one history.
+#[derive(Debug, Clone)]
+pub struct FollowedRecord {
+    pub seq: u64,
+    pub time_unix_ns: u64,
+    pub crc: u32,
+    pub prev_crc: u32,
+    /// The record's bytes as on disk (header and payload).
+    pub bytes: bytes::Bytes,
+    /// Its payload, decoded.
+    pub entry: Entry,
 }
 
 /// What a command waits for after its entry is durable and applied,
@@ -118,6 +137,11 @@ enum Submission {
     Sync {
         reply: Option<oneshot::Sender<Result<(), SubmitError>>>,
     },
+    /// Append records of the followed log as they are (a read replica).
+    Follow {
+        records: Vec<FollowedRecord>,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
+    },
 }
 
 /// The handle request handlers use. Cheap to clone.
@@ -128,6 +152,9 @@ pub struct LogWriter {
     tip: Arc<LogTip>,
     /// Set once, shared by every clone (see [`AckWait`]).
     ack_wait: Arc<std::sync::OnceLock<AckWait>>,
+    /// Set once when the log follows another server's: why commands are
+    /// refused (see [`LogWriter::follow_only`]).
+    follow_only: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The last record applied to the state: its sequence number and checksum.
@@ -276,6 +303,7 @@ impl LogWriter {
                 stats,
                 tip,
                 ack_wait: Arc::default(),
+                follow_only: Arc::default(),
             },
             handle,
         ))
@@ -293,12 +321,16 @@ impl LogWriter {
             stats: Arc::new(Mutex::new(WriterStats::default())),
             tip,
             ack_wait: Arc::default(),
+            follow_only: Arc::default(),
         }
     }
 
     /// Submits a command and waits until it is durable and applied (or
     /// rejected).
     pub async fn submit(&self, actor: Actor, command: Command) -> Result<Committed, SubmitError> {
+        if let Some(why) = self.follow_only.get() {
+            return Err(SubmitError::Follower(why.clone()));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Submission::Command {
@@ -319,6 +351,31 @@ impl LogWriter {
     /// a second call is ignored and returns `false`).
     pub fn set_ack_wait(&self, wait: AckWait) -> bool {
         self.ack_wait.set(wait).is_ok()
+    }
+
+    /// Makes this log a follower of another server's: from now on every
+    /// command is refused with `why` (set once, shared by every clone), and
+    /// records enter only through [`LogWriter::append_followed`]. So a
+    /// read replica's log never holds a record its primary did not write.
+    pub fn follow_only(&self, why: String) {
+        let _ = self.follow_only.set(why);
+    }
+
+    /// Appends records of the followed log as they are, makes them durable
+    /// (one fdatasync per segment written, unless durability is `never`),
+    /// then applies them to the state, in order. The first must follow the
+    /// log's last record (sequence number and chain): otherwise nothing is
+    /// written.
+    pub async fn append_followed(&self, records: Vec<FollowedRecord>) -> Result<(), SubmitError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Submission::Follow { records, reply })
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.await.map_err(|_| SubmitError::Stopped)?
     }
 
     /// Makes everything written so far durable.
@@ -426,6 +483,13 @@ impl Worker {
         for submission in batch.drain(..) {
             match submission {
                 Submission::Sync { reply } => syncs.push(reply),
+                Submission::Follow { records, reply } => {
+                    // In order with the commands before it (there are
+                    // none on a follower, but the order must hold).
+                    self.commit(&mut planned);
+                    keys.clear();
+                    let _ = reply.send(self.append_followed(records));
+                }
                 Submission::Command {
                     actor,
                     command,
@@ -589,6 +653,82 @@ impl Worker {
         if self.segment_len >= self.options.segment_bytes_max {
             self.roll();
         }
+    }
+
+    /// Appends followed records as they are: checked to continue the log,
+    /// written in runs that fill the active segment (rolling between
+    /// runs), each run made durable, applied and published before the next.
+    fn append_followed(&mut self, records: Vec<FollowedRecord>) -> Result<(), SubmitError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(SubmitError::Storage(reason.clone()));
+        }
+        let mut expected = (self.next_seq, self.last_crc);
+        for r in &records {
+            if r.seq != expected.0 || r.prev_crc != expected.1 {
+                return Err(SubmitError::Storage(format!(
+                    "followed record {} (previous checksum {:#010x}) does not continue this log, which expects record {} after checksum {:#010x}",
+                    r.seq, r.prev_crc, expected.0, expected.1
+                )));
+            }
+            debug_assert!(r.bytes.len() >= super::format::RECORD_HEADER_BYTES);
+            expected = (r.seq + 1, r.crc);
+        }
+        let mut at = 0;
+        while at < records.len() {
+            let run_start = at;
+            self.buffer.clear();
+            while at < records.len()
+                && (at == run_start
+                    || self.segment_len + (self.buffer.len() + records[at].bytes.len()) as u64
+                        <= self.options.segment_bytes_max)
+            {
+                self.buffer.extend_from_slice(&records[at].bytes);
+                at += 1;
+            }
+            let run = &records[run_start..at];
+            let written_len = self.segment_len + self.buffer.len() as u64;
+            if let Err(e) = self.segment.write_all(&self.buffer) {
+                let reason = format!("write to {} failed: {e}", self.segment_path.display());
+                tracing::error!("{reason}");
+                self.stats.lock().storage_failures += 1;
+                if let Err(e2) = self.segment.set_len(self.segment_len) {
+                    self.poison(format!("{reason}; truncating back also failed: {e2}"));
+                }
+                return Err(SubmitError::Storage(reason));
+            }
+            self.dirty = true;
+            if self.options.durability != Durability::Never {
+                self.fsync_to(written_len).map_err(SubmitError::Storage)?;
+            }
+            let last = run.last().expect("a run holds at least one record");
+            self.segment_len = written_len;
+            self.last_crc = last.crc;
+            self.last_time_unix_ns = self.last_time_unix_ns.max(last.time_unix_ns);
+            self.next_seq = last.seq + 1;
+            {
+                let mut state = self.state.write();
+                for r in run {
+                    state.apply(r.seq, r.time_unix_ns, &r.entry);
+                }
+                debug_assert_eq!(state.last_seq, last.seq, "the state follows the log");
+                self.tip
+                    .publish(state.last_seq, last.crc, self.buffer.len() as u64);
+            }
+            self.tip.wake();
+            {
+                let mut s = self.stats.lock();
+                s.batches += 1;
+                s.entries += run.len() as u64;
+                s.largest_batch = s.largest_batch.max(run.len() as u64);
+            }
+            if self.segment_len >= self.options.segment_bytes_max {
+                self.roll();
+                if let Some(reason) = &self.poisoned {
+                    return Err(SubmitError::Storage(reason.clone()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// fdatasync of the active segment, whose first `len` bytes are then

@@ -14,6 +14,7 @@ mod gc;
 mod history;
 mod mirror;
 mod output;
+mod promote;
 mod repair;
 mod replay;
 mod restore;
@@ -87,6 +88,10 @@ enum Command {
     RestoreFrom(archive::RestoreFromArgs),
     /// The log archive: status, verify.
     Archive(archive::ArchiveArgs),
+    /// Make a stopped read replica's data directory (--data-dir) a
+    /// writer's: catch up to the end of its archive, remove its replica
+    /// marker. Needs the replica stopped.
+    Promote(promote::PromoteArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         Command::Mirror(command) => mirror::run(command, &out),
         Command::RestoreFrom(args) => archive::run_restore(data_dir, args, &out),
         Command::Archive(args) => archive::run(data_dir, args, &out),
+        Command::Promote(args) => promote::run(data_dir, args, &out),
     };
     match result {
         Ok(exit) => exit.into(),
