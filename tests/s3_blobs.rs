@@ -4,7 +4,7 @@
 //! restart from the parts the log lists and ends as one object, with no
 //! copy; a mismatching digest stores nothing; a wrong endpoint keeps
 //! `/readyz` at 503 saying why; garbage collection deletes objects and
-//! aborts multipart uploads a crash left open; Garage
+//! aborts multipart uploads a crash or a failed abort left open; Garage
 //! stopped in the middle of pushes gives 503s, never a 500, while cached
 //! reads go on, and pushes work again when it is back, without a restart.
 //! Small blobs are pulled from the local-disk cache with no GET to the
@@ -278,13 +278,20 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
     if !garage::available("gc_deletes_objects") {
         return;
     }
-    let g = Garage::shared();
+    // A Garage of its own: it is stopped below, and its count of open
+    // multipart uploads is this test's.
+    let mut g = Garage::start();
     let prefix = "gc/";
     let reg = s3_registry(
-        g,
+        &g,
         prefix,
-        &["--storage-part-size-bytes", "65536"],
-        "[gc]\ngrace = \"0s\"\n",
+        &[
+            "--storage-part-size-bytes",
+            "65536",
+            "--storage-request-timeout-ms",
+            "2000",
+        ],
+        "[gc]\ngrace = \"0s\"\n[storage]\nretries_max = 1\nretry_timeout_ms = 1000\n",
     );
     // A tagged image keeps its config and layer; a blob no manifest
     // references goes.
@@ -292,12 +299,20 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
     let gone = reg
         .push_blob("s3/gc", &pseudo_random_bytes(100_000, 5))
         .await;
-    // A session with a part stored, then cancelled by the client: its
-    // multipart upload is aborted, nothing stays in the bucket.
+    // A session with a whole part stored: its multipart upload is open.
     let loc = reg.start_upload("s3/gc").await;
-    patch(&reg, &loc, 0, b"abandoned bytes").await;
+    let r = patch(&reg, &loc, 0, &pseudo_random_bytes(100_000, 6)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let unfinished = |g: &Garage| g.cli(&["bucket", "info", garage::BUCKET]);
+    assert!(unfinished(&g).contains("Unfinished uploads"));
+    // Cancelled while the store is down: the cancel is logged, the abort
+    // fails and is left to a collection.
+    g.stop();
     assert_eq!(reg.delete(&loc).await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(keys(g, prefix).await.len(), 3, "the three blobs' objects");
+    g.resume();
+    wait_ready(&reg).await;
+    assert!(unfinished(&g).contains("Unfinished uploads"));
+    assert_eq!(keys(&g, prefix).await.len(), 3, "the three blobs' objects");
     let r = reg
         .request(Method::POST, "/v2/_ferro/gc/run")
         .send()
@@ -307,7 +322,10 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
     let report: serde_json::Value = r.json().await.unwrap();
     assert_eq!(report["blobs_deleted"], 1, "{report}");
     assert_eq!(report["blobs"][0]["digest"], gone.as_str(), "{report}");
-    assert_eq!(keys(g, prefix).await.len(), 2, "the image's two objects");
+    assert_eq!(report["multiparts_aborted"], 1, "{report}");
+    let info = unfinished(&g);
+    assert!(!info.contains("Unfinished uploads"), "{info}");
+    assert_eq!(keys(&g, prefix).await.len(), 2, "the image's two objects");
     let r = reg
         .get(&format!("/v2/s3/gc/blobs/{}", kept.layer_digest))
         .await;
