@@ -199,7 +199,7 @@ async fn object_get(
     }
     let fill = cache
         .filter(|c| whole && c.fits(size))
-        .and_then(|c| c.begin_fill(digest));
+        .and_then(|c| c.begin_fill(digest, size));
     let body = if whole && len <= crate::blobs::read::READ_IN_MEMORY_BYTES_MAX {
         let bytes = objects.read_all(&key, len).await?;
         if bytes.len() as u64 != len {

@@ -64,10 +64,10 @@ pub const LOCAL_CACHE_DIR: &str = "blobcache";
 /// Where fills are written before they are renamed into place.
 const TMP_DIR: &str = "tmp";
 
-/// Most fills from reads in flight at once (each holds its blob in
-/// memory until it is written): past it, a read is served without
-/// filling.
-pub const FILLS_IN_FLIGHT_MAX: usize = 16;
+/// Most bytes of fills from reads in flight at once (each holds its
+/// blob in memory until it is written): past it, a read is served
+/// without filling.
+pub const FILL_BYTES_IN_FLIGHT_MAX: u64 = 64 * 1024 * 1024;
 
 /// The local-disk cache of small blobs.
 pub struct LocalCache {
@@ -76,8 +76,9 @@ pub struct LocalCache {
     bytes_max: u64,
     blob_bytes_max: u64,
     index: Mutex<Index>,
-    /// Digests being filled from a read now (one fill per digest).
-    filling: Mutex<HashSet<Digest>>,
+    /// Digests being filled from a read now (one fill per digest), and
+    /// their bytes.
+    filling: Mutex<(HashSet<Digest>, u64)>,
 }
 
 /// # Invariants
@@ -179,11 +180,14 @@ impl Drop for Prepared {
 pub struct FillPermit {
     cache: Arc<LocalCache>,
     digest: Digest,
+    size: u64,
 }
 
 impl Drop for FillPermit {
     fn drop(&mut self) {
-        self.cache.filling.lock().remove(&self.digest);
+        let mut filling = self.cache.filling.lock();
+        filling.0.remove(&self.digest);
+        filling.1 -= self.size;
     }
 }
 
@@ -382,19 +386,22 @@ impl LocalCache {
         metrics::gauge!(LOCAL_CACHE_BYTES).set(index.bytes as f64);
     }
 
-    /// Starts a fill of `digest` from a read, unless it is cached, one is
-    /// in flight for it, or [`FILLS_IN_FLIGHT_MAX`] are.
-    pub fn begin_fill(self: &Arc<Self>, digest: &Digest) -> Option<FillPermit> {
+    /// Starts a fill of `digest` (`size` bytes) from a read, unless it is
+    /// cached, one is in flight for it, or fills in flight would hold more
+    /// than [`FILL_BYTES_IN_FLIGHT_MAX`].
+    pub fn begin_fill(self: &Arc<Self>, digest: &Digest, size: u64) -> Option<FillPermit> {
         if self.contains(digest) {
             return None;
         }
         let mut filling = self.filling.lock();
-        if filling.len() >= FILLS_IN_FLIGHT_MAX || !filling.insert(digest.clone()) {
+        if filling.1 + size > FILL_BYTES_IN_FLIGHT_MAX || !filling.0.insert(digest.clone()) {
             return None;
         }
+        filling.1 += size;
         Some(FillPermit {
             cache: self.clone(),
             digest: digest.clone(),
+            size,
         })
     }
 
@@ -575,14 +582,20 @@ mod tests {
     }
 
     #[test]
-    fn one_fill_per_digest_at_a_time() {
+    fn one_fill_per_digest_at_a_time_and_bounded_bytes_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let (cache, _) = LocalCache::open(dir.path(), 1 << 20, 1 << 20, |_| None).unwrap();
         let cache = Arc::new(cache);
         let d = Digest::sha256_of(b"x");
-        let permit = cache.begin_fill(&d).unwrap();
-        assert!(cache.begin_fill(&d).is_none());
+        let permit = cache.begin_fill(&d, 1).unwrap();
+        assert!(cache.begin_fill(&d, 1).is_none());
         drop(permit);
-        assert!(cache.begin_fill(&d).is_some());
+        assert!(cache.begin_fill(&d, 1).is_some());
+        // Bounded in bytes held in memory.
+        let held = cache.begin_fill(&d, 1).unwrap();
+        let big = Digest::sha256_of(b"y");
+        assert!(cache.begin_fill(&big, FILL_BYTES_IN_FLIGHT_MAX).is_none());
+        drop(held);
+        assert!(cache.begin_fill(&big, FILL_BYTES_IN_FLIGHT_MAX).is_some());
     }
 }
