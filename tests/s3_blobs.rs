@@ -9,8 +9,9 @@
 //! reads go on, and pushes work again when it is back, without a restart.
 //! Small blobs are pulled from the local-disk cache with no GET to the
 //! store (Garage stopped, and after a restart); the cache keeps to its
-//! cap, fetches what it evicted again, never serves a corrupt or short
-//! file, drops what garbage collection deleted, and is off at 0 bytes.
+//! cap, fetches what it evicted again, never serves a file a crash left
+//! corrupt or short, drops what garbage collection deleted, and is off
+//! at 0 bytes.
 mod common;
 mod support;
 
@@ -588,8 +589,10 @@ async fn what_we_rely_on_and_work_around_in_garage() {
     let got = s3.get(&path).await.unwrap().bytes().await.unwrap();
     assert_eq!(got.as_ref(), b"second");
     // Presigned GETs work: ferro's `redirect` answers 307 to one, and a
-    // client without credentials follows it.
-    let reg = s3_registry(&g, "facts/", &["--storage-redirect"], "");
+    // client without credentials follows it. (Without the local-disk
+    // cache: a blob kept there is answered by ferro, not redirected.)
+    let flags = ["--storage-redirect", "--storage-local-cache-bytes-max", "0"];
+    let reg = s3_registry(&g, "facts/", &flags, "");
     let blob = pseudo_random_bytes(100_000, 9);
     let digest = reg.push_blob("s3/redirect", &blob).await;
     let r = reg.get(&format!("/v2/s3/redirect/blobs/{digest}")).await;
@@ -1042,25 +1045,30 @@ async fn the_local_cache_keeps_to_its_cap_fetches_evicted_blobs_again_and_never_
     pull_exact(&reg, repo, &digests[evicted], &blobs[evicted]).await;
     assert_eq!(store_gets(&reg).await, 1.0);
     wait_cached(&reg, &digests[evicted], &blobs[evicted]).await;
-    // A byte flipped on the disk: never served; fetched from the store
-    // and the file written again.
-    let victim = (0..4)
-        .find(|i| *i != evicted && cache_file(&reg, &digests[*i]).exists())
-        .unwrap();
-    let path = cache_file(&reg, &digests[victim]);
-    let mut corrupt = std::fs::read(&path).unwrap();
+    // Damage while the server is down (what a crash or power loss can
+    // leave): a byte flipped in one file, another cut short. Neither is
+    // served: the short one is dropped at startup, the flipped one when
+    // its first read hashes it; both come from the store again, byte for
+    // byte, and are written again.
+    let mut present = (0..4).filter(|i| cache_file(&reg, &digests[*i]).exists());
+    let (flipped, cut) = (present.next().unwrap(), present.next().unwrap());
+    let flipped_path = cache_file(&reg, &digests[flipped]);
+    let mut corrupt = std::fs::read(&flipped_path).unwrap();
     corrupt[12_345] ^= 0x01;
-    std::fs::write(&path, &corrupt).unwrap();
-    let gets = store_gets(&reg).await;
-    pull_exact(&reg, repo, &digests[victim], &blobs[victim]).await;
-    assert_eq!(store_gets(&reg).await, gets + 1.0);
-    wait_cached(&reg, &digests[victim], &blobs[victim]).await;
-    // A file cut short is dropped, never served short.
-    std::fs::write(&path, &blobs[victim][..100]).unwrap();
+    let cut_path = cache_file(&reg, &digests[cut]);
+    let mut reg = reg;
+    reg.server.kill();
+    std::fs::write(&flipped_path, &corrupt).unwrap();
+    std::fs::write(&cut_path, &blobs[cut][..100]).unwrap();
     let reg = reg.restart();
     wait_ready(&reg).await;
-    assert!(!cache_file(&reg, &digests[victim]).exists());
-    pull_exact(&reg, repo, &digests[victim], &blobs[victim]).await;
+    assert!(!cut_path.exists());
+    assert_eq!(store_gets(&reg).await, 0.0);
+    pull_exact(&reg, repo, &digests[flipped], &blobs[flipped]).await;
+    pull_exact(&reg, repo, &digests[cut], &blobs[cut]).await;
+    assert_eq!(store_gets(&reg).await, 2.0);
+    wait_cached(&reg, &digests[flipped], &blobs[flipped]).await;
+    wait_cached(&reg, &digests[cut], &blobs[cut]).await;
     // Larger than a cached blob may be: always from the store.
     let big = pseudo_random_bytes(60_000, 20);
     let big_digest = reg.push_blob(repo, &big).await;
