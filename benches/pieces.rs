@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench --bench pieces                    # everything
 //! cargo bench --bench pieces -- manifest_parse  # one group
+//! cargo bench --bench pieces -- digest_small_blob
 //! ```
 //!
 //! Figures are bytes per second of input.
@@ -108,5 +109,30 @@ fn digest_large_buffer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, manifest_parse, digest_large_buffer);
+/// The sha256 of a small blob: what the object backend's local-disk
+/// cache spends checking a whole blob of up to 64 KiB on every read from
+/// its file (`blobs::local_cache`).
+fn digest_small_blob(c: &mut Criterion) {
+    let mut group = c.benchmark_group("digest_small_blob");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for len in [1024usize, 16 * 1024, 64 * 1024] {
+        let buffer: Vec<u8> = (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
+            .collect();
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(len), &buffer, |b, buffer| {
+            b.iter(|| Digest::sha256_of(black_box(buffer)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    manifest_parse,
+    digest_large_buffer,
+    digest_small_blob
+);
 criterion_main!(benches);

@@ -34,6 +34,7 @@
 //! id this module generated and validated (32 lower-case hex digits).
 
 pub mod cache;
+pub mod local_cache;
 pub mod object;
 pub mod read;
 pub mod stream;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use self::cache::SmallBlobCache;
+use self::local_cache::{FillPermit, LocalCache};
 use crate::datadir::Layout;
 use crate::fsutil::{create_dir_all_durable_with, ensure_dir_durable_with};
 use crate::oci::{Digest, DigestAlgorithm, Hasher};
@@ -75,6 +77,19 @@ pub struct BlobStore {
     /// Where blob bytes live; the digest locks, the small-blob cache and
     /// the staging files of sessions stay here whichever it is.
     backend: Backend,
+    /// Small blobs of the object backend kept on the local disk.
+    local_cache: Option<Arc<LocalCache>>,
+}
+
+/// Where the bytes of a blob to keep in the local-disk cache are
+/// ([`BlobStore::spawn_local_fill`]).
+#[derive(Debug)]
+pub enum FillSource {
+    /// The whole blob, in memory.
+    Bytes(Vec<bytes::Bytes>),
+    /// A file holding exactly the whole blob (an upload's staging file),
+    /// moved into the cache, or removed if it is not kept.
+    File(PathBuf),
 }
 
 /// Where blob bytes live (`[storage] backend`). The one place the choice
@@ -209,7 +224,71 @@ impl BlobStore {
             small_blobs: Arc::default(),
             one_shot_in_progress: Arc::default(),
             backend: Backend::Filesystem,
+            local_cache: None,
         }
+    }
+
+    /// This store with a local-disk cache of small blobs (the object
+    /// backend's; see [`local_cache`]).
+    pub fn with_local_cache(mut self, cache: Arc<LocalCache>) -> BlobStore {
+        self.local_cache = Some(cache);
+        self
+    }
+
+    /// The local-disk cache of small blobs, when there is one.
+    pub fn local_cache(&self) -> Option<&Arc<LocalCache>> {
+        self.local_cache.as_ref()
+    }
+
+    /// Keeps the blob `digest` in the local-disk cache, in the
+    /// background: its bytes are verified and written (or its file moved)
+    /// aside, then renamed into place under the digest's lock if the
+    /// state still has the blob at that size; so a collection that
+    /// deletes it cannot leave its file behind. `permit`, if any, is held
+    /// until then. Without a cache, a file source is removed.
+    pub fn spawn_local_fill(
+        &self,
+        state: &Arc<parking_lot::RwLock<crate::projection::State>>,
+        digest: Digest,
+        source: FillSource,
+        permit: Option<FillPermit>,
+    ) {
+        let Some(cache) = self.local_cache.clone() else {
+            if let FillSource::File(path) = source {
+                // Not waited for: the file is only in the way.
+                drop(tokio::task::spawn_blocking(move || remove_files(&[path])));
+            }
+            return;
+        };
+        let (locks, state) = (self.locks.clone(), state.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let d = digest.clone();
+            let c = cache.clone();
+            let prepared = tokio::task::spawn_blocking(move || match source {
+                FillSource::Bytes(pieces) => c.prepare_bytes(&d, &pieces),
+                FillSource::File(path) => c.prepare_file(&d, &path).inspect_err(|_| {
+                    let _ = remove_files(&[path]);
+                }),
+            })
+            .await;
+            let prepared = match prepared {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(%digest, error = %e, "blob not kept in the local cache");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let _guard = locks.lock([&digest]).await;
+            if state.read().blobs.get(&digest) != Some(&prepared.size()) {
+                return; // deleted meanwhile: dropping `prepared` removes it
+            }
+            let committed = tokio::task::spawn_blocking(move || cache.commit(prepared)).await;
+            if let Ok(Err(e)) = committed {
+                tracing::warn!(%digest, error = %e, "blob not kept in the local cache");
+            }
+        });
     }
 
     /// This store with its blob bytes in `objects`.
@@ -253,8 +332,8 @@ impl BlobStore {
     }
 
     /// Removes the bytes of blobs whose deletion is durable in the log:
-    /// their files, and their objects (`keys`, from
-    /// [`BlobStore::object_keys`]). An object that cannot be deleted now
+    /// their files (and local-cache copies, before their objects), and
+    /// their objects (`keys`, from [`BlobStore::object_keys`]). An object that cannot be deleted now
     /// is off the record already: an orphan, which the next collection
     /// removes.
     pub async fn remove_collected(
@@ -262,7 +341,14 @@ impl BlobStore {
         digests: &[Digest],
         keys: &std::collections::HashMap<Digest, String>,
     ) -> io::Result<()> {
-        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        let mut paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        if let Some(cache) = &self.local_cache {
+            // Before the objects: a cached copy never outlives its blob.
+            for d in digests {
+                cache.forget(d);
+                paths.push(cache.path_of(d));
+            }
+        }
         tokio::task::spawn_blocking(move || remove_files(&paths))
             .await
             .map_err(io::Error::other)??;

@@ -710,11 +710,23 @@ mod tests {
             ("FERRO_STORAGE__BACKEND".to_owned(), "s3".to_owned()),
             ("FERRO_STORAGE__BUCKET".into(), "registry".into()),
             ("FERRO_STORAGE__PART_SIZE_BYTES".into(), "1048576".into()),
+            ("FERRO_STORAGE__LOCAL_CACHE_BYTES_MAX".into(), "0".into()),
+            (
+                "FERRO_STORAGE__LOCAL_CACHE_BLOB_BYTES_MAX".into(),
+                "65536".into(),
+            ),
         ])
         .unwrap();
         assert_eq!(c.storage.backend, StorageBackend::S3);
         assert_eq!(c.storage.bucket, "registry");
         assert_eq!(c.storage.part_size_bytes, 1 << 20);
+        assert_eq!(c.storage.local_cache_bytes_max, 0);
+        assert_eq!(c.storage.local_cache_blob_bytes_max, 65536);
+        let defaults = Config::defaults_text();
+        assert!(
+            defaults.contains("local_cache_bytes_max = 1073741824"),
+            "{defaults}"
+        );
         // Parts under 5 MiB only for stores that take them.
         let err = c.storage.validate().unwrap_err();
         assert!(err.contains("5 MiB"), "{err}");

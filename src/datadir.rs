@@ -9,6 +9,9 @@
 //! <data>/blobs/<alg>/<2 hex>/<hex>.<upload id>.staging
 //!                                      staging files of one-shot uploads
 //! <data>/uploads/<upload id>           staging files of upload sessions
+//! <data>/blobcache/<alg>/<2 hex>/<hex> small blobs of the object backend,
+//!                                      kept locally (`blobs::local_cache`)
+//! <data>/blobcache/tmp/<random>.tmp    cache fills being written
 //! ```
 
 use std::fs::{File, OpenOptions, TryLockError};

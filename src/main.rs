@@ -172,6 +172,13 @@ struct ServeArgs {
     /// Blob GETs answer 307 to a presigned URL of the object.
     #[arg(long)]
     storage_redirect: bool,
+    /// Bytes of small blobs kept on the local disk and served from there
+    /// instead of the store; 0: none [default: 1073741824].
+    #[arg(long)]
+    storage_local_cache_bytes_max: Option<u64>,
+    /// Largest blob kept on the local disk, in bytes [default: 16777216].
+    #[arg(long)]
+    storage_local_cache_blob_bytes_max: Option<u64>,
     /// Ship the log to this archive: s3://bucket/prefix or file:///path
     /// [default: off].
     #[arg(long)]
@@ -360,6 +367,12 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.storage_request_timeout_ms {
         s.request_timeout_ms = v;
+    }
+    if let Some(v) = args.storage_local_cache_bytes_max {
+        s.local_cache_bytes_max = v;
+    }
+    if let Some(v) = args.storage_local_cache_blob_bytes_max {
+        s.local_cache_blob_bytes_max = v;
     }
     s.allow_http |= args.storage_allow_http;
     s.allow_small_parts |= args.storage_allow_small_parts;

@@ -32,6 +32,13 @@
 //!   `ferro_object_store_received_bytes_total` (request bodies sent and
 //!   response bodies announced, every attempt)
 //!
+//! The local-disk cache of small blobs of the object-store backend
+//! (`blobs::local_cache`):
+//! - `ferro_blob_local_cache_hits_total`, `_misses_total` (GETs of a blob
+//!   small enough to be cached that found it there, or not)
+//! - `ferro_blob_local_cache_fills_total`, `_evictions_total`
+//! - `ferro_blob_local_cache_bytes` (bytes of the files it holds)
+//!
 //! The log writer and the projection keep their own figures
 //! (`WriterStats`, `LogTip`, `State::summary`); they are read at scrape
 //! time (as [`LogFigures`] and [`StateFigures`]) and rendered here, so a scrape costs nothing between scrapes and
@@ -74,6 +81,11 @@ pub const OBJECT_STORE_REQUEST_SECONDS: &str = "ferro_object_store_request_durat
 pub const OBJECT_STORE_RETRIES: &str = "ferro_object_store_retries_total";
 pub const OBJECT_STORE_BYTES_OUT: &str = "ferro_object_store_sent_bytes_total";
 pub const OBJECT_STORE_BYTES_IN: &str = "ferro_object_store_received_bytes_total";
+pub const LOCAL_CACHE_HITS: &str = "ferro_blob_local_cache_hits_total";
+pub const LOCAL_CACHE_MISSES: &str = "ferro_blob_local_cache_misses_total";
+pub const LOCAL_CACHE_FILLS: &str = "ferro_blob_local_cache_fills_total";
+pub const LOCAL_CACHE_EVICTIONS: &str = "ferro_blob_local_cache_evictions_total";
+pub const LOCAL_CACHE_BYTES: &str = "ferro_blob_local_cache_bytes";
 pub const GC_RUNS: &str = "ferro_gc_runs_total";
 pub const GC_LAST_RUN_TIMESTAMP: &str = "ferro_gc_last_run_timestamp_seconds";
 pub const GC_LAST_DURATION: &str = "ferro_gc_last_duration_seconds";
@@ -218,6 +230,27 @@ fn describe() {
         OBJECT_STORE_BYTES_IN,
         Unit::Bytes,
         "Response body bytes the object store announced"
+    );
+    describe_counter!(
+        LOCAL_CACHE_HITS,
+        "Blob GETs served from the local-disk cache of the object-store backend"
+    );
+    describe_counter!(
+        LOCAL_CACHE_MISSES,
+        "Blob GETs of a blob small enough for the local-disk cache that it did not hold"
+    );
+    describe_counter!(
+        LOCAL_CACHE_FILLS,
+        "Blobs written into the local-disk cache (from uploads and first reads)"
+    );
+    describe_counter!(
+        LOCAL_CACHE_EVICTIONS,
+        "Blobs evicted from the local-disk cache to stay under its cap"
+    );
+    describe_gauge!(
+        LOCAL_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of the blob files in the local-disk cache"
     );
     describe_counter!(GC_RUNS, "Garbage collection runs finished, by dry_run");
     describe_gauge!(

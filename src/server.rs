@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::front::{front, Front, Gate};
 use crate::api::{App, PastStates, UploadSessions};
 use crate::auth::Auth;
+use crate::blobs::local_cache::LocalCache;
 use crate::blobs::object::{ObjectBlobs, SharedObjectBlobs, StorageBackend};
 use crate::blobs::BlobStore;
 use crate::config::Config;
@@ -301,6 +302,9 @@ pub async fn run(
             return Ok(());
         }
         store = store.with_objects(objects);
+        if let Some(cache) = open_local_cache(&config, &layout, &opened.state).await {
+            store = store.with_local_cache(cache);
+        }
     }
     if let Err(e) = store.prepare_dirs() {
         stop.cancel();
@@ -780,6 +784,49 @@ fn object_store(config: &Config) -> Result<Option<SharedObjectBlobs>, ServerErro
         .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e)))?;
     tracing::info!(store = %objects.description(), "blobs in object storage");
     Ok(Some(Arc::new(objects)))
+}
+
+/// The local-disk cache of small blobs of the object backend, unless
+/// `storage.local_cache_bytes_max` is 0. One that cannot be opened is
+/// only a warning: every read then goes to the store.
+async fn open_local_cache(
+    config: &Config,
+    layout: &Layout,
+    state: &Arc<parking_lot::RwLock<crate::projection::State>>,
+) -> Option<Arc<LocalCache>> {
+    let (bytes_max, blob_bytes_max) = (
+        config.storage.local_cache_bytes_max,
+        config.storage.local_cache_blob_bytes_max,
+    );
+    if bytes_max == 0 {
+        return None;
+    }
+    let (root, state) = (layout.root.clone(), state.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let state = state.read();
+        LocalCache::open(&root, bytes_max, blob_bytes_max, |d| {
+            state.blobs.get(d).copied()
+        })
+    })
+    .await;
+    match opened {
+        Ok(Ok((cache, report))) => {
+            tracing::info!(
+                blobs = report.kept,
+                bytes = report.kept_bytes,
+                removed = report.removed,
+                evicted = report.evicted,
+                bytes_max,
+                "local blob cache opened"
+            );
+            Some(Arc::new(cache))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot open the local blob cache; reads go to the object store");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// How often an unreachable object store is asked again.

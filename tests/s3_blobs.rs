@@ -4,9 +4,14 @@
 //! restart from the parts the log lists and ends as one object, with no
 //! copy; a mismatching digest stores nothing; a wrong endpoint keeps
 //! `/readyz` at 503 saying why; garbage collection deletes objects and
-//! aborts multipart uploads a crash left open; Garage stopped in the
-//! middle of pushes gives 503s, never a 500, while cached reads go on, and
-//! pushes work again when it is back, without a restart.
+//! aborts multipart uploads a crash or a failed abort left open; Garage
+//! stopped in the middle of pushes gives 503s, never a 500, while cached
+//! reads go on, and pushes work again when it is back, without a restart.
+//! Small blobs are pulled from the local-disk cache with no GET to the
+//! store (Garage stopped, and after a restart); the cache keeps to its
+//! cap, fetches what it evicted again, never serves a file a crash left
+//! corrupt or short, drops what garbage collection deleted, and is off
+//! at 0 bytes.
 mod common;
 mod support;
 
@@ -274,13 +279,20 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
     if !garage::available("gc_deletes_objects") {
         return;
     }
-    let g = Garage::shared();
+    // A Garage of its own: it is stopped below, and its count of open
+    // multipart uploads is this test's.
+    let mut g = Garage::start();
     let prefix = "gc/";
     let reg = s3_registry(
-        g,
+        &g,
         prefix,
-        &["--storage-part-size-bytes", "65536"],
-        "[gc]\ngrace = \"0s\"\n",
+        &[
+            "--storage-part-size-bytes",
+            "65536",
+            "--storage-request-timeout-ms",
+            "2000",
+        ],
+        "[gc]\ngrace = \"0s\"\n[storage]\nretries_max = 1\nretry_timeout_ms = 1000\n",
     );
     // A tagged image keeps its config and layer; a blob no manifest
     // references goes.
@@ -288,12 +300,20 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
     let gone = reg
         .push_blob("s3/gc", &pseudo_random_bytes(100_000, 5))
         .await;
-    // A session with a part stored, then cancelled by the client: its
-    // multipart upload is aborted, nothing stays in the bucket.
+    // A session with a whole part stored: its multipart upload is open.
     let loc = reg.start_upload("s3/gc").await;
-    patch(&reg, &loc, 0, b"abandoned bytes").await;
+    let r = patch(&reg, &loc, 0, &pseudo_random_bytes(100_000, 6)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let unfinished = |g: &Garage| g.cli(&["bucket", "info", garage::BUCKET]);
+    assert!(unfinished(&g).contains("Unfinished uploads"));
+    // Cancelled while the store is down: the cancel is logged, the abort
+    // fails and is left to a collection.
+    g.stop();
     assert_eq!(reg.delete(&loc).await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(keys(g, prefix).await.len(), 3, "the three blobs' objects");
+    g.resume();
+    wait_ready(&reg).await;
+    assert!(unfinished(&g).contains("Unfinished uploads"));
+    assert_eq!(keys(&g, prefix).await.len(), 3, "the three blobs' objects");
     let r = reg
         .request(Method::POST, "/v2/_ferro/gc/run")
         .send()
@@ -303,7 +323,10 @@ async fn gc_deletes_objects_and_aborts_multipart_uploads_left_open() {
     let report: serde_json::Value = r.json().await.unwrap();
     assert_eq!(report["blobs_deleted"], 1, "{report}");
     assert_eq!(report["blobs"][0]["digest"], gone.as_str(), "{report}");
-    assert_eq!(keys(g, prefix).await.len(), 2, "the image's two objects");
+    assert_eq!(report["multiparts_aborted"], 1, "{report}");
+    let info = unfinished(&g);
+    assert!(!info.contains("Unfinished uploads"), "{info}");
+    assert_eq!(keys(&g, prefix).await.len(), 2, "the image's two objects");
     let r = reg
         .get(&format!("/v2/s3/gc/blobs/{}", kept.layer_digest))
         .await;
@@ -566,8 +589,10 @@ async fn what_we_rely_on_and_work_around_in_garage() {
     let got = s3.get(&path).await.unwrap().bytes().await.unwrap();
     assert_eq!(got.as_ref(), b"second");
     // Presigned GETs work: ferro's `redirect` answers 307 to one, and a
-    // client without credentials follows it.
-    let reg = s3_registry(&g, "facts/", &["--storage-redirect"], "");
+    // client without credentials follows it. (Without the local-disk
+    // cache: a blob kept there is answered by ferro, not redirected.)
+    let flags = ["--storage-redirect", "--storage-local-cache-bytes-max", "0"];
+    let reg = s3_registry(&g, "facts/", &flags, "");
     let blob = pseudo_random_bytes(100_000, 9);
     let digest = reg.push_blob("s3/redirect", &blob).await;
     let r = reg.get(&format!("/v2/s3/redirect/blobs/{digest}")).await;
@@ -823,4 +848,283 @@ async fn sigkill_during_pushes_loses_nothing_and_leaves_nothing_in_the_bucket() 
         assert!(stored.insert(digest), "{key} is a second copy");
     }
     assert_eq!(stored, referenced, "every referenced blob has its object");
+}
+
+/// The local-disk cache's file of `digest` in `reg`'s data directory.
+fn cache_file(reg: &Registry, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    reg.dir
+        .path()
+        .join("data/blobcache/sha256")
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Waits until the local-disk cache holds `bytes` as `digest` (fills
+/// run in the background, after the answer).
+async fn wait_cached(reg: &Registry, digest: &str, bytes: &[u8]) {
+    let path = cache_file(reg, digest);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read(&path).ok().as_deref() != Some(bytes) {
+        if Instant::now() > deadline {
+            let log: Vec<String> = reg.server.log.try_iter().collect();
+            panic!(
+                "{digest} never cached; the server said:\n{}\n{}",
+                reg.server.startup_log.join("\n"),
+                log.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `reg` answers `/readyz` with 200 (after a restart).
+async fn wait_ready(reg: &Registry) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reg.get("/readyz").await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A sample of `reg`'s metrics (0 when absent).
+async fn metric(reg: &Registry, name: &str, labels: &[&str]) -> f64 {
+    let text = reg.get("/metrics").await.text().await.unwrap();
+    common::metrics_sample(&text, name, labels).unwrap_or(0.0)
+}
+
+/// GETs the object store answered (blob reads that went to it).
+async fn store_gets(reg: &Registry) -> f64 {
+    let labels = ["operation=\"get\"", "outcome=\"ok\""];
+    metric(reg, "ferro_object_store_requests_total", &labels).await
+}
+
+/// GETs `digest` from `repo` and checks the answer is exactly `bytes`.
+async fn pull_exact(reg: &Registry, repo: &str, digest: &str, bytes: &[u8]) {
+    let r = reg.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK, "GET {digest}");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes, "GET {digest}");
+}
+
+/// The settings that make every blob GET below the in-memory cache reach
+/// the local-disk cache or the store.
+const NO_MEMORY_CACHE: [&str; 2] = ["--blob-cache-bytes-max", "0"];
+
+#[tokio::test]
+async fn pushed_small_blobs_are_pulled_from_the_local_disk_with_garage_stopped_and_after_a_restart()
+{
+    if !garage::available("pushed_small_blobs_are_pulled_from_the_local_disk") {
+        return;
+    }
+    // A Garage of its own: it is stopped below.
+    let mut g = Garage::start();
+    let repo = "s3/local";
+    let mut flags = NO_MEMORY_CACHE.to_vec();
+    flags.extend(["--storage-part-size-bytes", "65536"]);
+    let reg = s3_registry(&g, "local/", &flags, "");
+    // One request (bytes in memory).
+    let one_shot = pseudo_random_bytes(16 * 1024, 1);
+    let one_shot_digest = reg.push_blob(repo, &one_shot).await;
+    // A chunk staged on the disk, then an empty closing PUT: the staging
+    // file, the whole blob, moves into the cache.
+    let staged = pseudo_random_bytes(40 * 1024, 3);
+    let staged_digest = sha256(&staged);
+    let loc = reg.start_upload(repo).await;
+    assert_eq!(
+        patch(&reg, &loc, 0, &staged).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let r = reg
+        .request(
+            Method::PUT,
+            &with_query(&loc, &format!("digest={staged_digest}")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Several parts: not kept by the upload, kept by its first read.
+    let large = pseudo_random_bytes(200 * 1024, 5);
+    let large_digest = reg.push_blob(repo, &large).await;
+    wait_cached(&reg, &one_shot_digest, &one_shot).await;
+    wait_cached(&reg, &staged_digest, &staged).await;
+    let uploads = reg.dir.path().join("data/uploads");
+    assert_eq!(
+        std::fs::read_dir(&uploads).unwrap().count(),
+        0,
+        "the staging file was moved, not left"
+    );
+    assert!(!cache_file(&reg, &large_digest).exists());
+    // Served from the disk: no GET reaches the store.
+    pull_exact(&reg, repo, &one_shot_digest, &one_shot).await;
+    pull_exact(&reg, repo, &staged_digest, &staged).await;
+    let r = reg
+        .request(Method::GET, &format!("/v2/{repo}/blobs/{staged_digest}"))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &staged[1000..2000]);
+    assert_eq!(store_gets(&reg).await, 0.0);
+    // The large one: once from the store, then from the disk (mapped).
+    pull_exact(&reg, repo, &large_digest, &large).await;
+    assert_eq!(store_gets(&reg).await, 1.0);
+    wait_cached(&reg, &large_digest, &large).await;
+    pull_exact(&reg, repo, &large_digest, &large).await;
+    assert_eq!(store_gets(&reg).await, 1.0);
+    let hits = "ferro_blob_local_cache_hits_total";
+    assert!(metric(&reg, hits, &[]).await >= 4.0);
+    let blobs = [
+        (&one_shot_digest, &one_shot),
+        (&staged_digest, &staged),
+        (&large_digest, &large),
+    ];
+    g.stop();
+    for (digest, bytes) in blobs {
+        pull_exact(&reg, repo, digest, bytes).await;
+    }
+    // After a restart (the store must answer for ferro to start), the
+    // cache is read from the directory again.
+    g.resume();
+    let reg = reg.restart();
+    wait_ready(&reg).await;
+    let cached_bytes = (one_shot.len() + staged.len() + large.len()) as f64;
+    assert_eq!(
+        metric(&reg, "ferro_blob_local_cache_bytes", &[]).await,
+        cached_bytes
+    );
+    g.stop();
+    for (digest, bytes) in blobs {
+        pull_exact(&reg, repo, digest, bytes).await;
+    }
+    assert_eq!(store_gets(&reg).await, 0.0);
+}
+
+#[tokio::test]
+async fn the_local_cache_keeps_to_its_cap_fetches_evicted_blobs_again_and_never_serves_a_corrupt_file(
+) {
+    if !garage::available("the_local_cache_keeps_to_its_cap") {
+        return;
+    }
+    let g = Garage::shared();
+    let repo = "s3/cap";
+    let mut flags = NO_MEMORY_CACHE.to_vec();
+    flags.extend([
+        "--storage-local-cache-bytes-max",
+        "100000",
+        "--storage-local-cache-blob-bytes-max",
+        "50000",
+    ]);
+    let reg = s3_registry(g, "cap/", &flags, "");
+    // Odd seeds: the generator's seed is odd (`seed | 1`).
+    let blobs: Vec<Vec<u8>> = (0..4)
+        .map(|i| pseudo_random_bytes(30_000, 11 + 2 * i))
+        .collect();
+    let mut digests = Vec::new();
+    for b in &blobs {
+        digests.push(reg.push_blob(repo, b).await);
+    }
+    let fills = "ferro_blob_local_cache_fills_total";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&reg, fills, &[]).await < 4.0 {
+        assert!(Instant::now() < deadline, "four fills");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three fit under 100,000 bytes: the least recently used went.
+    let cached: Vec<bool> = digests
+        .iter()
+        .map(|d| cache_file(&reg, d).exists())
+        .collect();
+    assert_eq!(cached.iter().filter(|c| **c).count(), 3, "{cached:?}");
+    assert!(metric(&reg, "ferro_blob_local_cache_bytes", &[]).await <= 100_000.0);
+    assert!(metric(&reg, "ferro_blob_local_cache_evictions_total", &[]).await >= 1.0);
+    let evicted = cached.iter().position(|c| !c).unwrap();
+    // Fetched again from the store, byte for byte, and kept again.
+    assert_eq!(store_gets(&reg).await, 0.0);
+    pull_exact(&reg, repo, &digests[evicted], &blobs[evicted]).await;
+    assert_eq!(store_gets(&reg).await, 1.0);
+    wait_cached(&reg, &digests[evicted], &blobs[evicted]).await;
+    // Damage while the server is down (what a crash or power loss can
+    // leave): a byte flipped in one file, another cut short. Neither is
+    // served: the short one is dropped at startup, the flipped one when
+    // its first read hashes it; both come from the store again, byte for
+    // byte, and are written again.
+    let mut present = (0..4).filter(|i| cache_file(&reg, &digests[*i]).exists());
+    let (flipped, cut) = (present.next().unwrap(), present.next().unwrap());
+    let flipped_path = cache_file(&reg, &digests[flipped]);
+    let mut corrupt = std::fs::read(&flipped_path).unwrap();
+    corrupt[12_345] ^= 0x01;
+    let cut_path = cache_file(&reg, &digests[cut]);
+    let mut reg = reg;
+    reg.server.kill();
+    std::fs::write(&flipped_path, &corrupt).unwrap();
+    std::fs::write(&cut_path, &blobs[cut][..100]).unwrap();
+    let reg = reg.restart();
+    wait_ready(&reg).await;
+    assert!(!cut_path.exists());
+    assert_eq!(store_gets(&reg).await, 0.0);
+    pull_exact(&reg, repo, &digests[flipped], &blobs[flipped]).await;
+    pull_exact(&reg, repo, &digests[cut], &blobs[cut]).await;
+    assert_eq!(store_gets(&reg).await, 2.0);
+    wait_cached(&reg, &digests[flipped], &blobs[flipped]).await;
+    wait_cached(&reg, &digests[cut], &blobs[cut]).await;
+    // Larger than a cached blob may be: always from the store.
+    let big = pseudo_random_bytes(60_000, 20);
+    let big_digest = reg.push_blob(repo, &big).await;
+    let gets = store_gets(&reg).await;
+    pull_exact(&reg, repo, &big_digest, &big).await;
+    pull_exact(&reg, repo, &big_digest, &big).await;
+    assert_eq!(store_gets(&reg).await, gets + 2.0);
+    assert!(!cache_file(&reg, &big_digest).exists());
+}
+
+#[tokio::test]
+async fn a_collected_blob_leaves_the_local_cache_and_is_not_served() {
+    if !garage::available("a_collected_blob_leaves_the_local_cache") {
+        return;
+    }
+    let g = Garage::shared();
+    let repo = "s3/cachegc";
+    let reg = s3_registry(g, "cachegc/", &NO_MEMORY_CACHE, "[gc]\ngrace = \"0s\"\n");
+    let bytes = pseudo_random_bytes(20_000, 30);
+    let digest = reg.push_blob(repo, &bytes).await;
+    wait_cached(&reg, &digest, &bytes).await;
+    let path = format!("/v2/{repo}/blobs/{digest}");
+    assert_eq!(reg.delete(&path).await.status(), StatusCode::ACCEPTED);
+    expect_error(reg.get(&path).await, 404, "BLOB_UNKNOWN").await;
+    let r = reg
+        .request(Method::POST, "/v2/_ferro/gc/run")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["blobs_deleted"], 1, "{report}");
+    assert!(!cache_file(&reg, &digest).exists());
+    expect_error(reg.get(&path).await, 404, "BLOB_UNKNOWN").await;
+    assert!(keys(g, "cachegc/").await.is_empty());
+    // Pushed again: stored and cached again.
+    reg.push_blob(repo, &bytes).await;
+    wait_cached(&reg, &digest, &bytes).await;
+    pull_exact(&reg, repo, &digest, &bytes).await;
+}
+
+#[tokio::test]
+async fn a_local_cache_of_zero_bytes_is_off() {
+    if !garage::available("a_local_cache_of_zero_bytes_is_off") {
+        return;
+    }
+    let g = Garage::shared();
+    let repo = "s3/nocache";
+    let mut flags = NO_MEMORY_CACHE.to_vec();
+    flags.extend(["--storage-local-cache-bytes-max", "0"]);
+    let reg = s3_registry(g, "nocache/", &flags, "");
+    let bytes = pseudo_random_bytes(20_000, 40);
+    let digest = reg.push_blob(repo, &bytes).await;
+    for _ in 0..3 {
+        pull_exact(&reg, repo, &digest, &bytes).await;
+    }
+    assert_eq!(store_gets(&reg).await, 3.0);
+    assert!(!reg.dir.path().join("data/blobcache").exists());
 }

@@ -94,6 +94,12 @@ pub struct StorageConfig {
     pub redirect: bool,
     /// Lifetime of a presigned URL under `redirect`.
     pub redirect_url_lifetime_secs: u64,
+    /// Bytes of small blobs kept on the local disk
+    /// (`<data>/blobcache/`, see `blobs::local_cache`) and served from
+    /// there instead of the store; 0: none.
+    pub local_cache_bytes_max: u64,
+    /// Largest blob the local-disk cache keeps.
+    pub local_cache_blob_bytes_max: u64,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -108,6 +114,11 @@ impl std::fmt::Debug for StorageConfig {
             .field("secret_access_key", &"<redacted>")
             .field("part_size_bytes", &self.part_size_bytes)
             .field("allow_small_parts", &self.allow_small_parts)
+            .field("local_cache_bytes_max", &self.local_cache_bytes_max)
+            .field(
+                "local_cache_blob_bytes_max",
+                &self.local_cache_blob_bytes_max,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +130,10 @@ pub const PART_SIZE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
 pub const PART_SIZE_BYTES_MIN: u64 = 5 * 1024 * 1024;
 /// Largest `storage.part_size_bytes` (S3's limit on one part).
 pub const PART_SIZE_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024;
+/// Default of `storage.local_cache_bytes_max`.
+pub const LOCAL_CACHE_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// Default of `storage.local_cache_blob_bytes_max`.
+pub const LOCAL_CACHE_BLOB_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
 /// The most parts of one multipart upload (S3's limit).
 pub const PARTS_MAX: u32 = 10_000;
 
@@ -140,6 +155,8 @@ impl Default for StorageConfig {
             retry_timeout_ms: 10_000,
             redirect: false,
             redirect_url_lifetime_secs: 300,
+            local_cache_bytes_max: LOCAL_CACHE_BYTES_MAX_DEFAULT,
+            local_cache_blob_bytes_max: LOCAL_CACHE_BLOB_BYTES_MAX_DEFAULT,
         }
     }
 }

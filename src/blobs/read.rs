@@ -7,11 +7,14 @@
 //!
 //! Mapping is safe here because a committed blob file never changes: it is
 //! renamed into place whole and only ever unlinked (garbage collection),
-//! and unlinking a file leaves existing maps of it valid.
+//! and unlinking a file leaves existing maps of it valid. The files of the
+//! object backend's local-disk cache (`local_cache`) are read the same
+//! way, under the same rule (renamed in whole; evicted by unlinking).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use bytes::Bytes;
 
@@ -51,24 +54,31 @@ impl BlobStore {
     /// async threads. A file shorter than the range is an error
     /// (`UnexpectedEof`), never a short answer.
     pub fn read_range(&self, digest: &Digest, start: u64, len: u64) -> io::Result<BlobRange> {
-        let file = File::open(self.blob_path(digest))?;
-        if len <= READ_IN_MEMORY_BYTES_MAX {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, start)?;
-            return Ok(BlobRange::InMemory(Bytes::from(buf)));
-        }
-        let file_len = file.metadata()?.len();
-        let end = start
-            .checked_add(len)
-            .filter(|&e| e <= file_len)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("blob file has {file_len} bytes, {start}+{len} were asked for"),
-                )
-            })?;
-        Ok(BlobRange::Mapped(MappedRange { file, start, end }))
+        read_file_range(&self.blob_path(digest), start, len)
     }
+}
+
+/// Bytes `start..start + len` of the blob file at `path` (a committed
+/// blob, or a file of the local-disk cache: neither changes once in
+/// place), as [`BlobStore::read_range`] reads them. Blocking.
+pub fn read_file_range(path: &Path, start: u64, len: u64) -> io::Result<BlobRange> {
+    let file = File::open(path)?;
+    if len <= READ_IN_MEMORY_BYTES_MAX {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start)?;
+        return Ok(BlobRange::InMemory(Bytes::from(buf)));
+    }
+    let file_len = file.metadata()?.len();
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= file_len)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("blob file has {file_len} bytes, {start}+{len} were asked for"),
+            )
+        })?;
+    Ok(BlobRange::Mapped(MappedRange { file, start, end }))
 }
 
 impl MappedRange {

@@ -16,7 +16,10 @@
 //! the closing request sends the tail and its own bytes as the last part.
 //! The multipart upload is opened, and logged, with the first part, at the
 //! upload's own key, so completing it is the blob: no copy. A whole blob
-//! of at most a part is one PutObject.
+//! of at most a part is one PutObject; once its completion is logged it
+//! is kept in the local-disk cache (`blobs::local_cache`), when there is
+//! one: its staging file moved there when it holds every byte, or the
+//! bytes, in memory already, written there.
 //!
 //! Tail writes go only past the acknowledged size, so a crash before the
 //! chunk is logged leaves the acknowledged tail intact; startup cuts the
@@ -35,6 +38,7 @@ use futures_util::StreamExt as _;
 
 use super::*;
 use crate::blobs::object::{ObjectBlobs, SharedObjectBlobs, PARTS_MAX};
+use crate::blobs::FillSource;
 use crate::projection::StoredPart;
 
 /// What streaming a body into parts produced.
@@ -395,6 +399,9 @@ struct Stored {
     parts: Vec<StoredPart>,
     length: u64,
     crc32: u32,
+    /// The whole blob, when it went to the store in one request (no
+    /// multipart upload): its bytes were all in memory.
+    whole: Option<Bytes>,
 }
 
 /// Why a closing request stored nothing.
@@ -467,13 +474,15 @@ async fn store_closing(
                     return Err(NotStored::Mismatch(e, None));
                 }
                 let key = objects.key_for_upload(upload);
-                objects.put_object(&key, buf.freeze()).await?;
+                let whole = buf.freeze();
+                objects.put_object(&key, whole.clone()).await?;
                 return Ok(Stored {
                     key,
                     multipart: None,
                     parts: Vec::new(),
                     length,
                     crc32: sums.crc.finalize(),
+                    whole: Some(whole),
                 });
             }
             let (key, multipart, next) = open_multipart(app, ctx, objects, upload).await?;
@@ -540,6 +549,7 @@ async fn store_closing(
         parts: sent.parts,
         length,
         crc32: sums.crc.finalize(),
+        whole: None,
     })
 }
 
@@ -630,8 +640,26 @@ pub(super) async fn finish(
     };
     app.writer.submit(ctx.actor(), command).await?;
     drop(_guard);
-    // Completed on the record: the staged tail is in the object now.
-    super::file::remove_staging(&app.store.staging_path(id)).await;
+    // Completed on the record: the staged tail is in the object now, and
+    // no longer needed but as the local cache's copy of a small blob.
+    let staging = app.store.staging_path(id);
+    let size = offset + stored.length;
+    match (stored.whole, app.store.local_cache()) {
+        // Every byte was staged by earlier chunks: the staging file is
+        // the whole blob, moved into the cache.
+        (Some(_), Some(cache)) if stored.length == 0 && size > 0 && cache.fits(size) => {
+            let source = FillSource::File(staging);
+            app.store
+                .spawn_local_fill(&app.state, digest.clone(), source, None);
+        }
+        (Some(whole), Some(cache)) if cache.fits(size) => {
+            super::file::remove_staging(&staging).await;
+            let source = FillSource::Bytes(vec![whole]);
+            app.store
+                .spawn_local_fill(&app.state, digest.clone(), source, None);
+        }
+        _ => super::file::remove_staging(&staging).await,
+    }
     drop_duplicate(app, objects, digest, &stored.key).await;
     let _ = stored.multipart;
     app.sessions.remove(id);
@@ -689,6 +717,13 @@ pub(super) async fn monolithic(
         )
         .await?;
     drop(_guard);
+    if let (Some(whole), Some(cache)) = (stored.whole, app.store.local_cache()) {
+        if cache.fits(stored.length) {
+            let source = FillSource::Bytes(vec![whole]);
+            app.store
+                .spawn_local_fill(&app.state, digest.clone(), source, None);
+        }
+    }
     drop_duplicate(app, objects, digest, &stored.key).await;
     Ok(blob_created(repo, digest))
 }
