@@ -600,20 +600,15 @@ impl Worker {
             *planned = kept;
             return self.commit(planned);
         }
-        let written_len = self.segment_len + self.buffer.len() as u64;
-        if let Err(e) = self.segment.write_all(&self.buffer) {
-            // Cut any partial write back off, so the segment ends on a record.
-            let reason = format!("write to {} failed: {e}", self.segment_path.display());
-            tracing::error!("{reason}");
-            self.stats.lock().storage_failures += 1;
-            if let Err(e2) = self.segment.set_len(self.segment_len) {
-                self.poison(format!("{reason}; truncating back also failed: {e2}"));
+        let written_len = match self.write_buffer() {
+            Ok(len) => len,
+            Err(reason) => {
+                for p in planned.drain(..) {
+                    let _ = p.reply.send(Err(SubmitError::Storage(reason.clone())));
+                }
+                return;
             }
-            for p in planned.drain(..) {
-                let _ = p.reply.send(Err(SubmitError::Storage(reason.clone())));
-            }
-            return;
-        }
+        };
         self.dirty = true;
         if self.options.durability == Durability::Always {
             if let Err(reason) = self.fsync_to(written_len) {
@@ -655,6 +650,24 @@ impl Worker {
         }
     }
 
+    /// Appends the buffered records to the active segment; returns the
+    /// segment's length with them. A failed write is cut back off, so the
+    /// segment still ends on a record (the writer is poisoned when even
+    /// that fails).
+    fn write_buffer(&mut self) -> Result<u64, String> {
+        let written_len = self.segment_len + self.buffer.len() as u64;
+        if let Err(e) = self.segment.write_all(&self.buffer) {
+            let reason = format!("write to {} failed: {e}", self.segment_path.display());
+            tracing::error!("{reason}");
+            self.stats.lock().storage_failures += 1;
+            if let Err(e2) = self.segment.set_len(self.segment_len) {
+                self.poison(format!("{reason}; truncating back also failed: {e2}"));
+            }
+            return Err(reason);
+        }
+        Ok(written_len)
+    }
+
     /// Appends followed records as they are: checked to continue the log,
     /// written in runs that fill the active segment (rolling between
     /// runs), each run made durable, applied and published before the next.
@@ -686,16 +699,7 @@ impl Worker {
                 at += 1;
             }
             let run = &records[run_start..at];
-            let written_len = self.segment_len + self.buffer.len() as u64;
-            if let Err(e) = self.segment.write_all(&self.buffer) {
-                let reason = format!("write to {} failed: {e}", self.segment_path.display());
-                tracing::error!("{reason}");
-                self.stats.lock().storage_failures += 1;
-                if let Err(e2) = self.segment.set_len(self.segment_len) {
-                    self.poison(format!("{reason}; truncating back also failed: {e2}"));
-                }
-                return Err(SubmitError::Storage(reason));
-            }
+            let written_len = self.write_buffer().map_err(SubmitError::Storage)?;
             self.dirty = true;
             if self.options.durability != Durability::Never {
                 self.fsync_to(written_len).map_err(SubmitError::Storage)?;
