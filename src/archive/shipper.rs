@@ -556,7 +556,9 @@ impl Shipper {
         uploaded: &mut HashSet<Digest>,
         resume: &mut Option<ResumeAt>,
     ) -> Result<(), ShipError> {
+        let started = Instant::now();
         epoch::check(&self.store, epoch).await?;
+        let checked = started.elapsed();
         let shipped = self.shipped();
         let appended_before = self.writer.tip().appended_bytes();
         let log_dir = self.layout.log_dir();
@@ -572,13 +574,18 @@ impl Shipper {
         if piece.records() == 0 {
             return Ok(());
         }
+        let read = started.elapsed();
+        let blob_count = blobs.len();
+        let (mut heads, mut puts) = (0usize, 0usize);
         if let Some(store) = &self.blobs {
             for digest in blobs {
                 if uploaded.contains(&digest) {
                     continue;
                 }
                 let name = blob_name(&digest);
+                heads += 1;
                 if !self.store.exists(&name).await? {
+                    puts += 1;
                     let path = store.blob_path(&digest);
                     if !path.exists() {
                         // Deleted since (a later record says so): nothing
@@ -591,6 +598,7 @@ impl Shipper {
                 uploaded.insert(digest);
             }
         }
+        let blobbed = started.elapsed();
         let name = piece.name();
         let next = Shipped {
             seq: piece.last_seq,
@@ -612,6 +620,7 @@ impl Shipper {
             }
             Err(e) => return Err(e.into()),
         }
+        let put = started.elapsed();
         if next.seq >= upto {
             self.shipped_appended_bytes
                 .store(appended_before, Ordering::Release);
@@ -643,6 +652,20 @@ impl Shipper {
             // Only a hint: the next start reads the archive.
             tracing::warn!(error = %e, "could not write the shipping cursor");
         }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            records = next.seq - shipped.seq,
+            bytes = len,
+            blobs = blob_count,
+            heads,
+            puts,
+            epoch_check_ms = ms(checked),
+            read_ms = ms(read - checked),
+            blobs_ms = ms(blobbed - read),
+            piece_ms = ms(put - blobbed),
+            cursor_ms = ms(started.elapsed() - put),
+            "shipped a piece"
+        );
         Ok(())
     }
 
