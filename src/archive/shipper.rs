@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// How often a shipper that never catches up looks for a new snapshot.
 const SNAPSHOT_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How many small blobs of one shipment are uploaded at the same time:
+/// on a store with a few milliseconds per request (Garage fsyncs each
+/// object) one after another is what made a shipment slow.
+const BLOB_UPLOADS_AT_ONCE: usize = 8;
+/// Blobs from this size on are uploaded one at a time: each is buffered
+/// (`put_file`: up to 10 MiB, then parts in flight), so this bounds the
+/// memory a shipment holds at about `BLOB_UPLOADS_AT_ONCE` times this.
+const BLOB_LARGE_BYTES: u64 = 8 << 20;
 /// How long a graceful shutdown waits for the last records to ship.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -105,6 +114,15 @@ pub struct Shipper {
     health: Mutex<Health>,
     stop: CancellationToken,
     writer_id: [u8; 16],
+}
+
+/// Requests a shipment made for its blobs.
+#[derive(Debug, Default, Clone, Copy)]
+struct BlobsSent {
+    /// Blobs looked up in the archive (not already uploaded by this process).
+    heads: usize,
+    /// Blobs the archive lacked and that were put.
+    puts: usize,
 }
 
 /// Why a shipment did not happen.
@@ -557,8 +575,6 @@ impl Shipper {
         resume: &mut Option<ResumeAt>,
     ) -> Result<(), ShipError> {
         let started = Instant::now();
-        epoch::check(&self.store, epoch).await?;
-        let checked = started.elapsed();
         let shipped = self.shipped();
         let appended_before = self.writer.tip().appended_bytes();
         let log_dir = self.layout.log_dir();
@@ -576,29 +592,16 @@ impl Shipper {
         }
         let read = started.elapsed();
         let blob_count = blobs.len();
-        let (mut heads, mut puts) = (0usize, 0usize);
-        if let Some(store) = &self.blobs {
-            for digest in blobs {
-                if uploaded.contains(&digest) {
-                    continue;
-                }
-                let name = blob_name(&digest);
-                heads += 1;
-                if !self.store.exists(&name).await? {
-                    puts += 1;
-                    let path = store.blob_path(&digest);
-                    if !path.exists() {
-                        // Deleted since (a later record says so): nothing
-                        // to carry; a restore to before that point lacks it.
-                        tracing::warn!(digest = %digest, "a shipped record links a blob no longer on disk");
-                        continue;
-                    }
-                    self.store.put_file(&name, &path).await?;
-                }
-                uploaded.insert(digest);
-            }
-        }
+        let sent = match &self.blobs {
+            Some(store) => self.ship_blobs(store, blobs, uploaded).await?,
+            None => BlobsSent::default(),
+        };
         let blobbed = started.elapsed();
+        // The epoch is checked after the blobs (content-addressed, harmless
+        // from a fenced writer) and right before the piece, so that the
+        // window between the check and the put is one request wide.
+        epoch::check(&self.store, epoch).await?;
+        let checked = started.elapsed();
         let name = piece.name();
         let next = Shipped {
             seq: piece.last_seq,
@@ -657,16 +660,88 @@ impl Shipper {
             records = next.seq - shipped.seq,
             bytes = len,
             blobs = blob_count,
-            heads,
-            puts,
-            epoch_check_ms = ms(checked),
-            read_ms = ms(read - checked),
+            heads = sent.heads,
+            puts = sent.puts,
+            read_ms = ms(read),
             blobs_ms = ms(blobbed - read),
-            piece_ms = ms(put - blobbed),
+            epoch_check_ms = ms(checked - blobbed),
+            piece_ms = ms(put - checked),
             cursor_ms = ms(started.elapsed() - put),
             "shipped a piece"
         );
         Ok(())
+    }
+
+    /// Puts the blobs `linked` names that the archive lacks: small ones
+    /// [`BLOB_UPLOADS_AT_ONCE`] at a time, large ones one by one. Returns
+    /// only once every one is in the archive (or gone from disk), since the
+    /// piece linking them follows.
+    async fn ship_blobs(
+        &self,
+        store: &BlobStore,
+        linked: Vec<Digest>,
+        uploaded: &mut HashSet<Digest>,
+    ) -> Result<BlobsSent, ShipError> {
+        let mut sent = BlobsSent::default();
+        let mut wanted = HashSet::new();
+        let mut small = Vec::new();
+        let mut large = Vec::new();
+        for digest in linked {
+            if uploaded.contains(&digest) || !wanted.insert(digest.clone()) {
+                continue;
+            }
+            let path = store.blob_path(&digest);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.len() >= BLOB_LARGE_BYTES => large.push((digest, path)),
+                Ok(_) => small.push((digest, path)),
+                Err(_) => {
+                    // Deleted since (a later record says so): nothing to
+                    // carry; a restore to before that point lacks it.
+                    tracing::warn!(digest = %digest, "a shipped record links a blob no longer on disk");
+                }
+            }
+        }
+        let mut puts = futures_util::stream::iter(small)
+            .map(|(digest, path)| self.ship_blob(digest, path))
+            .buffer_unordered(BLOB_UPLOADS_AT_ONCE);
+        let mut failed = None;
+        while let Some(done) = puts.next().await {
+            match done {
+                Ok((digest, put)) => {
+                    sent.heads += 1;
+                    sent.puts += usize::from(put);
+                    uploaded.insert(digest);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(puts);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        for (digest, path) in large {
+            let (digest, put) = self.ship_blob(digest, path).await?;
+            sent.heads += 1;
+            sent.puts += usize::from(put);
+            uploaded.insert(digest);
+        }
+        debug_assert!(wanted
+            .iter()
+            .all(|d| uploaded.contains(d) || !store.blob_path(d).exists()));
+        Ok(sent)
+    }
+
+    /// Puts one blob unless the archive has it; whether it was put.
+    async fn ship_blob(&self, digest: Digest, path: PathBuf) -> Result<(Digest, bool), StoreError> {
+        let name = blob_name(&digest);
+        if self.store.exists(&name).await? {
+            return Ok((digest, false));
+        }
+        self.store.put_file(&name, &path).await?;
+        Ok((digest, true))
     }
 
     /// The newest snapshot already in the archive.
