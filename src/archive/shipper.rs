@@ -6,9 +6,9 @@
 //! recovery), and ships them as one piece when one of these holds:
 //! `durability = "archived"` (at once: the writers waiting for the
 //! archive share that piece), `ship_max_bytes` are waiting, or the last
-//! shipment is `ship_interval_ms` old. Before each piece it checks the
-//! writer epoch; after it, it moves the shipped point (waking archived
-//! writers) and writes the local cursor. Failures are retried with
+//! shipment is `ship_interval_ms` old. Right before each piece put it
+//! checks the writer epoch; after it, it moves the shipped point (waking
+//! archived writers) and writes the local cursor. Failures are retried with
 //! backoff; the records wait in the local log, which compaction does not
 //! cut past the shipped point ([`Shipper::log_hold`]).
 //!
@@ -16,7 +16,9 @@
 //! when the shipper has caught up, and every few seconds under a load it
 //! never catches up with), and with
 //! blobs on the filesystem every blob a shipped record links, before the
-//! piece that links it (so the archive never names a blob it lacks).
+//! piece that links it (so the archive never names a blob it lacks),
+//! several at a time: one after another, a store's per-request latency
+//! times the blobs of a shipment was most of its time.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -70,6 +72,11 @@ const BLOB_UPLOADS_AT_ONCE: usize = 8;
 /// (`put_file`: up to 10 MiB, then parts in flight), so this bounds the
 /// memory a shipment holds at about `BLOB_UPLOADS_AT_ONCE` times this.
 const BLOB_LARGE_BYTES: u64 = 8 << 20;
+/// Blobs smaller than this are put without a HEAD first: a blob a record
+/// links is almost always new to the archive, so the HEAD is a wasted
+/// request (half of a shipment's requests with config-sized blobs), and a
+/// small body costs about what a HEAD does when the blob was there.
+const BLOB_LOOK_FIRST_BYTES: u64 = 64 << 10;
 /// How long a graceful shutdown waits for the last records to ship.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -119,7 +126,8 @@ pub struct Shipper {
 /// Requests a shipment made for its blobs.
 #[derive(Debug, Default, Clone, Copy)]
 struct BlobsSent {
-    /// Blobs looked up in the archive (not already uploaded by this process).
+    /// Blobs looked up in the archive first (not already uploaded by this
+    /// process, and not small).
     heads: usize,
     /// Blobs the archive lacked and that were put.
     puts: usize,
@@ -672,7 +680,8 @@ impl Shipper {
         Ok(())
     }
 
-    /// Puts the blobs `linked` names that the archive lacks: small ones
+    /// Puts the blobs `linked` names that the archive lacks (not looked up
+    /// first under [`BLOB_LOOK_FIRST_BYTES`]): small ones
     /// [`BLOB_UPLOADS_AT_ONCE`] at a time, large ones one by one. Returns
     /// only once every one is in the archive (or gone from disk), since the
     /// piece linking them follows.
@@ -693,7 +702,7 @@ impl Shipper {
             let path = store.blob_path(&digest);
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.len() >= BLOB_LARGE_BYTES => large.push((digest, path)),
-                Ok(_) => small.push((digest, path)),
+                Ok(meta) => small.push((digest, path, meta.len() >= BLOB_LOOK_FIRST_BYTES)),
                 Err(_) => {
                     // Deleted since (a later record says so): nothing to
                     // carry; a restore to before that point lacks it.
@@ -702,13 +711,13 @@ impl Shipper {
             }
         }
         let mut puts = futures_util::stream::iter(small)
-            .map(|(digest, path)| self.ship_blob(digest, path))
+            .map(|(digest, path, look_first)| self.ship_blob(digest, path, look_first))
             .buffer_unordered(BLOB_UPLOADS_AT_ONCE);
         let mut failed = None;
         while let Some(done) = puts.next().await {
             match done {
-                Ok((digest, put)) => {
-                    sent.heads += 1;
+                Ok((digest, looked, put)) => {
+                    sent.heads += usize::from(looked);
                     sent.puts += usize::from(put);
                     uploaded.insert(digest);
                 }
@@ -723,8 +732,8 @@ impl Shipper {
             return Err(e.into());
         }
         for (digest, path) in large {
-            let (digest, put) = self.ship_blob(digest, path).await?;
-            sent.heads += 1;
+            let (digest, looked, put) = self.ship_blob(digest, path, true).await?;
+            sent.heads += usize::from(looked);
             sent.puts += usize::from(put);
             uploaded.insert(digest);
         }
@@ -735,13 +744,23 @@ impl Shipper {
     }
 
     /// Puts one blob unless the archive has it; whether it was put.
-    async fn ship_blob(&self, digest: Digest, path: PathBuf) -> Result<(Digest, bool), StoreError> {
+    /// Puts one blob, after a HEAD when it is large enough that finding
+    /// it there saves more than a request: whether it was looked up, and
+    /// whether it was put.
+    async fn ship_blob(
+        &self,
+        digest: Digest,
+        path: PathBuf,
+        look_first: bool,
+    ) -> Result<(Digest, bool, bool), StoreError> {
         let name = blob_name(&digest);
-        if self.store.exists(&name).await? {
-            return Ok((digest, false));
+        if look_first && self.store.exists(&name).await? {
+            return Ok((digest, true, false));
         }
+        // Content-addressed: putting a blob the archive has rewrites the
+        // same bytes.
         self.store.put_file(&name, &path).await?;
-        Ok((digest, true))
+        Ok((digest, look_first, true))
     }
 
     /// The newest snapshot already in the archive.
