@@ -743,7 +743,6 @@ impl Shipper {
         Ok(sent)
     }
 
-    /// Puts one blob unless the archive has it; whether it was put.
     /// Puts one blob, after a HEAD when it is large enough that finding
     /// it there saves more than a request: whether it was looked up, and
     /// whether it was put.
