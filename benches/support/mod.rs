@@ -1,6 +1,6 @@
 //! What the benchmarks that run the real server share.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
@@ -67,7 +67,12 @@ pub fn spawn_ferro_with(dir: &Path, extra_args: &[&str]) -> (Child, SocketAddr) 
         .arg("--data-dir")
         .arg(dir)
         .args(extra_args)
-        .env("RUST_LOG", "info")
+        // `FERRO_BENCH_RUST_LOG` (e.g. `info,ferro::archive=debug`) with
+        // `FERRO_BENCH_SERVER_LOG=<file>`: the servers' log lines are kept.
+        .env(
+            "RUST_LOG",
+            std::env::var("FERRO_BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -86,7 +91,21 @@ pub fn spawn_ferro_with(dir: &Path, extra_args: &[&str]) -> (Child, SocketAddr) 
             break addr.parse().expect("a socket address");
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    let keep = std::env::var_os("FERRO_BENCH_SERVER_LOG").and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    std::thread::spawn(move || {
+        let mut keep = keep;
+        for line in lines.map_while(Result::ok) {
+            if let Some(file) = keep.as_mut() {
+                let _ = writeln!(file, "{line}");
+            }
+        }
+    });
     (child, addr)
 }
 

@@ -171,9 +171,13 @@ pub async fn take(
 }
 
 /// Whether `mine` is still the archive's writer: its object holds its
-/// writer id and no newer epoch exists. Two requests.
+/// writer id and no newer epoch exists. Two requests, sent together:
+/// each looks at a condition of its own, both are answered before the
+/// caller goes on, so their order changes nothing.
 pub async fn check(store: &ArchiveStore, mine: &Epoch) -> Result<(), EpochError> {
-    match read(store, mine.epoch).await? {
+    let next = epoch_name(mine.epoch + 1);
+    let (own, newer) = tokio::join!(read(store, mine.epoch), store.exists(&next));
+    match own? {
         Some(found) if found.writer == mine.writer => {}
         Some(found) => {
             return Err(FenceError::Superseded {
@@ -190,7 +194,7 @@ pub async fn check(store: &ArchiveStore, mine: &Epoch) -> Result<(), EpochError>
             .into())
         }
     }
-    if store.exists(&epoch_name(mine.epoch + 1)).await? {
+    if newer? {
         let writer = read(store, mine.epoch + 1)
             .await
             .ok()

@@ -6,9 +6,9 @@
 //! recovery), and ships them as one piece when one of these holds:
 //! `durability = "archived"` (at once: the writers waiting for the
 //! archive share that piece), `ship_max_bytes` are waiting, or the last
-//! shipment is `ship_interval_ms` old. Before each piece it checks the
-//! writer epoch; after it, it moves the shipped point (waking archived
-//! writers) and writes the local cursor. Failures are retried with
+//! shipment is `ship_interval_ms` old. Right before each piece put it
+//! checks the writer epoch; after it, it moves the shipped point (waking
+//! archived writers) and writes the local cursor. Failures are retried with
 //! backoff; the records wait in the local log, which compaction does not
 //! cut past the shipped point ([`Shipper::log_hold`]).
 //!
@@ -16,7 +16,9 @@
 //! when the shipper has caught up, and every few seconds under a load it
 //! never catches up with), and with
 //! blobs on the filesystem every blob a shipped record links, before the
-//! piece that links it (so the archive never names a blob it lacks).
+//! piece that links it (so the archive never names a blob it lacks),
+//! several at a time: one after another, a store's per-request latency
+//! times the blobs of a shipment was most of its time.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +64,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// How often a shipper that never catches up looks for a new snapshot.
 const SNAPSHOT_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How many small blobs of one shipment are uploaded at the same time:
+/// on a store with a few milliseconds per request (Garage fsyncs each
+/// object) one after another is what made a shipment slow.
+const BLOB_UPLOADS_AT_ONCE: usize = 8;
+/// Blobs from this size on are uploaded one at a time: each is buffered
+/// (`put_file`: up to 10 MiB, then parts in flight), so this bounds the
+/// memory a shipment holds at about `BLOB_UPLOADS_AT_ONCE` times this.
+const BLOB_LARGE_BYTES: u64 = 8 << 20;
+/// Blobs smaller than this are put without a HEAD first: a blob a record
+/// links is almost always new to the archive, so the HEAD is a wasted
+/// request (half of a shipment's requests with config-sized blobs), and a
+/// small body costs about what a HEAD does when the blob was there.
+const BLOB_LOOK_FIRST_BYTES: u64 = 64 << 10;
 /// How long a graceful shutdown waits for the last records to ship.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -105,6 +121,16 @@ pub struct Shipper {
     health: Mutex<Health>,
     stop: CancellationToken,
     writer_id: [u8; 16],
+}
+
+/// Requests a shipment made for its blobs.
+#[derive(Debug, Default, Clone, Copy)]
+struct BlobsSent {
+    /// Blobs looked up in the archive first (not already uploaded by this
+    /// process, and not small).
+    heads: usize,
+    /// Blobs the archive lacked and that were put.
+    puts: usize,
 }
 
 /// Why a shipment did not happen.
@@ -556,7 +582,7 @@ impl Shipper {
         uploaded: &mut HashSet<Digest>,
         resume: &mut Option<ResumeAt>,
     ) -> Result<(), ShipError> {
-        epoch::check(&self.store, epoch).await?;
+        let started = Instant::now();
         let shipped = self.shipped();
         let appended_before = self.writer.tip().appended_bytes();
         let log_dir = self.layout.log_dir();
@@ -572,25 +598,18 @@ impl Shipper {
         if piece.records() == 0 {
             return Ok(());
         }
-        if let Some(store) = &self.blobs {
-            for digest in blobs {
-                if uploaded.contains(&digest) {
-                    continue;
-                }
-                let name = blob_name(&digest);
-                if !self.store.exists(&name).await? {
-                    let path = store.blob_path(&digest);
-                    if !path.exists() {
-                        // Deleted since (a later record says so): nothing
-                        // to carry; a restore to before that point lacks it.
-                        tracing::warn!(digest = %digest, "a shipped record links a blob no longer on disk");
-                        continue;
-                    }
-                    self.store.put_file(&name, &path).await?;
-                }
-                uploaded.insert(digest);
-            }
-        }
+        let read = started.elapsed();
+        let blob_count = blobs.len();
+        let sent = match &self.blobs {
+            Some(store) => self.ship_blobs(store, blobs, uploaded).await?,
+            None => BlobsSent::default(),
+        };
+        let blobbed = started.elapsed();
+        // The epoch is checked after the blobs (content-addressed, harmless
+        // from a fenced writer) and right before the piece, so that the
+        // window between the check and the put is one request wide.
+        epoch::check(&self.store, epoch).await?;
+        let checked = started.elapsed();
         let name = piece.name();
         let next = Shipped {
             seq: piece.last_seq,
@@ -612,6 +631,7 @@ impl Shipper {
             }
             Err(e) => return Err(e.into()),
         }
+        let put = started.elapsed();
         if next.seq >= upto {
             self.shipped_appended_bytes
                 .store(appended_before, Ordering::Release);
@@ -643,7 +663,103 @@ impl Shipper {
             // Only a hint: the next start reads the archive.
             tracing::warn!(error = %e, "could not write the shipping cursor");
         }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            records = next.seq - shipped.seq,
+            bytes = len,
+            blobs = blob_count,
+            heads = sent.heads,
+            puts = sent.puts,
+            read_ms = ms(read),
+            blobs_ms = ms(blobbed - read),
+            epoch_check_ms = ms(checked - blobbed),
+            piece_ms = ms(put - checked),
+            cursor_ms = ms(started.elapsed() - put),
+            "shipped a piece"
+        );
         Ok(())
+    }
+
+    /// Puts the blobs `linked` names that the archive lacks (not looked up
+    /// first under [`BLOB_LOOK_FIRST_BYTES`]): small ones
+    /// [`BLOB_UPLOADS_AT_ONCE`] at a time, large ones one by one. Returns
+    /// only once every one is in the archive (or gone from disk), since the
+    /// piece linking them follows.
+    async fn ship_blobs(
+        &self,
+        store: &BlobStore,
+        linked: Vec<Digest>,
+        uploaded: &mut HashSet<Digest>,
+    ) -> Result<BlobsSent, ShipError> {
+        let mut sent = BlobsSent::default();
+        let mut wanted = HashSet::new();
+        let mut small = Vec::new();
+        let mut large = Vec::new();
+        for digest in linked {
+            if uploaded.contains(&digest) || !wanted.insert(digest.clone()) {
+                continue;
+            }
+            let path = store.blob_path(&digest);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.len() >= BLOB_LARGE_BYTES => large.push((digest, path)),
+                Ok(meta) => small.push((digest, path, meta.len() >= BLOB_LOOK_FIRST_BYTES)),
+                Err(_) => {
+                    // Deleted since (a later record says so): nothing to
+                    // carry; a restore to before that point lacks it.
+                    tracing::warn!(digest = %digest, "a shipped record links a blob no longer on disk");
+                }
+            }
+        }
+        let mut puts = futures_util::stream::iter(small)
+            .map(|(digest, path, look_first)| self.ship_blob(digest, path, look_first))
+            .buffer_unordered(BLOB_UPLOADS_AT_ONCE);
+        let mut failed = None;
+        while let Some(done) = puts.next().await {
+            match done {
+                Ok((digest, looked, put)) => {
+                    sent.heads += usize::from(looked);
+                    sent.puts += usize::from(put);
+                    uploaded.insert(digest);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(puts);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        for (digest, path) in large {
+            let (digest, looked, put) = self.ship_blob(digest, path, true).await?;
+            sent.heads += usize::from(looked);
+            sent.puts += usize::from(put);
+            uploaded.insert(digest);
+        }
+        debug_assert!(wanted
+            .iter()
+            .all(|d| uploaded.contains(d) || !store.blob_path(d).exists()));
+        Ok(sent)
+    }
+
+    /// Puts one blob, after a HEAD when it is large enough that finding
+    /// it there saves more than a request: whether it was looked up, and
+    /// whether it was put.
+    async fn ship_blob(
+        &self,
+        digest: Digest,
+        path: PathBuf,
+        look_first: bool,
+    ) -> Result<(Digest, bool, bool), StoreError> {
+        let name = blob_name(&digest);
+        if look_first && self.store.exists(&name).await? {
+            return Ok((digest, true, false));
+        }
+        // Content-addressed: putting a blob the archive has rewrites the
+        // same bytes.
+        self.store.put_file(&name, &path).await?;
+        Ok((digest, look_first, true))
     }
 
     /// The newest snapshot already in the archive.

@@ -577,6 +577,83 @@ fn a_flipped_byte_in_an_archived_blob_is_named_by_verify_and_restore() {
     assert!(!restored_blob.exists(), "the corrupt blob was kept");
 }
 
+/// Blobs of every size the shipper treats apart (put straight away under
+/// 64 KiB, looked up first above, one at a time from 8 MiB), many in one
+/// piece and one linked twice, all reach the archive before the piece
+/// that links them: the archive verifies, and a restore serves them.
+#[test]
+fn blobs_of_every_size_reach_the_archive_before_their_piece() {
+    let target = Target::file();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A long interval: the blobs below go out in one shipment, at stop.
+    let server = start(&data, &target, &["--archive-ship-interval-ms", "60000"]);
+    let mut layers: Vec<Vec<u8>> = (0..24)
+        .map(|i| format!("small layer {i} ").repeat(40).into_bytes())
+        .collect();
+    layers.push((0..100 << 10).map(|i| (i * 7 % 251) as u8).collect());
+    layers.push((0..9 << 20).map(|i| (i * 13 % 253) as u8).collect());
+    let config = br#"{"architecture":"amd64","os":"linux","seed":"sizes"}"#;
+    let config_digest = push_blob(&server, "sizes", config);
+    let digests: Vec<String> = layers
+        .iter()
+        .map(|l| push_blob(&server, "sizes", l))
+        .collect();
+    // The 100 KiB layer again, in another repository.
+    assert_eq!(push_blob(&server, "again", &layers[24]), digests[24]);
+    let entries: Vec<String> = layers
+        .iter()
+        .zip(&digests)
+        .map(|(l, d)| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+                l.len()
+            )
+        })
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+        config.len(),
+        entries.join(",")
+    );
+    put_manifest(&server, "sizes", "v1", OCI_MANIFEST, manifest.as_bytes());
+    // A graceful stop ships what was committed.
+    server.stop();
+    let Target::File(archive) = &target else {
+        unreachable!()
+    };
+    for d in digests.iter().chain([&config_digest]) {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        assert!(
+            archive
+                .path()
+                .join("archive/blobs/sha256")
+                .join(hex)
+                .exists(),
+            "{d} is not in the archive"
+        );
+    }
+    target
+        .ctl(&data, &["--json", "archive", "verify"], &[])
+        .expect(0);
+    let restored = dir.path().join("restored");
+    target.ctl(&restored, &["restore-from"], &[]).expect(0);
+    let server = Server::start(&restored, &[]);
+    for (l, d) in layers.iter().zip(&digests) {
+        let r = client()
+            .get(server.url(&format!("/v2/sizes/blobs/{d}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{d}");
+        assert!(r.bytes().unwrap().as_ref() == l.as_slice(), "{d} differs");
+    }
+    let r = client()
+        .get(server.url(&format!("/v2/again/blobs/{}", digests[24])))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// A second primary with another history is refused (and does not fence
 /// the first); a newer primary with the same history fences the older.
 fn second_primary(target: &Target) {
