@@ -64,6 +64,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// How often a shipper that never catches up looks for a new snapshot.
 const SNAPSHOT_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Digests of blobs this process shipped that it remembers, to skip
+/// them in later shipments (about 12 MiB at the cap).
+const UPLOADED_REMEMBERED_MAX: usize = 100_000;
 /// How many small blobs of one shipment are uploaded at the same time:
 /// on a store with a few milliseconds per request (Garage fsyncs each
 /// object) one after another is what made a shipment slow.
@@ -692,6 +695,12 @@ impl Shipper {
         uploaded: &mut HashSet<Digest>,
     ) -> Result<BlobsSent, ShipError> {
         let mut sent = BlobsSent::default();
+        // Only a saving of requests: forgetting is safe (a blob is put
+        // again, same bytes, or found by its HEAD), growing without bound
+        // is not.
+        if uploaded.len() >= UPLOADED_REMEMBERED_MAX {
+            uploaded.clear();
+        }
         let mut wanted = HashSet::new();
         let mut small = Vec::new();
         let mut large = Vec::new();
