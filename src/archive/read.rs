@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt as _};
 
 use super::piece::{self, PieceError, PieceRecord};
-use super::store::{parse_numbered, ArchiveStore, StoreError, LOG_DIR, PIECE_SUFFIX};
+use super::store::{parse_numbered, ArchiveStore, Listed, StoreError, LOG_DIR, PIECE_SUFFIX};
 
 /// Pieces fetched ahead of the one being verified.
 const PREFETCH_PIECES: usize = 8;
@@ -34,9 +34,12 @@ pub enum ReadError {
 /// The archive's pieces, in sequence order. Other names under `log/` are
 /// not the archive's and are ignored.
 pub async fn list_pieces(store: &ArchiveStore) -> Result<Vec<PieceInfo>, StoreError> {
-    let mut pieces: Vec<PieceInfo> = store
-        .list(LOG_DIR, None)
-        .await?
+    Ok(pieces_of(store.list(LOG_DIR, None).await?))
+}
+
+/// The pieces among `listed` (a listing of `log/`), in sequence order.
+pub fn pieces_of(listed: Vec<Listed>) -> Vec<PieceInfo> {
+    let mut pieces: Vec<PieceInfo> = listed
         .into_iter()
         .filter_map(|l| {
             parse_numbered(&l.name, LOG_DIR, PIECE_SUFFIX).map(|first_seq| PieceInfo {
@@ -47,7 +50,7 @@ pub async fn list_pieces(store: &ArchiveStore) -> Result<Vec<PieceInfo>, StoreEr
         })
         .collect();
     pieces.sort_by_key(|p| p.first_seq);
-    Ok(pieces)
+    pieces
 }
 
 /// Where a walk ended.

@@ -32,10 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::ReplicaConfig;
 use crate::archive::piece::{self, PieceError};
-use crate::archive::read::PieceInfo;
-use crate::archive::store::{
-    blob_name, parse_numbered, piece_name, ArchiveStore, StoreError, LOG_DIR, PIECE_SUFFIX,
-};
+use crate::archive::read::{self, PieceInfo};
+use crate::archive::store::{blob_name, piece_name, ArchiveStore, StoreError, LOG_DIR};
 use crate::blobs::BlobStore;
 use crate::events::Event;
 use crate::log::{FollowedRecord, LogWriter, SubmitError};
@@ -375,16 +373,7 @@ impl Follower {
             }
             None => self.store.list(LOG_DIR, None).await?,
         };
-        let pieces: Vec<PieceInfo> = listed
-            .into_iter()
-            .filter_map(|l| {
-                parse_numbered(&l.name, LOG_DIR, PIECE_SUFFIX).map(|first_seq| PieceInfo {
-                    name: l.name,
-                    first_seq,
-                    size: l.size,
-                })
-            })
-            .collect();
+        let pieces: Vec<PieceInfo> = read::pieces_of(listed);
         let holding = pieces.iter().rev().find(|p| p.first_seq <= last_seq);
         if last_seq > 0 && holding.is_none() {
             // An archive that no longer lists what the replica has is

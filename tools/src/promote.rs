@@ -22,14 +22,7 @@ pub struct PromoteArgs {
 }
 
 pub fn run(data_dir: &Path, args: &PromoteArgs, out: &Out) -> CtlResult<Exit> {
-    let mut config = match &args.config {
-        Some(path) => ferro::config::Config::load(path)
-            .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?,
-        None => ferro::config::Config::default(),
-    };
-    config
-        .apply_env(std::env::vars())
-        .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?;
+    let mut config = crate::verify::settings(args.config.as_deref())?;
     config.data_dir = data_dir.to_owned();
     if !ferro::datadir::Layout::new(data_dir).log_dir().is_dir() {
         return Err(CtlError::new(

@@ -123,7 +123,7 @@ pub fn run(data_dir: &Path, args: &VerifyArgs, out: &Out) -> CtlResult<Exit> {
     let state = check_log_and_snapshots(&layout, out, &mut report)?;
     if let Some(state) = &state {
         report.state = Some(state.summary());
-        let config = settings(args)?;
+        let config = settings(args.config.as_deref())?;
         check_state(state, &mirror_prefixes(&config), &mut report);
         match object_store(&config)? {
             Some(objects) => check_objects(&objects, state, args.blobs, out, &mut report)?,
@@ -415,8 +415,8 @@ fn compare_snapshot(file: &SnapshotFile, state: &State, record_crc: u32) -> Snap
 
 /// The server's settings as `--config` and the `FERRO_*` variables give
 /// them (the defaults without `--config`), read once per run.
-fn settings(args: &VerifyArgs) -> CtlResult<ferro::config::Config> {
-    let mut config = match &args.config {
+pub fn settings(config_file: Option<&Path>) -> CtlResult<ferro::config::Config> {
+    let mut config = match config_file {
         Some(path) => ferro::config::Config::load(path)
             .map_err(|e| CtlError::new(Exit::Usage, e.to_string()))?,
         None => ferro::config::Config::default(),
