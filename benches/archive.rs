@@ -124,6 +124,12 @@ async fn push_load(base: &str, images: usize, clients: usize) -> Duration {
 struct Run {
     per_second: f64,
     cpu_ms_per_1000: f64,
+    /// The run's data directory and archive, removed only when the whole
+    /// benchmark ends: on ext4 without a journal, creating files within
+    /// 30 s of deleting many (`recently_deleted` in the inode allocator)
+    /// costs several times more, which would tax whichever set-up runs
+    /// after a removal.
+    dir: tempfile::TempDir,
 }
 
 /// One server, `extra` flags, the push load.
@@ -150,6 +156,7 @@ async fn run(a: &Args, extra: &[String]) -> Run {
     Run {
         per_second: a.images as f64 / took.as_secs_f64(),
         cpu_ms_per_1000: cpu.as_secs_f64() * 1e3 * 1000.0 / a.images as f64,
+        dir,
     }
 }
 
@@ -205,6 +212,7 @@ fn main() {
         }
     }
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); setups.len()];
+    let mut kept = Vec::new();
     for round in 0..a.rounds {
         for (i, (name, extra)) in setups.iter().enumerate() {
             let extra: Vec<String> = extra
@@ -212,6 +220,7 @@ fn main() {
                 .map(|x| x.replace("ROUND", &round.to_string()))
                 .collect();
             let r = rt.block_on(run(&a, &extra));
+            kept.push(r.dir);
             println!(
                 "round {round}: {name}: {:.0} images/s, {:.0} ms server CPU per 1,000 images",
                 r.per_second, r.cpu_ms_per_1000
