@@ -17,6 +17,7 @@ pub mod config;
 pub mod cursor;
 pub mod epoch;
 pub mod inspect;
+pub mod pack;
 pub mod piece;
 pub mod read;
 pub mod restore;

@@ -2,7 +2,7 @@
 //! shipped, the writer epoch, snapshots, blobs; with a data directory its
 //! shipping cursor and lag) and `ferroctl archive verify` (every object
 //! downloaded once: pieces' checksums and chain, snapshots' checksums and
-//! chain checksum, epochs, blobs' digests).
+//! chain checksum, epochs, blobs' digests, packs' indexes).
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -10,11 +10,12 @@ use std::ops::ControlFlow;
 use sha2::Digest as _;
 
 use super::epoch::{self, Epoch};
+use super::pack;
 use super::read::{self, ReadError};
 use super::restore::blob_digest;
 use super::store::{
-    parse_numbered, ArchiveStore, StoreError, BLOBS_DIR, EPOCHS_DIR, EPOCH_SUFFIX, SNAPSHOTS_DIR,
-    SNAPSHOT_SUFFIX,
+    parse_numbered, parse_pack_name, ArchiveStore, StoreError, BLOBS_DIR, EPOCHS_DIR, EPOCH_SUFFIX,
+    PACKS_DIR, SNAPSHOTS_DIR, SNAPSHOT_SUFFIX,
 };
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -27,7 +28,10 @@ pub struct Status {
     pub last_seq: Option<u64>,
     pub last_time_unix_ns: Option<u64>,
     pub snapshots: Vec<u64>,
+    /// Blob objects of their own (`blobs/`).
     pub blobs: u64,
+    /// Packs of small blobs (`packs/`).
+    pub packs: u64,
     pub epoch: Option<EpochStatus>,
 }
 
@@ -81,6 +85,12 @@ pub async fn status(store: &ArchiveStore) -> Result<Status, StoreError> {
         .filter_map(|l| parse_numbered(&l.name, SNAPSHOTS_DIR, SNAPSHOT_SUFFIX))
         .collect();
     status.blobs = store.list(BLOBS_DIR, None).await?.len() as u64;
+    status.packs = store
+        .list(PACKS_DIR, None)
+        .await?
+        .iter()
+        .filter(|l| parse_pack_name(&l.name).is_some())
+        .count() as u64;
     if let Some(n) = epoch::newest(store).await? {
         status.epoch = epoch::read(store, n).await?.map(EpochStatus::from);
     }
@@ -97,7 +107,9 @@ pub struct Verified {
     pub last_seq: u64,
     pub snapshots: u64,
     pub epochs: u64,
+    /// Blobs checked: objects of their own and blobs in packs.
     pub blobs: u64,
+    pub packs: u64,
     /// Every problem, each naming its object. Empty: the archive is sound.
     pub problems: Vec<String>,
 }
@@ -202,6 +214,19 @@ pub async fn verify(store: &ArchiveStore) -> Result<Verified, StoreError> {
                 "corrupt archive object {}: its bytes hash to sha256:{actual}",
                 l.name
             ));
+        }
+    }
+    for l in store.list(PACKS_DIR, None).await? {
+        if parse_pack_name(&l.name).is_none() {
+            continue;
+        }
+        out.packs += 1;
+        let bytes = store.get(&l.name).await?;
+        match pack::verify(&bytes, &mut |_, _| Ok(())) {
+            Ok(entries) => out.blobs += entries.len() as u64,
+            Err(e) => out
+                .problems
+                .push(format!("corrupt archive object {}: {e}", l.name)),
         }
     }
     Ok(out)

@@ -16,9 +16,11 @@
 //! when the shipper has caught up, and every few seconds under a load it
 //! never catches up with), and with
 //! blobs on the filesystem every blob a shipped record links, before the
-//! piece that links it (so the archive never names a blob it lacks),
-//! several at a time: one after another, a store's per-request latency
-//! times the blobs of a shipment was most of its time.
+//! piece that links it (so the archive never names a blob it lacks): the
+//! small ones together in packs (`pack.rs`), one request per shipment
+//! rather than one per pushed config blob; the others several at a time:
+//! one after another, a store's per-request latency times the blobs of a
+//! shipment was most of its time.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -36,9 +38,10 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ArchiveConfig, ArchiveDurability};
 use super::cursor::{self, ShipCursor};
 use super::epoch::{self, Epoch, EpochError, FenceError};
+use super::pack::{self, PackBuilder};
 use super::piece::{self, PieceBuilder};
 use super::store::{
-    blob_name, parse_numbered, piece_name, snapshot_name, ArchiveStore, StoreError, LOG_DIR,
+    self, blob_name, parse_numbered, piece_name, snapshot_name, ArchiveStore, StoreError, LOG_DIR,
     PIECE_SUFFIX, SNAPSHOTS_DIR, SNAPSHOT_SUFFIX,
 };
 use crate::blobs::BlobStore;
@@ -75,11 +78,6 @@ const BLOB_UPLOADS_AT_ONCE: usize = 8;
 /// (`put_file`: up to 10 MiB, then parts in flight), so this bounds the
 /// memory a shipment holds at about `BLOB_UPLOADS_AT_ONCE` times this.
 const BLOB_LARGE_BYTES: u64 = 8 << 20;
-/// Blobs smaller than this are put without a HEAD first: a blob a record
-/// links is almost always new to the archive, so the HEAD is a wasted
-/// request (half of a shipment's requests with config-sized blobs), and a
-/// small body costs about what a HEAD does when the blob was there.
-const BLOB_LOOK_FIRST_BYTES: u64 = 64 << 10;
 /// How long a graceful shutdown waits for the last records to ship.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -129,10 +127,13 @@ pub struct Shipper {
 /// Requests a shipment made for its blobs.
 #[derive(Debug, Default, Clone, Copy)]
 struct BlobsSent {
-    /// Blobs looked up in the archive first (not already uploaded by this
-    /// process, and not small).
+    /// Packs put, and the small blobs in them.
+    packs: usize,
+    packed: usize,
+    /// Blobs of their own looked up in the archive first (not already
+    /// uploaded by this process).
     heads: usize,
-    /// Blobs the archive lacked and that were put.
+    /// Of those, the ones the archive lacked and that were put.
     puts: usize,
 }
 
@@ -604,7 +605,10 @@ impl Shipper {
         let read = started.elapsed();
         let blob_count = blobs.len();
         let sent = match &self.blobs {
-            Some(store) => self.ship_blobs(store, blobs, uploaded).await?,
+            Some(store) => {
+                self.ship_blobs(store, piece.first_seq, blobs, uploaded)
+                    .await?
+            }
             None => BlobsSent::default(),
         };
         let blobbed = started.elapsed();
@@ -671,6 +675,8 @@ impl Shipper {
             records = next.seq - shipped.seq,
             bytes = len,
             blobs = blob_count,
+            packs = sent.packs,
+            packed = sent.packed,
             heads = sent.heads,
             puts = sent.puts,
             read_ms = ms(read),
@@ -683,14 +689,18 @@ impl Shipper {
         Ok(())
     }
 
-    /// Puts the blobs `linked` names that the archive lacks (not looked up
-    /// first under [`BLOB_LOOK_FIRST_BYTES`]): small ones
-    /// [`BLOB_UPLOADS_AT_ONCE`] at a time, large ones one by one. Returns
-    /// only once every one is in the archive (or gone from disk), since the
-    /// piece linking them follows.
+    /// Puts the blobs `linked` names that the archive lacks: those under
+    /// [`pack::PACK_BLOB_BYTES_MAX`] together in packs (no lookup first: a
+    /// blob a record links is almost always new to the archive, and one
+    /// pack is one request however many small blobs a shipment has), the
+    /// others each as an object of its own after a `HEAD`,
+    /// [`BLOB_UPLOADS_AT_ONCE`] at a time, those from [`BLOB_LARGE_BYTES`]
+    /// one by one. Returns only once every one is in the archive (or gone
+    /// from disk), since the piece linking them follows.
     async fn ship_blobs(
         &self,
         store: &BlobStore,
+        first_seq: u64,
         linked: Vec<Digest>,
         uploaded: &mut HashSet<Digest>,
     ) -> Result<BlobsSent, ShipError> {
@@ -703,6 +713,7 @@ impl Shipper {
         }
         let mut wanted = HashSet::new();
         let mut small = Vec::new();
+        let mut single = Vec::new();
         let mut large = Vec::new();
         for digest in linked {
             if uploaded.contains(&digest) || !wanted.insert(digest.clone()) {
@@ -711,22 +722,31 @@ impl Shipper {
             let path = store.blob_path(&digest);
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.len() >= BLOB_LARGE_BYTES => large.push((digest, path)),
-                Ok(meta) => small.push((digest, path, meta.len() >= BLOB_LOOK_FIRST_BYTES)),
-                Err(_) => {
-                    // Deleted since (a later record says so): nothing to
-                    // carry; a restore to before that point lacks it.
-                    tracing::warn!(digest = %digest, "a shipped record links a blob no longer on disk");
-                }
+                Ok(meta) if meta.len() >= pack::PACK_BLOB_BYTES_MAX => single.push((digest, path)),
+                Ok(_) => small.push((digest, path)),
+                Err(_) => gone(&digest),
             }
         }
-        let mut puts = futures_util::stream::iter(small)
-            .map(|(digest, path, look_first)| self.ship_blob(digest, path, look_first))
+        if !small.is_empty() {
+            let packs = tokio::task::spawn_blocking(move || read_packs(small))
+                .await
+                .map_err(|e| ShipError::Local(e.to_string()))??;
+            for (bytes, digests) in packs {
+                let name = store::new_pack_name(first_seq);
+                self.store.put_new(&name, Bytes::from(bytes)).await?;
+                sent.packs += 1;
+                sent.packed += digests.len();
+                uploaded.extend(digests);
+            }
+        }
+        let mut puts = futures_util::stream::iter(single)
+            .map(|(digest, path)| self.ship_blob(digest, path))
             .buffer_unordered(BLOB_UPLOADS_AT_ONCE);
         let mut failed = None;
         while let Some(done) = puts.next().await {
             match done {
-                Ok((digest, looked, put)) => {
-                    sent.heads += usize::from(looked);
+                Ok((digest, put)) => {
+                    sent.heads += 1;
                     sent.puts += usize::from(put);
                     uploaded.insert(digest);
                 }
@@ -741,8 +761,8 @@ impl Shipper {
             return Err(e.into());
         }
         for (digest, path) in large {
-            let (digest, looked, put) = self.ship_blob(digest, path, true).await?;
-            sent.heads += usize::from(looked);
+            let (digest, put) = self.ship_blob(digest, path).await?;
+            sent.heads += 1;
             sent.puts += usize::from(put);
             uploaded.insert(digest);
         }
@@ -752,23 +772,17 @@ impl Shipper {
         Ok(sent)
     }
 
-    /// Puts one blob, after a HEAD when it is large enough that finding
-    /// it there saves more than a request: whether it was looked up, and
-    /// whether it was put.
-    async fn ship_blob(
-        &self,
-        digest: Digest,
-        path: PathBuf,
-        look_first: bool,
-    ) -> Result<(Digest, bool, bool), StoreError> {
+    /// Puts one blob as an object of its own, unless a `HEAD` finds it
+    /// there: whether it was put.
+    async fn ship_blob(&self, digest: Digest, path: PathBuf) -> Result<(Digest, bool), StoreError> {
         let name = blob_name(&digest);
-        if look_first && self.store.exists(&name).await? {
-            return Ok((digest, true, false));
+        if self.store.exists(&name).await? {
+            return Ok((digest, false));
         }
         // Content-addressed: putting a blob the archive has rewrites the
         // same bytes.
         self.store.put_file(&name, &path).await?;
-        Ok((digest, look_first, true))
+        Ok((digest, true))
     }
 
     /// The newest snapshot already in the archive.
@@ -817,6 +831,47 @@ impl Shipper {
 /// `<data>/shipping/`: the shipper's cursor.
 pub fn shipping_dir(layout: &Layout) -> PathBuf {
     layout.root.join("shipping")
+}
+
+/// A blob a shipped record links is no longer on disk.
+fn gone(digest: &Digest) {
+    // Deleted since (a later record says so): nothing to carry; a restore
+    // to before that point lacks it.
+    tracing::warn!(digest = %digest, "a shipped record links a blob no longer on disk");
+}
+
+/// A pack's bytes and the blobs in it.
+type PackBytes = (Vec<u8>, Vec<Digest>);
+
+/// Reads small blobs into packs of at most about [`pack::PACK_BYTES_MAX`]
+/// each (blocking): the packs' bytes and the blobs in each. A blob gone
+/// from disk meanwhile is left out.
+fn read_packs(blobs: Vec<(Digest, PathBuf)>) -> Result<Vec<PackBytes>, ShipError> {
+    let mut packs = Vec::new();
+    let mut builder = PackBuilder::new();
+    let mut digests = Vec::new();
+    for (digest, path) in blobs {
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                gone(&digest);
+                continue;
+            }
+            Err(e) => return Err(ShipError::Local(format!("{}: {e}", path.display()))),
+        };
+        if builder.count() > 0 && builder.len_bytes() + bytes.len() > pack::PACK_BYTES_MAX {
+            packs.push((
+                std::mem::take(&mut builder).finish(),
+                std::mem::take(&mut digests),
+            ));
+        }
+        builder.push(&digest, &bytes);
+        digests.push(digest);
+    }
+    if builder.count() > 0 {
+        packs.push((builder.finish(), digests));
+    }
+    Ok(packs)
 }
 
 /// Reads the records after `shipped` up to `upto` from the local log into

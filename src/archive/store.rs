@@ -10,7 +10,8 @@
 //! log/<first seq, 20 digits>.log        pieces of the log (segment format)
 //! snapshots/<seq, 20 digits>.snap       snapshot files, as written locally
 //! epochs/<epoch, 20 digits>.epoch       writer epochs
-//! blobs/<algorithm>/<hex>               blob bytes (blobs on the filesystem only)
+//! blobs/<algorithm>/<hex>               blob bytes of 1 MiB or more (blobs on the filesystem only)
+//! packs/<first seq>-<16 hex>.pack       smaller blobs, a shipment's together (`pack.rs`)
 //! ```
 //!
 //! Every object is immutable once written: a name is never reused for
@@ -31,6 +32,8 @@ pub const LOG_DIR: &str = "log";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const EPOCHS_DIR: &str = "epochs";
 pub const BLOBS_DIR: &str = "blobs";
+pub const PACKS_DIR: &str = "packs";
+pub const PACK_SUFFIX: &str = ".pack";
 pub const PIECE_SUFFIX: &str = ".log";
 pub const SNAPSHOT_SUFFIX: &str = ".snap";
 pub const EPOCH_SUFFIX: &str = ".epoch";
@@ -209,6 +212,18 @@ impl ArchiveStore {
         Ok(total)
     }
 
+    /// Bytes `range` of `name` (a pack's index, or one blob of it).
+    pub async fn get_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        self.store
+            .get_range(&self.path(name), range)
+            .await
+            .map_err(|e| self.failed(name, e))
+    }
+
     pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
         match self.store.head(&self.path(name)).await {
             Ok(_) => Ok(true),
@@ -252,6 +267,31 @@ pub fn snapshot_name(seq: u64) -> String {
     format!("{SNAPSHOTS_DIR}/{seq:020}{SNAPSHOT_SUFFIX}")
 }
 
+/// `packs/<first_seq>-<16 random hex>.pack`: a new name for every pack,
+/// so that a retried shipment never writes over an earlier pack.
+pub fn new_pack_name(first_seq: u64) -> String {
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    format!("{PACKS_DIR}/{first_seq:020}-{random:016x}{PACK_SUFFIX}")
+}
+
+/// The first sequence number in a pack's name, for a name of that form.
+pub fn parse_pack_name(name: &str) -> Option<u64> {
+    let stem = name
+        .strip_prefix(PACKS_DIR)?
+        .strip_prefix('/')?
+        .strip_suffix(PACK_SUFFIX)?;
+    let (digits, random) = stem.split_once('-')?;
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if digits.len() != 20
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || random.len() != 16
+        || !random.bytes().all(lower_hex)
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// `epochs/<epoch>.epoch`.
 pub fn epoch_name(epoch: u64) -> String {
     format!("{EPOCHS_DIR}/{epoch:020}{EPOCH_SUFFIX}")
@@ -290,6 +330,14 @@ mod tests {
             Some(u64::MAX)
         );
         assert_eq!(parse_numbered("log/42.log", LOG_DIR, PIECE_SUFFIX), None);
+        let pack = new_pack_name(42);
+        assert_eq!(parse_pack_name(&pack), Some(42));
+        assert_ne!(new_pack_name(42), pack);
+        assert_eq!(
+            parse_pack_name("packs/00000000000000000042-00000000000000ag.pack"),
+            None
+        );
+        assert_eq!(parse_pack_name("packs/00000000000000000042.pack"), None);
         assert_eq!(
             parse_numbered("log/0000000000000000004x.log", LOG_DIR, PIECE_SUFFIX),
             None

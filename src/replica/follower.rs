@@ -31,9 +31,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ReplicaConfig;
+use crate::archive::pack;
 use crate::archive::piece::{self, PieceError};
 use crate::archive::read::{self, PieceInfo};
-use crate::archive::store::{blob_name, piece_name, ArchiveStore, StoreError, LOG_DIR};
+use crate::archive::store::{
+    blob_name, parse_pack_name, piece_name, ArchiveStore, StoreError, LOG_DIR, PACKS_DIR,
+};
 use crate::blobs::BlobStore;
 use crate::events::Event;
 use crate::log::{FollowedRecord, LogWriter, SubmitError};
@@ -163,7 +166,22 @@ pub struct Follower {
     /// Woken by the primary's feed.
     hint: Notify,
     stop: CancellationToken,
+    /// Where the small blobs of the archive's packs are.
+    packs: tokio::sync::Mutex<PackIndex>,
 }
+
+/// The blobs of the archive's packs not fetched yet, as far as listed.
+#[derive(Debug, Default)]
+struct PackIndex {
+    /// The last pack listed: the next listing starts after it.
+    listed_to: Option<String>,
+    /// Each blob's pack and byte range in it; removed once fetched.
+    blobs: std::collections::HashMap<Digest, (String, std::ops::Range<u64>)>,
+}
+
+/// Blobs the pack index holds at most (about 150 MiB): past it, the
+/// index starts over from a full listing when next needed.
+const PACK_INDEX_MAX: usize = 1_000_000;
 
 impl Follower {
     /// A follower of `store` appending to `writer` (which must refuse
@@ -186,6 +204,7 @@ impl Follower {
             health: Mutex::new(Health::default()),
             hint: Notify::new(),
             stop,
+            packs: Default::default(),
         })
     }
 
@@ -477,6 +496,9 @@ impl Follower {
             }
             missing.push(digest.clone());
         }
+        if !missing.is_empty() {
+            self.list_packs(&missing).await?;
+        }
         let mut fetches = stream::iter(missing)
             .map(|digest| async move { self.fetch_blob(blobs, &digest).await })
             .buffer_unordered(BLOB_FETCHES_AT_ONCE);
@@ -514,16 +536,61 @@ impl Follower {
             .map_err(|e| FollowError::Local(format!("removing collected blobs: {e}")))
     }
 
-    async fn fetch_blob(&self, blobs: &BlobStore, digest: &Digest) -> Result<(), FollowError> {
-        let name = blob_name(digest);
-        let mut chunks = match self.store.get_stream(&name).await {
-            Ok(c) => c,
-            Err(StoreError::NotFound(_)) => {
-                return Err(FollowError::Hole(format!(
-                    "a record links blob {digest}, which the archive does not carry ({name}): blobs on the filesystem need the primary's blobs on its filesystem too"
-                )))
+    /// Reads the index of every pack listed after the last one read, when
+    /// one of `missing` is not in the index yet.
+    async fn list_packs(&self, missing: &[Digest]) -> Result<(), FollowError> {
+        let mut index = self.packs.lock().await;
+        if missing.iter().all(|d| index.blobs.contains_key(d)) {
+            return Ok(());
+        }
+        if index.blobs.len() >= PACK_INDEX_MAX {
+            *index = PackIndex::default();
+        }
+        let listed = self
+            .store
+            .list(PACKS_DIR, index.listed_to.as_deref())
+            .await?;
+        for l in listed {
+            if parse_pack_name(&l.name).is_none() {
+                continue;
             }
-            Err(e) => return Err(e.into()),
+            let head = self
+                .store
+                .get_range(&l.name, 0..pack::HEAD_BYTES as u64)
+                .await?;
+            let corrupt = |e: pack::PackError| {
+                FollowError::Hole(format!("corrupt archive object {}: {e}", l.name))
+            };
+            let end = pack::index_end(&head).map_err(corrupt)?;
+            let bytes = self.store.get_range(&l.name, 0..end).await?;
+            for e in pack::read_index(&bytes).map_err(corrupt)? {
+                index.blobs.insert(e.digest, (l.name.clone(), e.range));
+            }
+            index.listed_to = Some(l.name);
+        }
+        Ok(())
+    }
+
+    async fn fetch_blob(&self, blobs: &BlobStore, digest: &Digest) -> Result<(), FollowError> {
+        let packed = self.packs.lock().await.blobs.get(digest).cloned();
+        let (name, mut chunks) = match packed {
+            Some((pack, range)) => {
+                let bytes = self.store.get_range(&pack, range).await?;
+                let chunk = Ok::<_, StoreError>(bytes);
+                (pack, stream::once(async move { chunk }).boxed())
+            }
+            None => {
+                let name = blob_name(digest);
+                match self.store.get_stream(&name).await {
+                    Ok(c) => (name, c),
+                    Err(StoreError::NotFound(_)) => {
+                        return Err(FollowError::Hole(format!(
+                            "a record links blob {digest}, which the archive does not carry ({name}, nor a pack): blobs on the filesystem need the primary's blobs on its filesystem too"
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let staging = blobs.one_shot_staging_path(digest, &crate::blobs::new_upload_id());
         let local = |e: std::io::Error| {
@@ -556,7 +623,9 @@ impl Follower {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        blobs.commit_staging(writer, digest).map_err(local)
+        blobs.commit_staging(writer, digest).map_err(local)?;
+        self.packs.lock().await.blobs.remove(digest);
+        Ok(())
     }
 
     /// Long-polls the primary's event feed and wakes the follower when it

@@ -191,7 +191,11 @@ fn status(data_dir: &Path, access: &ArchiveAccess, out: &Out) -> CtlResult<Exit>
                 .join(", ")
         }
     );
-    say!("blobs: {}", status.blobs);
+    say!(
+        "blobs: {} objects of their own, {} packs of small blobs",
+        status.blobs,
+        status.packs
+    );
     match &status.epoch {
         Some(e) => say!(
             "writer epoch {} (writer {}), taken at {} from sequence {}",
@@ -229,7 +233,7 @@ fn verify(access: &ArchiveAccess, out: &Out) -> CtlResult<Exit> {
         out.json(&verified)?;
     } else {
         say!(
-            "{} pieces, {} records (sequence {}..{}), {} bytes; {} snapshots, {} epochs, {} blobs",
+            "{} pieces, {} records (sequence {}..{}), {} bytes; {} snapshots, {} epochs, {} blobs ({} packs)",
             verified.pieces,
             verified.records,
             verified.first_seq.unwrap_or(0),
@@ -237,7 +241,8 @@ fn verify(access: &ArchiveAccess, out: &Out) -> CtlResult<Exit> {
             verified.bytes,
             verified.snapshots,
             verified.epochs,
-            verified.blobs
+            verified.blobs,
+            verified.packs
         );
         for p in &verified.problems {
             say!("problem: {p}");

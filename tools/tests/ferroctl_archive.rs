@@ -531,56 +531,97 @@ fn a_flipped_byte_on_garage_is_named_by_verify_and_restore() {
     flipped_byte(&Target::s3("flip/"));
 }
 
-/// A flipped byte in an archived blob (blobs on the filesystem): verify
-/// names the object, restore refuses and leaves neither a log nor the blob.
-#[test]
-fn a_flipped_byte_in_an_archived_blob_is_named_by_verify_and_restore() {
-    let target = Target::file();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = start(&data, &target, &["--archive-ship-interval-ms", "50"]);
-    push_image(&server, "app", "v1", "blob-flip");
-    wait_shipped(&server);
-    server.stop();
-    let Target::File(archive) = &target else {
-        unreachable!()
-    };
-    let blobs = archive.path().join("archive/blobs/sha256");
-    let mut names: Vec<(u64, String)> = std::fs::read_dir(&blobs)
-        .unwrap()
-        .map(|e| {
+/// A blob in a pack: its digest, the pack's name, its bytes in the pack.
+type Packed = (String, String, std::ops::Range<u64>);
+
+/// The blobs a `file://` archive carries: those in packs (with the pack
+/// and the byte range of each) and those of their own.
+fn archived_blobs(archive: &Path) -> (Vec<Packed>, Vec<String>) {
+    let mut packed = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(archive.join("packs")) {
+        for e in dir {
             let e = e.unwrap();
-            (
-                e.metadata().unwrap().len(),
-                e.file_name().to_string_lossy().into_owned(),
-            )
+            let name = format!("packs/{}", e.file_name().to_string_lossy());
+            let bytes = std::fs::read(e.path()).unwrap();
+            for entry in ferro::archive::pack::read_index(&bytes).unwrap() {
+                packed.push((entry.digest.to_string(), name.clone(), entry.range));
+            }
+        }
+    }
+    let own = std::fs::read_dir(archive.join("blobs/sha256"))
+        .map(|d| {
+            d.map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+                .collect()
         })
-        .collect();
-    names.sort();
-    let (size, hex) = names.pop().expect("an archived blob");
-    let name = format!("blobs/sha256/{hex}");
-    target.flip_byte(&name, size as usize / 2);
-    let v = target
-        .ctl(&data, &["--json", "archive", "verify"], &[])
-        .expect(1)
-        .json();
-    assert!(v["problems"].to_string().contains(&name), "{v}");
-    let restored = dir.path().join("restored");
-    let r = target.ctl(&restored, &["restore-from"], &[]);
-    assert_ne!(r.code, 0, "{}", r.stdout);
-    assert!(r.stderr.contains(&name), "{}", r.stderr);
-    let left = std::fs::read_dir(restored.join("log"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(left, 0, "a log naming a corrupt blob was left");
-    let restored_blob = restored.join("blobs/sha256").join(&hex[..2]).join(&hex);
-    assert!(!restored_blob.exists(), "the corrupt blob was kept");
+        .unwrap_or_default();
+    (packed, own)
 }
 
-/// Blobs of every size the shipper treats apart (put straight away under
-/// 64 KiB, looked up first above, one at a time from 8 MiB), many in one
-/// piece and one linked twice, all reach the archive before the piece
-/// that links them: the archive verifies, and a restore serves them.
+/// A flipped byte in an archived blob (blobs on the filesystem), in a
+/// pack and in a blob object of its own: verify names the object, restore
+/// refuses and leaves neither a log nor the blob.
+#[test]
+fn a_flipped_byte_in_an_archived_blob_is_named_by_verify_and_restore() {
+    for own_object in [false, true] {
+        let target = Target::file();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let server = start(&data, &target, &["--archive-ship-interval-ms", "50"]);
+        push_image(&server, "app", "v1", "blob-flip");
+        // A layer of 2 MiB: an object of its own.
+        let big: Vec<u8> = (0..2 << 20).map(|i| (i * 11 % 249) as u8).collect();
+        let big_digest = push_blob(&server, "app", &big);
+        wait_shipped(&server);
+        server.stop();
+        let Target::File(archive) = &target else {
+            unreachable!()
+        };
+        let (packed, own) = archived_blobs(&archive.path().join("archive"));
+        assert_eq!(
+            own,
+            vec![big_digest.clone()],
+            "only the large blob is an object"
+        );
+        assert!(
+            !packed.is_empty() && packed.iter().all(|(d, _, _)| *d != big_digest),
+            "{packed:?}"
+        );
+        let (digest, name, offset) = if own_object {
+            let hex = big_digest.strip_prefix("sha256:").unwrap().to_owned();
+            (
+                big_digest.clone(),
+                format!("blobs/sha256/{hex}"),
+                big.len() / 2,
+            )
+        } else {
+            let (d, pack, range) = packed.last().unwrap().clone();
+            (d, pack, (range.start + range.end) as usize / 2)
+        };
+        target.flip_byte(&name, offset);
+        let v = target
+            .ctl(&data, &["--json", "archive", "verify"], &[])
+            .expect(1)
+            .json();
+        assert!(v["problems"].to_string().contains(&name), "{v}");
+        let restored = dir.path().join("restored");
+        let r = target.ctl(&restored, &["restore-from"], &[]);
+        assert_ne!(r.code, 0, "{}", r.stdout);
+        assert!(r.stderr.contains(&name), "{}", r.stderr);
+        let left = std::fs::read_dir(restored.join("log"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "a log naming a corrupt blob was left");
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        let restored_blob = restored.join("blobs/sha256").join(&hex[..2]).join(hex);
+        assert!(!restored_blob.exists(), "the corrupt blob was kept");
+    }
+}
+
+/// Blobs of every size the shipper treats apart (in a pack under 1 MiB,
+/// objects of their own looked up first above, one at a time from 8 MiB),
+/// many in one piece and one linked twice, all reach the archive before
+/// the piece that links them: the archive verifies, and a restore serves
+/// them.
 #[test]
 fn blobs_of_every_size_reach_the_archive_before_their_piece() {
     let target = Target::file();
@@ -593,6 +634,7 @@ fn blobs_of_every_size_reach_the_archive_before_their_piece() {
         .collect();
     layers.push((0..100 << 10).map(|i| (i * 7 % 251) as u8).collect());
     layers.push((0..9 << 20).map(|i| (i * 13 % 253) as u8).collect());
+    layers.push((0..3 << 20).map(|i| (i * 17 % 241) as u8).collect());
     let config = br#"{"architecture":"amd64","os":"linux","seed":"sizes"}"#;
     let config_digest = push_blob(&server, "sizes", config);
     let digests: Vec<String> = layers
@@ -622,17 +664,29 @@ fn blobs_of_every_size_reach_the_archive_before_their_piece() {
     let Target::File(archive) = &target else {
         unreachable!()
     };
-    for d in digests.iter().chain([&config_digest]) {
-        let hex = d.strip_prefix("sha256:").unwrap();
-        assert!(
-            archive
-                .path()
-                .join("archive/blobs/sha256")
-                .join(hex)
-                .exists(),
-            "{d} is not in the archive"
+    let (packed, own) = archived_blobs(&archive.path().join("archive"));
+    for (d, l) in digests
+        .iter()
+        .zip(&layers)
+        .chain([(&config_digest, &config.to_vec())])
+    {
+        let in_pack = packed.iter().any(|(p, _, _)| p == d);
+        let alone = own.contains(d);
+        assert_eq!(
+            (in_pack, alone),
+            (l.len() < 1 << 20, l.len() >= 1 << 20),
+            "{d} ({} bytes): in a pack {in_pack}, an object {alone}",
+            l.len()
         );
     }
+    // A shipment's small blobs go out in one pack, not one object each
+    // (the first commit ships at once, the rest at the stop).
+    let packs: std::collections::HashSet<&String> = packed.iter().map(|(_, p, _)| p).collect();
+    assert!(
+        packs.len() <= 2,
+        "{} small blobs in {packs:?}",
+        packed.len()
+    );
     target
         .ctl(&data, &["--json", "archive", "verify"], &[])
         .expect(0);
