@@ -291,4 +291,21 @@ mod tests {
             Err(VerifyError::Pack(PackError::Size { .. }))
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_blobs_round_trip(blobs in proptest::collection::vec(
+            proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..12)) {
+            let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+            let (bytes, digests) = pack_of(&refs);
+            let mut seen = Vec::new();
+            let entries = verify(&bytes, &mut |d, b| {
+                seen.push((d.clone(), b.to_vec()));
+                Ok(())
+            }).unwrap();
+            proptest::prop_assert_eq!(entries.len(), blobs.len());
+            let expected: Vec<(Digest, Vec<u8>)> = digests.into_iter().zip(blobs).collect();
+            proptest::prop_assert_eq!(seen, expected);
+        }
+    }
 }
