@@ -255,6 +255,9 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Unreferenced at the mark but used again before the sweep: kept.
     pub blobs_kept_by_recheck: u64,
+    /// Unreferenced, but not deleted this run: the log archive had not
+    /// shipped the records up to the mark yet (see [`Collector::set_archive_hold`]).
+    pub blobs_held_for_archive: u64,
     /// Files in the store that no event accounts for, removed (in a dry
     /// run: that would be).
     pub orphans_removed: u64,
@@ -302,7 +305,15 @@ pub struct Collector {
     store: BlobStore,
     running: tokio::sync::Mutex<()>,
     last_report: Mutex<Option<GcReport>>,
+    archive_hold: Mutex<Option<ArchiveHold>>,
 }
+
+/// The last sequence number in the log archive (`archive::Shipper`).
+pub type ArchiveHold = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// How long a run waits for the archive to ship up to its mark before it
+/// leaves the unreferenced blobs for a later run.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
 
 impl Collector {
     pub fn new(
@@ -318,7 +329,35 @@ impl Collector {
             store,
             running: tokio::sync::Mutex::new(()),
             last_report: Mutex::new(None),
+            archive_hold: Mutex::new(None),
         }
+    }
+
+    /// Blobs are deleted only once the log archive holds every record up
+    /// to the mark: with blobs on the filesystem the archive carries each
+    /// linked blob, read from its file when the record linking it ships;
+    /// deleting the file first (the store down for longer than the grace
+    /// period) would leave a record in the archive naming bytes it never
+    /// got, which a restore to before the deletion lacks and a replica
+    /// stops at.
+    pub fn set_archive_hold(&self, hold: ArchiveHold) {
+        *self.archive_hold.lock() = Some(hold);
+    }
+
+    /// Waits, up to [`ARCHIVE_WAIT`], for the archive to hold record
+    /// `seq`; `false` if it does not (no archive: `true`).
+    async fn archive_holds(&self, seq: u64) -> bool {
+        let Some(hold) = self.archive_hold.lock().clone() else {
+            return true;
+        };
+        let deadline = Instant::now() + ARCHIVE_WAIT;
+        while hold() < seq {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     /// The report of the last completed run (for metrics).
@@ -367,8 +406,15 @@ impl Collector {
             for (c, size) in &marked.unreferenced {
                 report.note_deleted(&c.digest, *size);
             }
-        } else {
+        } else if self.archive_holds(marked.mark_seq).await {
             self.sweep(&marked, &mut report).await?;
+        } else {
+            report.blobs_held_for_archive = marked.unreferenced.len() as u64;
+            tracing::warn!(
+                mark_seq = marked.mark_seq,
+                blobs = report.blobs_held_for_archive,
+                "unreferenced blobs kept: the log archive has not shipped the records up to the mark yet; a later run deletes them"
+            );
         }
         let grace_cutoff_unix_ns = now_unix_ns.saturating_sub(options.grace.as_nanos() as u64);
         self.remove_orphans(grace_cutoff_unix_ns, options.dry_run, &mut report)
@@ -394,6 +440,7 @@ impl Collector {
             blobs_deleted = report.blobs_deleted,
             bytes_freed = report.bytes_freed,
             blobs_kept_by_recheck = report.blobs_kept_by_recheck,
+            blobs_held_for_archive = report.blobs_held_for_archive,
             orphans_removed = report.orphans_removed,
             orphan_bytes_freed = report.orphan_bytes_freed,
             mark_ms = report.mark_ms,

@@ -416,6 +416,14 @@ pub async fn run(
             holds.into_iter().flatten().min()
         }));
     }
+    // Blobs on the filesystem: the collector deletes none the archive may
+    // still have to carry.
+    if let Some(a) = archive.as_ref().filter(|a| a.carries_blobs()) {
+        let a = a.clone();
+        gc_service
+            .collector
+            .set_archive_hold(Arc::new(move || a.shipped().seq));
+    }
     let archive_loop = archive.as_ref().map(|a| a.spawn());
     let follower = followed.map(|archive| {
         let blobs =

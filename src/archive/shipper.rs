@@ -203,6 +203,11 @@ impl Shipper {
         self.store.url()
     }
 
+    /// Whether the archive carries blob bytes (blobs on the filesystem).
+    pub fn carries_blobs(&self) -> bool {
+        self.blobs.is_some()
+    }
+
     pub fn durability(&self) -> ArchiveDurability {
         self.config.durability
     }

@@ -889,6 +889,83 @@ fn shipping_catches_up_after_a_store_outage() {
     }
 }
 
+/// Garbage collection deletes no blob the archive may still have to carry:
+/// with the store down, a blob uploaded and left unreferenced survives a
+/// run with no grace period (held for the archive, said in the report);
+/// once the store is back the archive gets it, a restore brings it back,
+/// and the next run deletes it.
+#[test]
+fn garbage_collection_waits_for_the_archive() {
+    if !garage::available("garbage_collection_waits_for_the_archive") {
+        return;
+    }
+    let mut g = Garage::start();
+    let target = Target::s3_on(&g, "gchold/");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gc.toml");
+    let Target::S3 { config: base, .. } = &target else {
+        unreachable!()
+    };
+    let mut text = std::fs::read_to_string(base).unwrap();
+    text.push_str(
+        "\n[storage]\nrequest_timeout_ms = 2000\nretries_max = 1\nretry_timeout_ms = 500\n\n[gc]\ngrace = \"0s\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        &[
+            "--archive-url",
+            &target.url(),
+            "--config",
+            config.to_str().unwrap(),
+            "--archive-ship-interval-ms",
+            "100",
+        ],
+    );
+    push_image(&server, "app", "v1", "kept");
+    wait_shipped(&server);
+
+    g.stop();
+    let orphan = b"uploaded while the archive is down, never referenced".to_vec();
+    let digest = push_blob(&server, "app", &orphan);
+    let gc = || -> serde_json::Value {
+        let r = client()
+            .post(server.url("/v2/_ferro/gc/run"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        serde_json::from_str(&r.text().unwrap()).unwrap()
+    };
+    let held = gc();
+    assert_eq!(held["blobs_deleted"], 0, "{held}");
+    assert_eq!(held["blobs_held_for_archive"], 1, "{held}");
+    let blob = |expect: u16| {
+        let r = client()
+            .get(server.url(&format!("/v2/app/blobs/{digest}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), expect, "{digest}");
+    };
+    blob(200);
+
+    g.resume();
+    wait_shipped(&server);
+    let swept = gc();
+    assert_eq!(swept["blobs_deleted"], 1, "{swept}");
+    assert_eq!(swept["blobs_held_for_archive"], 0, "{swept}");
+    blob(404);
+    server.kill();
+
+    // The archive carried it: a restore writes it back (restore brings
+    // every archived blob; the state says it was deleted since).
+    let restored = dir.path().join("restored");
+    target.ctl(&restored, &["restore-from"], &[]).expect(0);
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let file = restored.join("blobs/sha256").join(&hex[..2]).join(hex);
+    assert_eq!(std::fs::read(&file).unwrap(), orphan);
+}
+
 /// A graceful shutdown ships what was committed since the last shipment,
 /// however long the interval.
 #[test]
