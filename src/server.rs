@@ -31,6 +31,7 @@ use crate::datadir::{DataDir, Layout};
 use crate::limits::Limits;
 use crate::log::{self, Durability, WriterOptions};
 use crate::replay::{self, AsOf};
+use crate::sendfile::{FileRegions, SendfileStream};
 use crate::snapshot::{self, scheduler::Scheduler};
 use crate::startup;
 
@@ -510,7 +511,8 @@ pub async fn run(
 /// for at most `limits.shutdown_drain_timeout_secs` and closes what is
 /// left. HTTP/1.1 only; request heads are bounded in size
 /// (`header_bytes_max`) and time (`header_read_timeout_ms`, which also
-/// bounds a TLS handshake).
+/// bounds a TLS handshake). A plain connection is a [`SendfileStream`],
+/// which sends large blobs' pieces with `sendfile(2)`.
 async fn serve(listener: Listener, app: Front, limits: Limits, stop: CancellationToken) {
     let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -538,18 +540,26 @@ async fn serve(listener: Listener, app: Front, limits: Limits, stop: Cancellatio
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.serving(peer));
+        // A plain connection sends large blobs with sendfile(2): their
+        // pieces are registered in its regions (see `sendfile`). TLS must
+        // copy the bytes through rustls.
+        let sendfile = (listener.tls.is_none() && cfg!(target_os = "linux")).then(FileRegions::new);
+        let service = TowerToHyperService::new(app.serving(peer, sendfile.clone()));
         let watcher = graceful.watcher();
         let http = http.clone();
         let tls = listener.tls.clone();
         connections.spawn(async move {
-            let served = match tls {
-                None => {
+            let served = match (tls, sendfile) {
+                (None, Some(regions)) => {
+                    let io = TokioIo::new(SendfileStream::new(tcp, regions));
+                    watcher.watch(http.serve_connection(io, service)).await
+                }
+                (None, None) => {
                     watcher
                         .watch(http.serve_connection(TokioIo::new(tcp), service))
                         .await
                 }
-                Some(acceptor) => {
+                (Some(acceptor), _) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             watcher
