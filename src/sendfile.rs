@@ -1,4 +1,5 @@
-//! Blob bytes sent with `sendfile(2)` on plain HTTP connections: the
+//! Blob bytes sent with `sendfile(2)` on plain HTTP connections, when the
+//! `sendfile` setting is on (it is off by default; see below): the
 //! connection's [`FileRegions`] (which memory holds which bytes of which
 //! file), the piece of a blob registered there for as long as it lives
 //! ([`RegisteredMap`]), and the connection's stream ([`SendfileStream`]),
@@ -26,7 +27,8 @@
 //! the server's CPU per GiB sent falls by about a third, but a receiver
 //! on the same host (loopback) copies out of the page cache's own pages
 //! and pays more than that, so on a loopback benchmark sharing two cores
-//! a download is slower than with `writev` from a populated map.
+//! a download is slower than with `writev` from a populated map. Hence
+//! the setting, off by default.
 
 use std::fs::File;
 use std::io::{self, IoSlice};

@@ -207,6 +207,7 @@ pub async fn run(
             config.access_log,
         ),
         config.limits.clone(),
+        config.sendfile,
         stop.clone(),
     ));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -511,9 +512,15 @@ pub async fn run(
 /// for at most `limits.shutdown_drain_timeout_secs` and closes what is
 /// left. HTTP/1.1 only; request heads are bounded in size
 /// (`header_bytes_max`) and time (`header_read_timeout_ms`, which also
-/// bounds a TLS handshake). A plain connection is a [`SendfileStream`],
-/// which sends large blobs' pieces with `sendfile(2)`.
-async fn serve(listener: Listener, app: Front, limits: Limits, stop: CancellationToken) {
+/// bounds a TLS handshake). With `sendfile`, a plain connection is a
+/// [`SendfileStream`], which sends large blobs' pieces with `sendfile(2)`.
+async fn serve(
+    listener: Listener,
+    app: Front,
+    limits: Limits,
+    sendfile: bool,
+    stop: CancellationToken,
+) {
     let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -540,10 +547,11 @@ async fn serve(listener: Listener, app: Front, limits: Limits, stop: Cancellatio
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        // A plain connection sends large blobs with sendfile(2): their
-        // pieces are registered in its regions (see `sendfile`). TLS must
-        // copy the bytes through rustls.
-        let sendfile = (listener.tls.is_none() && cfg!(target_os = "linux")).then(FileRegions::new);
+        // With `sendfile` on, a plain connection sends large blobs with
+        // sendfile(2): their pieces are registered in its regions (see
+        // `sendfile`). TLS must copy the bytes through rustls.
+        let sendfile = (sendfile && listener.tls.is_none() && cfg!(target_os = "linux"))
+            .then(FileRegions::new);
         let service = TowerToHyperService::new(app.serving(peer, sendfile.clone()));
         let watcher = graceful.watcher();
         let http = http.clone();
@@ -675,6 +683,7 @@ pub async fn run_read_only(
             config.access_log,
         ),
         config.limits.clone(),
+        config.sendfile,
         stop.clone(),
     ));
     tracing::info!("listening on {url}");

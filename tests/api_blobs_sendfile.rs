@@ -1,5 +1,5 @@
-//! Large blobs over plain HTTP, where their pieces go out with
-//! `sendfile(2)`: every byte of a blob of several pieces and an odd
+//! Large blobs over plain HTTP with `sendfile = true`, where their pieces
+//! go out with `sendfile(2)`: every byte of a blob of several pieces and an odd
 //! length, whole and by `Range` (inside a piece, across pieces, to the
 //! end), its digest, downloads one after another on one keep-alive
 //! connection with small requests between them, downloads side by side,
@@ -13,6 +13,15 @@ use support::*;
 
 /// The size of a piece the server maps and sends at a time.
 const PIECE: usize = 4 * 1024 * 1024;
+
+/// A registry with `sendfile = true`, and the directory of its config.
+fn start() -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferro.toml");
+    std::fs::write(&config, "sendfile = true\n").unwrap();
+    let reg = Registry::start(&["--config", config.to_str().unwrap()]);
+    (reg, dir)
+}
 
 async fn large_blob(reg: &Registry) -> (Vec<u8>, String) {
     let bytes = pseudo_random_bytes(5 * PIECE + 12_345, 29);
@@ -28,7 +37,7 @@ async fn whole(reg: &Registry, path: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_large_blob_downloads_whole_and_by_range() {
-    let reg = Registry::start(&[]);
+    let (reg, _config) = start();
     let (bytes, digest) = large_blob(&reg).await;
     let size = bytes.len();
     let path = format!("/v2/big/one/blobs/{digest}");
@@ -75,7 +84,7 @@ async fn a_large_blob_downloads_whole_and_by_range() {
 /// and small ones in between, on the same connection, each whole.
 #[tokio::test]
 async fn downloads_follow_each_other_on_one_connection() {
-    let reg = Registry::start(&[]);
+    let (reg, _config) = start();
     let (bytes, digest) = large_blob(&reg).await;
     let path = format!("/v2/big/one/blobs/{digest}");
     let small = reg.push_blob("big/one", b"a small blob").await;
@@ -90,7 +99,7 @@ async fn downloads_follow_each_other_on_one_connection() {
 
 #[tokio::test]
 async fn downloads_side_by_side_and_one_dropped_halfway() {
-    let reg = Registry::start(&[]);
+    let (reg, _config) = start();
     let (bytes, digest) = large_blob(&reg).await;
     let path = format!("/v2/big/one/blobs/{digest}");
     // Separate clients: separate connections.

@@ -8,9 +8,9 @@
 //! large ones memory-mapped piece by piece (each piece mapped on the
 //! blocking pool, the next while the current one is sent,
 //! [`PieceStream`]) and streamed without a copy (page cache, not the heap):
-//! on a plain HTTP connection with `sendfile` from the file
-//! ([`crate::sendfile`]), on a TLS one from the map, faulted in on the
-//! blocking pool.
+//! with `sendfile = true`, on a plain HTTP connection with `sendfile`
+//! from the file ([`crate::sendfile`]), otherwise from the map, faulted
+//! in on the blocking pool.
 //! On the object backend, blobs in the local-disk cache
 //! ([`LocalCache`](crate::blobs::local_cache::LocalCache)) are read the
 //! same way; the others come from the store, and a small one read whole

@@ -3,12 +3,12 @@
 //! as [`Bytes`] that own their map, so serving it copies nothing into user
 //! space and takes one blocking-pool round trip per 4 MiB piece
 //! ([`super::stream::PieceStream`] runs those a piece ahead of the send).
-//! Each map asks the kernel to read the next piece ahead. On a TLS
-//! connection a piece's pages are faulted in there (populated), so a cold
-//! read never stalls an async thread while rustls reads the map; on a
-//! plain connection the map is registered in the connection's
-//! [`FileRegions`] instead and left untouched, and the connection sends
-//! the file's bytes with `sendfile` ([`crate::sendfile`]).
+//! Each map asks the kernel to read the next piece ahead. A piece's pages
+//! are faulted in there (populated), so a cold read never stalls an async
+//! thread while the connection (or rustls) reads the map; on a plain
+//! connection with `sendfile = true` the map is registered in the
+//! connection's [`FileRegions`] instead and left untouched, and the
+//! connection sends the file's bytes with `sendfile` ([`crate::sendfile`]).
 //!
 //! Mapping is safe here because a committed blob file never changes: it is
 //! renamed into place whole and only ever unlinked (garbage collection),
