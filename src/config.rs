@@ -45,6 +45,13 @@ pub struct Config {
     /// log with its actor, and the line costs about a quarter of the CPU
     /// of a small read (a HEAD by tag: ~10 µs without, ~13 µs with).
     pub access_log: bool,
+    /// Large blob GETs over plain HTTP sent with `sendfile(2)` from the
+    /// page cache rather than written from a memory map (see `sendfile`;
+    /// never over TLS). Off by default: it cuts the server's CPU per GiB
+    /// sent by about a third, but a client on the same host (loopback)
+    /// then pays more than that to receive, and the load benchmark's
+    /// downloads measured slower (benches/RESULTS.md).
+    pub sendfile: bool,
     pub limits: Limits,
     pub snapshots: SnapshotConfig,
     pub history: HistoryConfig,
@@ -283,6 +290,7 @@ impl Default for Config {
             delete_enabled: true,
             log_format: LogFormat::Text,
             access_log: false,
+            sendfile: false,
             limits: Limits::default(),
             snapshots: SnapshotConfig::default(),
             history: HistoryConfig::default(),
@@ -578,6 +586,7 @@ mod tests {
         for key in [
             "log_format",
             "access_log",
+            "sendfile",
             "header_bytes_max",
             "header_read_timeout_ms",
             "body_read_timeout_ms",

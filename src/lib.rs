@@ -28,6 +28,7 @@ pub mod reconcile;
 pub mod replay;
 pub mod replica;
 pub mod restore;
+pub mod sendfile;
 pub mod server;
 pub mod snapshot;
 pub mod startup;

@@ -31,6 +31,7 @@ use crate::datadir::{DataDir, Layout};
 use crate::limits::Limits;
 use crate::log::{self, Durability, WriterOptions};
 use crate::replay::{self, AsOf};
+use crate::sendfile::{FileRegions, SendfileStream};
 use crate::snapshot::{self, scheduler::Scheduler};
 use crate::startup;
 
@@ -206,6 +207,7 @@ pub async fn run(
             config.access_log,
         ),
         config.limits.clone(),
+        config.sendfile,
         stop.clone(),
     ));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -518,8 +520,15 @@ pub async fn run(
 /// for at most `limits.shutdown_drain_timeout_secs` and closes what is
 /// left. HTTP/1.1 only; request heads are bounded in size
 /// (`header_bytes_max`) and time (`header_read_timeout_ms`, which also
-/// bounds a TLS handshake).
-async fn serve(listener: Listener, app: Front, limits: Limits, stop: CancellationToken) {
+/// bounds a TLS handshake). With `sendfile`, a plain connection is a
+/// [`SendfileStream`], which sends large blobs' pieces with `sendfile(2)`.
+async fn serve(
+    listener: Listener,
+    app: Front,
+    limits: Limits,
+    sendfile: bool,
+    stop: CancellationToken,
+) {
     let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -546,18 +555,27 @@ async fn serve(listener: Listener, app: Front, limits: Limits, stop: Cancellatio
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.serving(peer));
+        // With `sendfile` on, a plain connection sends large blobs with
+        // sendfile(2): their pieces are registered in its regions (see
+        // `sendfile`). TLS must copy the bytes through rustls.
+        let sendfile = (sendfile && listener.tls.is_none() && cfg!(target_os = "linux"))
+            .then(FileRegions::new);
+        let service = TowerToHyperService::new(app.serving(peer, sendfile.clone()));
         let watcher = graceful.watcher();
         let http = http.clone();
         let tls = listener.tls.clone();
         connections.spawn(async move {
-            let served = match tls {
-                None => {
+            let served = match (tls, sendfile) {
+                (None, Some(regions)) => {
+                    let io = TokioIo::new(SendfileStream::new(tcp, regions));
+                    watcher.watch(http.serve_connection(io, service)).await
+                }
+                (None, None) => {
                     watcher
                         .watch(http.serve_connection(TokioIo::new(tcp), service))
                         .await
                 }
-                Some(acceptor) => {
+                (Some(acceptor), _) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             watcher
@@ -673,6 +691,7 @@ pub async fn run_read_only(
             config.access_log,
         ),
         config.limits.clone(),
+        config.sendfile,
         stop.clone(),
     ));
     tracing::info!("listening on {url}");

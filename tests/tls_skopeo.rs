@@ -1,5 +1,7 @@
 //! TLS with a certificate generated here (a test CA and a server
-//! certificate signed by it, rcgen): a verified HTTPS handshake, and skopeo
+//! certificate signed by it, rcgen): a verified HTTPS handshake, a large
+//! blob pushed and pulled over it (TLS copies through rustls, where plain
+//! HTTP sends large blobs with `sendfile`), and skopeo
 //! pushing and pulling with `--creds` over TLS, verifying the server with
 //! the CA through `--dest-cert-dir`/`--src-cert-dir` (no
 //! `--tls-verify=false`), under both Basic and token authentication.
@@ -55,6 +57,20 @@ actions = ["pull"]
 
 /// One HTTPS request, verifying the server against `ca`.
 async fn https_get(addr: &str, ca: &Path, path: &str) -> String {
+    let out = https_request(addr, ca, "GET", path, &[], &[]).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One HTTPS request with extra header lines and a body, verifying the
+/// server against `ca`: the whole answer, head and body, as sent.
+async fn https_request(
+    addr: &str,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
         let cert: rustls_pki_types::CertificateDer = cert.unwrap();
@@ -73,14 +89,79 @@ async fn https_get(addr: &str, ca: &Path, path: &str) -> String {
         .connect(name, tcp)
         .await
         .expect("verified handshake");
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// The head (as text) and the body of an answer.
+fn split_answer(answer: &[u8]) -> (String, &[u8]) {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    (
+        String::from_utf8_lossy(&answer[..end]).into_owned(),
+        &answer[end + 4..],
+    )
+}
+
+/// A blob of several 4 MiB pieces and an odd length, pushed and pulled
+/// over TLS, whole and by range: the mapped pieces go through rustls.
+#[tokio::test]
+async fn a_large_blob_over_tls() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), "basic");
+    let ca = dir.path().join("ca.crt");
+    let auth = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:a-pass")
+    );
+    let mut bytes = vec![0u8; 3 * 4 * 1024 * 1024 + 4321];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let digest = ferro::oci::Digest::sha256_of(&bytes).to_string();
+    let pushed = https_request(
+        &server.addr,
+        &ca,
+        "POST",
+        &format!("/v2/big/blobs/uploads/?digest={digest}"),
+        &[&auth, "Content-Type: application/octet-stream"],
+        &bytes,
+    )
+    .await;
+    let (head, _) = split_answer(&pushed);
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    let path = format!("/v2/big/blobs/{digest}");
+    let answer = https_request(&server.addr, &ca, "GET", &path, &[&auth], &[]).await;
+    let (head, body) = split_answer(&answer);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), bytes.len());
+    assert!(body == bytes, "every byte over TLS");
+    assert_eq!(ferro::oci::Digest::sha256_of(body).to_string(), digest);
+    let (start, end) = (4 * 1024 * 1024 - 3, 2 * 4 * 1024 * 1024 + 5);
+    let range = format!("Range: bytes={start}-{end}");
+    let answer = https_request(&server.addr, &ca, "GET", &path, &[&auth, &range], &[]).await;
+    let (head, body) = split_answer(&answer);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(body == &bytes[start..=end], "a range over TLS");
 }
 
 #[tokio::test]

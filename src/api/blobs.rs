@@ -5,9 +5,12 @@
 //! small ones read in one blocking task (and whole small blobs kept in a
 //! bounded cache, [`SmallBlobCache`](crate::blobs::cache::SmallBlobCache),
 //! consulted only after the repository's link to the blob is checked),
-//! large ones memory-mapped piece by piece (each piece faulted in on the
+//! large ones memory-mapped piece by piece (each piece mapped on the
 //! blocking pool, the next while the current one is sent,
-//! [`PieceStream`]) and streamed without a copy (page cache, not the heap).
+//! [`PieceStream`]) and streamed without a copy (page cache, not the heap):
+//! with `sendfile = true`, on a plain HTTP connection with `sendfile`
+//! from the file ([`crate::sendfile`]), otherwise from the map, faulted
+//! in on the blocking pool.
 //! On the object backend, blobs in the local-disk cache
 //! ([`LocalCache`](crate::blobs::local_cache::LocalCache)) are read the
 //! same way; the others come from the store, and a small one read whole
@@ -30,17 +33,21 @@ use crate::blobs::stream::PieceStream;
 use crate::blobs::{Backend, FillSource};
 use crate::commands::Command;
 use crate::oci::{Digest, RepoName};
+use crate::sendfile::FileRegions;
 
 fn blob_unknown() -> ApiError {
     ApiError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
 }
 
+/// A blob GET or HEAD; `sendfile`: the connection's regions when it
+/// sends a large blob's pieces with `sendfile`.
 pub async fn get(
     app: &App,
     repo: &RepoName,
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
+    sendfile: Option<&FileRegions>,
 ) -> ApiResult<Response> {
     let size = app
         .state
@@ -83,9 +90,11 @@ pub async fn get(
         }
         // The one place a read asks where the bytes live.
         return match app.store.backend() {
-            Backend::Filesystem => file_get(app, digest, (status, start, len, size)).await,
+            Backend::Filesystem => {
+                file_get(app, digest, (status, start, len, size), sendfile).await
+            }
             Backend::Object(objects) => {
-                object_get(app, objects, digest, (status, start, len, size)).await
+                object_get(app, objects, digest, (status, start, len, size), sendfile).await
             }
         };
     }
@@ -106,11 +115,12 @@ async fn file_get(
     app: &App,
     digest: &Digest,
     (status, start, len, size): (StatusCode, u64, u64, u64),
+    sendfile: Option<&FileRegions>,
 ) -> ApiResult<Response> {
     let path = app.store.blob_path(digest);
     match read_file(path.clone(), start, len).await? {
         Ok(range) => {
-            let body = range_body(app, digest, start == 0 && len == size, range);
+            let body = range_body(app, digest, start == 0 && len == size, range, sendfile);
             Ok(blob_response(status, body, digest, start, len, size))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -135,7 +145,13 @@ async fn read_file(
 
 /// The body of a range read from a blob file; a whole small blob is
 /// kept in the in-memory cache.
-fn range_body(app: &App, digest: &Digest, whole: bool, range: BlobRange) -> Body {
+fn range_body(
+    app: &App,
+    digest: &Digest,
+    whole: bool,
+    range: BlobRange,
+    sendfile: Option<&FileRegions>,
+) -> Body {
     match range {
         BlobRange::InMemory(bytes) => {
             if whole {
@@ -143,11 +159,13 @@ fn range_body(app: &App, digest: &Digest, whole: bool, range: BlobRange) -> Body
             }
             Body::from(bytes)
         }
-        // Each piece is mapped and faulted in on the blocking pool (a
-        // blob not in the page cache is read from the disk there, not on
-        // the thread serving other connections), the next one while this
-        // one is sent.
-        BlobRange::Mapped(range) => Body::from_stream(PieceStream::new(range)),
+        // Each piece is mapped on the blocking pool, the next one while
+        // this one is sent. Without `sendfile` its pages are faulted in
+        // there (a blob not in the page cache is read from the disk
+        // there, not on the thread serving other connections); with it
+        // they are only read ahead, and the connection sends them from
+        // the page cache.
+        BlobRange::Mapped(range) => Body::from_stream(PieceStream::new(range, sendfile.cloned())),
     }
 }
 
@@ -162,6 +180,7 @@ async fn object_get(
     objects: &crate::blobs::object::ObjectBlobs,
     digest: &Digest,
     (status, start, len, size): (StatusCode, u64, u64, u64),
+    sendfile: Option<&FileRegions>,
 ) -> ApiResult<Response> {
     let whole = start == 0 && len == size;
     let cache = app.store.local_cache();
@@ -172,7 +191,7 @@ async fn object_get(
             .map_err(ApiError::internal)?;
         match read {
             Ok(range) => {
-                let body = range_body(app, digest, whole, range);
+                let body = range_body(app, digest, whole, range, sendfile);
                 return Ok(blob_response(status, body, digest, start, len, size));
             }
             // Evicted since the lookup, or removed by hand: the store has it.

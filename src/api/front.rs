@@ -28,6 +28,7 @@ use super::router::{self, router};
 use super::stall::Stalling;
 use super::App;
 use crate::metrics::{Counted, Direction};
+use crate::sendfile::FileRegions;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -83,6 +84,7 @@ pub fn front(gate: Arc<Gate>, body_read_timeout: Duration, access_log: bool) -> 
             access_log,
         }),
         peer: None,
+        sendfile: None,
     }
 }
 
@@ -93,16 +95,22 @@ pub struct Front {
     /// The connection's peer, when this copy serves one connection.
     /// Without it a request must carry its `ConnectInfo` extension.
     peer: Option<SocketAddr>,
+    /// The connection's file regions, when it sends blob pieces with
+    /// `sendfile` (plain HTTP).
+    sendfile: Option<FileRegions>,
 }
 
 impl Front {
-    /// The copy that serves one connection from `peer`. Handed over as a
-    /// field rather than as a request extension: an extension costs each
-    /// request a map allocation, and only the axum routes read it.
-    pub fn serving(&self, peer: SocketAddr) -> Front {
+    /// The copy that serves one connection from `peer`, which sends blob
+    /// pieces registered in `sendfile` with `sendfile(2)` when given.
+    /// Handed over as fields rather than as request extensions: an
+    /// extension costs each request a map allocation, and only the axum
+    /// routes read the peer.
+    pub fn serving(&self, peer: SocketAddr, sendfile: Option<FileRegions>) -> Front {
         Front {
             shared: self.shared.clone(),
             peer: Some(peer),
+            sendfile,
         }
     }
 }
@@ -129,13 +137,19 @@ where
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let peer = self.peer;
-        Box::pin(async move { Ok(shared.answer(req.map(Body::new), peer).await) })
+        let sendfile = self.sendfile.clone();
+        Box::pin(async move { Ok(shared.answer(req.map(Body::new), peer, sendfile).await) })
     }
 }
 
 impl Shared {
     /// Request id in, span around, metrics and access log after, id out.
-    async fn answer(&self, req: Request, peer: Option<SocketAddr>) -> Response {
+    async fn answer(
+        &self,
+        req: Request,
+        peer: Option<SocketAddr>,
+        sendfile: Option<FileRegions>,
+    ) -> Response {
         let started = Instant::now();
         // Nothing after this reads the id from the request: it is only
         // echoed in the response and put in the span.
@@ -160,7 +174,7 @@ impl Shared {
         // The span moves into the future, and is read back from it for the
         // access log: a second handle would cost a reference count in the
         // subscriber's registry, taken and released on every request.
-        let mut routed = std::pin::pin!(self.route(req, peer).instrument(span));
+        let mut routed = std::pin::pin!(self.route(req, peer, sendfile).instrument(span));
         let (route, mut response) = routed.as_mut().await;
         in_flight.decrement(1.0);
         let elapsed = started.elapsed();
@@ -181,7 +195,12 @@ impl Shared {
     /// The fixed endpoints, or the registry once the gate is open, with
     /// the label of the route for metrics (the OCI dispatch names its
     /// own).
-    async fn route(&self, mut req: Request, peer: Option<SocketAddr>) -> (&'static str, Response) {
+    async fn route(
+        &self,
+        mut req: Request,
+        peer: Option<SocketAddr>,
+        sendfile: Option<FileRegions>,
+    ) -> (&'static str, Response) {
         let fixed = match req.uri().path() {
             "/healthz" => Some("healthz"),
             "/readyz" => Some("readyz"),
@@ -225,7 +244,7 @@ impl Shared {
             // straight to the OCI dispatch (see `router::serve`), which
             // names its own route; they go through the axum router.
             Some((_, app)) if label == "other" || (label == "ui" && !app.ui.enabled) => {
-                return router::serve_from(app.clone(), peer, req).await;
+                return router::serve_from(app.clone(), peer, sendfile, req).await;
             }
             // Boxed: the router's future is large, and inline it would
             // make every request's future as large (see `route_request`).

@@ -6,13 +6,18 @@
 use std::net::SocketAddr;
 
 use crate::events::Actor;
+use crate::sendfile::FileRegions;
 
-/// Who is asking: recorded as the actor of the events a request causes.
+/// Who is asking (recorded as the actor of the events a request causes),
+/// and over what.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The authenticated user, `None` when anonymous.
     pub user: Option<String>,
     pub peer: SocketAddr,
+    /// The connection's file regions, when it sends blob pieces with
+    /// `sendfile` (plain HTTP; see [`crate::sendfile`]).
+    pub sendfile: Option<FileRegions>,
 }
 
 impl RequestContext {

@@ -31,6 +31,7 @@ use super::path::{self, Route};
 use super::request::RequestContext;
 use super::{blobs, ext, listing, manifests, mirror, referrers, token, uploads, App};
 use crate::auth::Caller;
+use crate::sendfile::FileRegions;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
@@ -59,14 +60,16 @@ pub async fn serve(app: Arc<App>, req: Request) -> (&'static str, Response) {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    serve_from(app, peer, req).await
+    serve_from(app, peer, None, req).await
 }
 
 /// [`serve`] for a request whose peer is known (`front` holds it per
-/// connection; `None` if it is not, which is refused).
+/// connection; `None` if it is not, which is refused), over a connection
+/// that sends blob pieces with `sendfile` when it has `sendfile` regions.
 pub async fn serve_from(
     app: Arc<App>,
     peer: Option<SocketAddr>,
+    sendfile: Option<FileRegions>,
     req: Request,
 ) -> (&'static str, Response) {
     let Some(peer) = peer else {
@@ -74,7 +77,12 @@ pub async fn serve_from(
         return ("not_found", refused.into_response());
     };
     let (parts, body) = req.into_parts();
-    dispatch(app, peer, parts.method, parts.uri, parts.headers, body).await
+    let ctx = RequestContext {
+        user: None,
+        peer,
+        sendfile,
+    };
+    dispatch(app, ctx, parts.method, parts.uri, parts.headers, body).await
 }
 
 fn route_label(route: &Route) -> &'static str {
@@ -117,13 +125,12 @@ fn route_label(route: &Route) -> &'static str {
 /// or the answer says `Connection: close`.
 async fn dispatch(
     app: Arc<App>,
-    peer: SocketAddr,
+    mut ctx: RequestContext,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> (&'static str, Response) {
-    let mut ctx = RequestContext { user: None, peer };
     let query = uri.query().unwrap_or("");
     let mut label = "not_found";
     // Only a body that has bytes to come needs watching (GET and HEAD
@@ -324,7 +331,8 @@ async fn route_request(
             manifests::delete_unnamed(app, &repo)
         }
         (Route::Blob { repo, digest }, Method::GET | Method::HEAD) => {
-            Box::pin(blobs::get(app, &repo, &digest, headers, head)).await
+            let sendfile = ctx.sendfile.as_ref();
+            Box::pin(blobs::get(app, &repo, &digest, headers, head, sendfile)).await
         }
         (Route::Blob { repo, digest }, Method::DELETE) => {
             Box::pin(blobs::delete(app, ctx, repo, digest)).await

@@ -1,9 +1,14 @@
 //! Reading committed blobs for GET: a small range is read into memory in
 //! one go; a larger one is memory-mapped a piece at a time and handed out
 //! as [`Bytes`] that own their map, so serving it copies nothing into user
-//! space and takes one blocking-pool round trip per 4 MiB piece (where its
-//! pages are faulted in, so a cold read never stalls an async thread;
-//! [`super::stream::PieceStream`] runs those a piece ahead of the send).
+//! space and takes one blocking-pool round trip per 4 MiB piece
+//! ([`super::stream::PieceStream`] runs those a piece ahead of the send).
+//! Each map asks the kernel to read the next piece ahead. A piece's pages
+//! are faulted in there (populated), so a cold read never stalls an async
+//! thread while the connection (or rustls) reads the map; on a plain
+//! connection with `sendfile = true` the map is registered in the
+//! connection's [`FileRegions`] instead and left untouched, and the
+//! connection sends the file's bytes with `sendfile` ([`crate::sendfile`]).
 //!
 //! Mapping is safe here because a committed blob file never changes: it is
 //! renamed into place whole and only ever unlinked (garbage collection),
@@ -15,11 +20,13 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::BlobStore;
 use crate::oci::Digest;
+use crate::sendfile::{FileRegions, RegisteredMap};
 
 /// Ranges up to this size are read into memory rather than mapped: for a
 /// few pages a read costs less than setting up and tearing down a map.
@@ -43,7 +50,8 @@ pub enum BlobRange {
 /// An open blob file and a range of it that lies within the file.
 #[derive(Debug)]
 pub struct MappedRange {
-    file: File,
+    /// Shared with the pieces registered for `sendfile`, which send from it.
+    file: Arc<File>,
     start: u64,
     end: u64,
 }
@@ -78,7 +86,11 @@ pub fn read_file_range(path: &Path, start: u64, len: u64) -> io::Result<BlobRang
                 format!("blob file has {file_len} bytes, {start}+{len} were asked for"),
             )
         })?;
-    Ok(BlobRange::Mapped(MappedRange { file, start, end }))
+    Ok(BlobRange::Mapped(MappedRange {
+        file: Arc::new(file),
+        start,
+        end,
+    }))
 }
 
 impl MappedRange {
@@ -88,32 +100,49 @@ impl MappedRange {
     }
 
     /// Piece `i` of the range, a map of its part of the file handed out
-    /// without a copy. Blocking: the map is populated (its pages faulted
-    /// in, read from the disk when the page cache does not have them), so
-    /// call it off the async threads; sending it then faults nothing.
-    pub fn map_piece(&self, i: u64) -> io::Result<Bytes> {
+    /// without a copy. Blocking: call it off the async threads.
+    ///
+    /// Without `sendfile` the map is populated (its pages faulted in,
+    /// read from the disk when the page cache does not have them), so
+    /// sending it then faults nothing. With `sendfile` (the connection's
+    /// regions) the map is not populated but registered for as long as
+    /// the piece lives: the connection sends the file's bytes from the
+    /// page cache and never reads the map.
+    pub fn map_piece(&self, i: u64, sendfile: Option<&FileRegions>) -> io::Result<Bytes> {
         let offset = self.start + i * MAP_PIECE_BYTES;
         debug_assert!(offset < self.end, "piece {i} is past the range");
         let len = (self.end - offset).min(MAP_PIECE_BYTES) as usize;
+        let mut options = memmap2::MmapOptions::new();
+        options.offset(offset).len(len);
+        if sendfile.is_none() {
+            options.populate();
+        }
         // SAFETY: committed blob files are never written, truncated or
         // replaced in place (see the module documentation), so the
         // mapped bytes cannot change under the map.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(len)
-                .populate()
-                .map(&self.file)?
-        };
+        let map = unsafe { options.map(&*self.file)? };
+        if sendfile.is_some() && i == 0 {
+            // Nothing faults this piece in: start reading it too.
+            self.read_ahead(offset);
+        }
         self.read_ahead(offset + len as u64);
-        Ok(Bytes::from_owner(map))
+        Ok(match sendfile {
+            None => Bytes::from_owner(map),
+            Some(regions) => Bytes::from_owner(RegisteredMap::new(
+                map,
+                self.file.clone(),
+                offset,
+                regions.clone(),
+            )),
+        })
     }
 
-    /// Asks the kernel to start reading the piece that follows `from`
+    /// Asks the kernel to start reading the piece that starts at `from`
     /// into the page cache without waiting (`POSIX_FADV_WILLNEED`): when
     /// the blob has left the page cache, the disk then reads a piece ahead
-    /// of the one being mapped, and mapping it finds it there. A hint;
-    /// cheap when the pages are cached already.
+    /// of the one being mapped, and populating its map (or `sendfile`
+    /// sending it, on the async thread) finds it there. A hint; cheap
+    /// when the pages are cached already.
     fn read_ahead(&self, from: u64) {
         #[cfg(target_os = "linux")]
         if from < self.end {
@@ -138,9 +167,10 @@ impl MappedRange {
         let _ = from;
     }
 
-    /// Every piece, in order (blocking, as [`MappedRange::map_piece`]).
+    /// Every piece, in order, populated (blocking, as
+    /// [`MappedRange::map_piece`]).
     pub fn pieces(self) -> impl Iterator<Item = io::Result<Bytes>> + Send + 'static {
-        (0..self.piece_count()).map(move |i| self.map_piece(i))
+        (0..self.piece_count()).map(move |i| self.map_piece(i, None))
     }
 }
 

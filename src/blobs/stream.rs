@@ -1,7 +1,8 @@
 //! Streaming a mapped blob range: the pieces of a [`MappedRange`] as a
-//! stream of [`Bytes`], each mapped (and its pages faulted in) on the
-//! blocking pool, with the next pieces already being mapped while the
-//! current one is sent.
+//! stream of [`Bytes`], each mapped on the blocking pool (and its pages
+//! faulted in there, unless the connection sends them with `sendfile`:
+//! see [`MappedRange::map_piece`]), with the next pieces already being
+//! mapped while the current one is sent.
 //!
 //! Why ahead: the connection asks for the next piece only once the current
 //! one has nearly all gone to the socket, so mapping it only then leaves
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::read::MappedRange;
+use crate::sendfile::FileRegions;
 
 /// Pieces mapped ahead of the one the connection is sending: one is enough
 /// to keep a piece ready whenever the connection asks (each piece is
@@ -39,18 +41,26 @@ pub struct PieceStream {
     count: u64,
     mapping: VecDeque<JoinHandle<io::Result<Bytes>>>,
     ahead: usize,
+    /// The connection's regions when it sends pieces with `sendfile`.
+    sendfile: Option<FileRegions>,
 }
 
 impl PieceStream {
-    /// Streams `range`. Must be polled inside a tokio runtime (the pieces
-    /// are mapped on its blocking pool).
-    pub fn new(range: MappedRange) -> PieceStream {
-        PieceStream::with_ahead(range, PIECES_AHEAD)
+    /// Streams `range`, for a connection that sends registered pieces
+    /// with `sendfile` when it has `sendfile` regions. Must be polled
+    /// inside a tokio runtime (the pieces are mapped on its blocking
+    /// pool).
+    pub fn new(range: MappedRange, sendfile: Option<FileRegions>) -> PieceStream {
+        PieceStream::with_ahead(range, PIECES_AHEAD, sendfile)
     }
 
     /// As [`PieceStream::new`], mapping `ahead` pieces ahead (0: each
     /// piece only when it is asked for).
-    pub fn with_ahead(range: MappedRange, ahead: usize) -> PieceStream {
+    pub fn with_ahead(
+        range: MappedRange,
+        ahead: usize,
+        sendfile: Option<FileRegions>,
+    ) -> PieceStream {
         let count = range.piece_count();
         PieceStream {
             range: Arc::new(range),
@@ -58,6 +68,7 @@ impl PieceStream {
             count,
             mapping: VecDeque::with_capacity(ahead + 1),
             ahead,
+            sendfile,
         }
     }
 
@@ -67,8 +78,10 @@ impl PieceStream {
         while self.mapping.len() <= self.ahead && self.next < self.count {
             let range = self.range.clone();
             let i = self.next;
-            self.mapping
-                .push_back(tokio::task::spawn_blocking(move || range.map_piece(i)));
+            let sendfile = self.sendfile.clone();
+            self.mapping.push_back(tokio::task::spawn_blocking(move || {
+                range.map_piece(i, sendfile.as_ref())
+            }));
             self.next += 1;
         }
         debug_assert!(self.next <= self.count);
@@ -128,13 +141,22 @@ mod tests {
         let piece = MAP_PIECE_BYTES as usize;
         let bytes: Vec<u8> = (0..3 * piece + 4321).map(|i| (i % 251) as u8).collect();
         for ahead in [0, 1, 2, 10] {
-            let (_dir, m) = mapped(&bytes, 99);
-            let pieces: Vec<Bytes> = PieceStream::with_ahead(m, ahead)
-                .map(|p| p.unwrap())
-                .collect()
-                .await;
-            assert_eq!(pieces.len(), 4, "ahead {ahead}");
-            assert_eq!(pieces.concat(), &bytes[99..], "ahead {ahead}");
+            for sendfile in [None, Some(FileRegions::new())] {
+                let (_dir, m) = mapped(&bytes, 99);
+                let pieces: Vec<Bytes> = PieceStream::with_ahead(m, ahead, sendfile.clone())
+                    .map(|p| p.unwrap())
+                    .collect()
+                    .await;
+                assert_eq!(pieces.len(), 4, "ahead {ahead}");
+                // Unpopulated maps read the same bytes when something
+                // does read them (a body copied on the way).
+                assert_eq!(pieces.concat(), &bytes[99..], "ahead {ahead}");
+                if let Some(regions) = sendfile {
+                    assert_eq!(regions.len(), 4, "each live piece is registered");
+                    drop(pieces);
+                    assert!(regions.is_empty(), "a dropped piece is not");
+                }
+            }
         }
     }
 
@@ -143,7 +165,7 @@ mod tests {
         let piece = MAP_PIECE_BYTES as usize;
         let bytes = vec![7u8; 3 * piece];
         let (_dir, m) = mapped(&bytes, 0);
-        let mut stream = PieceStream::with_ahead(m, 1);
+        let mut stream = PieceStream::with_ahead(m, 1, None);
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.len(), piece);
         // Piece 1 was started with piece 0, and only piece 1: while piece

@@ -362,6 +362,7 @@ impl Viewer {
         RequestContext {
             user: self.user.clone(),
             peer,
+            sendfile: None,
         }
     }
 
