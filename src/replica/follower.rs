@@ -499,8 +499,39 @@ impl Follower {
         if !missing.is_empty() {
             self.list_packs(&missing).await?;
         }
-        let mut fetches = stream::iter(missing)
-            .map(|digest| async move { self.fetch_blob(blobs, &digest).await })
+        // Blobs in packs: one read per pack, of the span that holds the
+        // ones wanted (a shipment's small blobs are one pack: one request
+        // instead of one per blob). The others one by one.
+        let mut spans: std::collections::BTreeMap<String, Vec<(Digest, std::ops::Range<u64>)>> =
+            Default::default();
+        let mut alone = Vec::new();
+        {
+            let index = self.packs.lock().await;
+            for digest in missing {
+                match index.blobs.get(&digest) {
+                    Some((pack, range)) => spans
+                        .entry(pack.clone())
+                        .or_default()
+                        .push((digest, range.clone())),
+                    None => alone.push(digest),
+                }
+            }
+        }
+        let mut packed = Vec::new();
+        for (pack, wanted) in spans {
+            let start = wanted.iter().map(|(_, r)| r.start).min().unwrap_or(0);
+            let end = wanted.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+            let span = self.store.get_range(&pack, start..end).await?;
+            for (digest, r) in wanted {
+                let bytes = span.slice((r.start - start) as usize..(r.end - start) as usize);
+                packed.push((digest, Some((pack.clone(), bytes))));
+            }
+        }
+        let all = packed
+            .into_iter()
+            .chain(alone.into_iter().map(|d| (d, None)));
+        let mut fetches = stream::iter(all)
+            .map(|(digest, read)| async move { self.fetch_blob(blobs, &digest, read).await })
             .buffer_unordered(BLOB_FETCHES_AT_ONCE);
         // A failure lets the others finish: a fetch dropped halfway would
         // leave its staging file behind.
@@ -571,11 +602,16 @@ impl Follower {
         Ok(())
     }
 
-    async fn fetch_blob(&self, blobs: &BlobStore, digest: &Digest) -> Result<(), FollowError> {
-        let packed = self.packs.lock().await.blobs.get(digest).cloned();
-        let (name, mut chunks) = match packed {
-            Some((pack, range)) => {
-                let bytes = self.store.get_range(&pack, range).await?;
+    /// Keeps blob `digest`: the bytes `read` from a pack (and the pack's
+    /// name), or else its object of its own, streamed; hashed either way.
+    async fn fetch_blob(
+        &self,
+        blobs: &BlobStore,
+        digest: &Digest,
+        read: Option<(String, Bytes)>,
+    ) -> Result<(), FollowError> {
+        let (name, mut chunks) = match read {
+            Some((pack, bytes)) => {
                 let chunk = Ok::<_, StoreError>(bytes);
                 (pack, stream::once(async move { chunk }).boxed())
             }
