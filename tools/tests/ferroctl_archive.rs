@@ -816,6 +816,34 @@ fn garage_overwrites_a_create_if_absent_put() {
     assert_eq!(now, b"two", "Garage kept the first object");
 }
 
+/// A server in `dir/data` shipping every 100 ms to `target` (a Garage the
+/// test stops), with `extra` appended to its config.
+fn start_on_a_store_that_stops(target: &Target, dir: &Path, extra: &str) -> Server {
+    // The archive takes [storage]'s timeouts: short ones, so that a
+    // refused connection is an error soon.
+    let config = dir.join("stoppable.toml");
+    let Target::S3 { config: base, .. } = target else {
+        unreachable!()
+    };
+    let mut text = std::fs::read_to_string(base).unwrap();
+    text.push_str(
+        "\n[storage]\nrequest_timeout_ms = 2000\nretries_max = 1\nretry_timeout_ms = 500\n\n",
+    );
+    text.push_str(extra);
+    std::fs::write(&config, text).unwrap();
+    Server::start(
+        &dir.join("data"),
+        &[
+            "--archive-url",
+            &target.url(),
+            "--config",
+            config.to_str().unwrap(),
+            "--archive-ship-interval-ms",
+            "100",
+        ],
+    )
+}
+
 /// The store down in the middle of pushes: shipping fails (lag and the
 /// error on /metrics and /readyz), writes go on in the default mode, and
 /// once the store is back the archive catches up from the local log.
@@ -827,29 +855,7 @@ fn shipping_catches_up_after_a_store_outage() {
     let mut g = Garage::start();
     let target = Target::s3_on(&g, "outage/");
     let dir = tempfile::tempdir().unwrap();
-    // The archive takes [storage]'s timeouts: short ones, so that a
-    // refused connection is an error soon.
-    let timeouts = dir.path().join("timeouts.toml");
-    let Target::S3 { config, .. } = &target else {
-        unreachable!()
-    };
-    let mut text = std::fs::read_to_string(config).unwrap();
-    text.push_str(
-        "\n[storage]\nrequest_timeout_ms = 2000\nretries_max = 1\nretry_timeout_ms = 500\n",
-    );
-    std::fs::write(&timeouts, text).unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(
-        &data,
-        &[
-            "--archive-url",
-            &target.url(),
-            "--config",
-            timeouts.to_str().unwrap(),
-            "--archive-ship-interval-ms",
-            "100",
-        ],
-    );
+    let server = start_on_a_store_that_stops(&target, dir.path(), "");
     let a1 = push_image(&server, "app", "a1", "before");
     wait_shipped(&server);
 
@@ -902,27 +908,7 @@ fn garbage_collection_waits_for_the_archive() {
     let mut g = Garage::start();
     let target = Target::s3_on(&g, "gchold/");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gc.toml");
-    let Target::S3 { config: base, .. } = &target else {
-        unreachable!()
-    };
-    let mut text = std::fs::read_to_string(base).unwrap();
-    text.push_str(
-        "\n[storage]\nrequest_timeout_ms = 2000\nretries_max = 1\nretry_timeout_ms = 500\n\n[gc]\ngrace = \"0s\"\n",
-    );
-    std::fs::write(&config, text).unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(
-        &data,
-        &[
-            "--archive-url",
-            &target.url(),
-            "--config",
-            config.to_str().unwrap(),
-            "--archive-ship-interval-ms",
-            "100",
-        ],
-    );
+    let server = start_on_a_store_that_stops(&target, dir.path(), "[gc]\ngrace = \"0s\"\n");
     push_image(&server, "app", "v1", "kept");
     wait_shipped(&server);
 
