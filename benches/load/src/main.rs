@@ -178,7 +178,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(run(args, threads)) {
+    let outcome = runtime.block_on(run(args, threads));
+    servers::remove_kept_dirs();
+    match outcome {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {

@@ -124,7 +124,8 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     log: PathBuf,
-    // Removed when the server is dropped, after the child has stopped.
+    // Kept when the server is dropped, after the child has stopped, until
+    // the run ends ([`remove_kept_dirs`]).
     dir: Option<tempfile::TempDir>,
 }
 
@@ -268,8 +269,27 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         stop_child(&mut self.child);
-        drop(self.dir.take());
+        if let Some(dir) = self.dir.take() {
+            KEPT_DIRS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dir);
+        }
     }
+}
+
+/// The directories of stopped servers. Removing one (thousands of files
+/// after a push workload) right before the next server starts made that
+/// server's file creations several times dearer for 30 s: on ext4 without
+/// a journal the inode allocator skips inodes deleted that recently
+/// (`recently_deleted`), which showed as a fifth of a server's samples in
+/// `perf`. So they go only when the run ends.
+static KEPT_DIRS: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the directories of the servers the run stopped.
+pub fn remove_kept_dirs() {
+    let dirs = std::mem::take(&mut *KEPT_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(dirs);
 }
 
 /// distribution's configuration: filesystem storage in `data`, the
