@@ -92,7 +92,22 @@ impl Garage {
     }
 
     /// A fresh Garage of its own, ready for requests, killed on drop.
+    /// A new Garage on fresh ports, its layout applied, the bucket and key
+    /// made. A start that fails (the node exits, or its CLI keeps failing:
+    /// a port picked free was taken meanwhile by another test's server)
+    /// is retried on other ports, up to three times.
     pub fn start() -> Garage {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Garage::try_start() {
+                Ok(g) => return g,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("Garage did not start: {failures:?}");
+    }
+
+    fn try_start() -> Result<Garage, String> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let s3_port = free_port();
         let rpc_port = free_port();
@@ -113,17 +128,17 @@ impl Garage {
         };
         garage.spawn();
         // Each step retried while the node is still coming up.
-        let node = garage.cli_retrying(&["node", "id", "-q"]);
+        let node = garage.cli_retrying(&["node", "id", "-q"])?;
         let node = node.trim().split('@').next().unwrap_or_default().to_owned();
-        garage.cli_retrying(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
-        garage.cli_retrying(&["layout", "apply", "--version", "1"]);
-        garage.cli_retrying(&["bucket", "create", BUCKET]);
-        garage.cli_retrying(&["key", "import", "--yes", "-n", "ferro", KEY_ID, SECRET]);
+        garage.cli_retrying(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+        garage.cli_retrying(&["layout", "apply", "--version", "1"])?;
+        garage.cli_retrying(&["bucket", "create", BUCKET])?;
+        garage.cli_retrying(&["key", "import", "--yes", "-n", "ferro", KEY_ID, SECRET])?;
         garage.cli_retrying(&[
             "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
-        ]);
+        ])?;
         garage.wait_for_s3();
-        garage
+        Ok(garage)
     }
 
     fn spawn(&mut self) {
@@ -183,8 +198,9 @@ impl Garage {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// [`Garage::cli`], retried for a few seconds (the node starting).
-    fn cli_retrying(&self, args: &[&str]) -> String {
+    /// [`Garage::cli`], retried for up to 30 s while the node starts; an
+    /// error if it never succeeds or the node exits meanwhile.
+    fn cli_retrying(&mut self, args: &[&str]) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(binary().expect("garage installed"))
@@ -195,13 +211,22 @@ impl Garage {
                 .output()
                 .expect("run garage");
             if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }
-            assert!(
-                Instant::now() < deadline,
-                "garage {args:?} kept failing: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let failed = || {
+                format!(
+                    "garage {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            };
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.stop();
+                return Err(format!("the node exited ({status}); {}", failed()));
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!("kept failing for 30 s; {}", failed()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
