@@ -14,14 +14,13 @@ use std::io::Write as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
-
 use super::pack;
 use super::read::{self, ReadError};
 use super::store::{
     parse_numbered, parse_pack_name, snapshot_name, ArchiveStore, StoreError, BLOBS_DIR, PACKS_DIR,
     SNAPSHOTS_DIR, SNAPSHOT_SUFFIX,
 };
+use crate::blobs::{new_upload_id, BlobStore, OneShotStaging, StagingWriter};
 use crate::datadir::{DataDir, Layout};
 use crate::fsutil::fsync_dir;
 use crate::log::format::{SegmentHeader, FORMAT_VERSION};
@@ -258,106 +257,90 @@ pub async fn restore(
 }
 
 /// Every blob the archive carries, into the data directory's blob store,
-/// each checked against its digest. Returns (blobs, bytes).
+/// each checked against its digest: the objects of their own, then the
+/// blobs of every pack. Returns (blobs, bytes) written.
 async fn restore_blobs(
     store: &ArchiveStore,
     layout: &Layout,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<(u64, u64), RestoreError> {
-    let listed = store.list(BLOBS_DIR, None).await?;
-    let blobs_dir = layout.blobs_dir();
-    let mut count = 0;
-    let mut total = 0;
-    for l in listed {
+    let blobs = BlobStore::new(layout);
+    let (mut count, mut total) = (0, 0);
+    for l in store.list(BLOBS_DIR, None).await? {
         let Some(digest) = blob_digest(&l.name) else {
             continue;
         };
-        let target = crate::blobs::BlobStore::new(layout).blob_path(&digest);
-        let dir = target.parent().unwrap_or(&blobs_dir).to_owned();
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let tmp = dir.join(format!("{}.restoring", digest.hex()));
-        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut hasher = sha2::Sha256::new();
-        let bytes = store
+        let (mut writer, staging) = open_staging(&blobs, &digest)?;
+        let mut hasher = digest.algorithm().hasher();
+        let read = store
             .get_each(&l.name, |chunk| {
                 hasher.update(chunk);
-                file.write_all(chunk)
+                writer.write(chunk)
             })
             .await;
-        let bytes = match bytes {
+        let actual = hasher.finish();
+        let checked = match read {
+            Ok(bytes) if actual == digest => Ok(bytes),
+            Ok(_) => Err(RestoreError::Refused(format!(
+                "corrupt archive object {}: its bytes hash to {actual}",
+                l.name
+            ))),
+            Err(e) => Err(e.into()),
+        };
+        let bytes = match checked {
             Ok(bytes) => bytes,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
+                drop(writer);
+                let _ = std::fs::remove_file(&*staging);
+                return Err(e);
             }
         };
-        let actual = hex::encode(hasher.finalize());
-        if actual != digest.hex() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(RestoreError::Refused(format!(
-                "corrupt archive object {}: its bytes hash to sha256:{actual}",
-                l.name
-            )));
-        }
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
-        fsync_dir(&dir).map_err(io_err(&dir))?;
+        blobs
+            .commit_staging(writer, &digest)
+            .map_err(io_err(&staging))?;
         count += 1;
         total += bytes;
         progress("blobs", count);
     }
-    let (packed, packed_bytes) = restore_packs(store, layout, count, progress).await?;
-    Ok((count + packed, total + packed_bytes))
-}
-
-/// Every blob of every pack (`pack.rs`) the store lacks: each pack is
-/// verified whole (its index, its size, every blob against its digest)
-/// before any of its blobs is written. Returns (blobs, bytes) written.
-async fn restore_packs(
-    store: &ArchiveStore,
-    layout: &Layout,
-    mut count: u64,
-    progress: &mut dyn FnMut(&str, u64),
-) -> Result<(u64, u64), RestoreError> {
-    let blobs = crate::blobs::BlobStore::new(layout);
-    let (mut written, mut total) = (0, 0);
     for l in store.list(PACKS_DIR, None).await? {
         if parse_pack_name(&l.name).is_none() {
             continue;
         }
         let bytes = store.get(&l.name).await?;
+        // Verified whole before any of its blobs is written.
         let entries = pack::verify(&bytes, &mut |_, _| Ok(())).map_err(|e| {
             RestoreError::Refused(format!("corrupt archive object {}: {e}", l.name))
         })?;
-        let mut dirs = std::collections::BTreeSet::new();
         for e in entries {
-            let target = blobs.blob_path(&e.digest);
-            if target.exists() {
+            if blobs.blob_path(&e.digest).exists() {
                 continue;
             }
-            let dir = target
-                .parent()
-                .expect("a blob path has a directory")
-                .to_owned();
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            let tmp = dir.join(format!("{}.restoring", e.digest.hex()));
             let blob = &bytes[e.range.start as usize..e.range.end as usize];
-            let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            file.write_all(blob).map_err(io_err(&tmp))?;
-            file.sync_all().map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
-            dirs.insert(dir);
-            written += 1;
-            total += blob.len() as u64;
+            let (mut writer, staging) = open_staging(&blobs, &e.digest)?;
+            writer.write(blob).map_err(io_err(&staging))?;
+            blobs
+                .commit_staging(writer, &e.digest)
+                .map_err(io_err(&staging))?;
             count += 1;
+            total += blob.len() as u64;
             progress("blobs", count);
         }
-        // One directory sync per directory a pack wrote into, not per blob.
-        for dir in dirs {
-            fsync_dir(&dir).map_err(io_err(&dir))?;
-        }
     }
-    Ok((written, total))
+    Ok((count, total))
+}
+
+/// A staging file for `digest` in the store, as a one-shot upload makes
+/// one: [`BlobStore::commit_staging`] then fsyncs it, renames it into
+/// place and syncs the directories, exactly as for a pushed blob.
+fn open_staging(
+    blobs: &BlobStore,
+    digest: &crate::oci::Digest,
+) -> Result<(StagingWriter, OneShotStaging), RestoreError> {
+    let staging = blobs.one_shot_staging_path(digest, &new_upload_id());
+    let writer = blobs
+        .open_one_shot_staging(&staging)
+        .map_err(io_err(&staging))?;
+    Ok((writer, staging))
 }
 
 /// The digest of `blobs/sha256/<hex>`, for a well-formed name.
