@@ -186,17 +186,7 @@ fn main() {
     if let Some(g) = &garage {
         let config =
             std::env::temp_dir().join(format!("ferro-bench-archive-{}.toml", std::process::id()));
-        std::fs::write(
-            &config,
-            format!(
-                "[archive]\nendpoint = \"{}\"\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\n",
-                g.endpoint(),
-                garage::REGION,
-                garage::KEY_ID,
-                garage::SECRET
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, g.archive_toml()).unwrap();
         for (name, durability) in [("default", "local"), ("archived", "archived")] {
             setups.push((
                 format!("Garage archive, {name}"),

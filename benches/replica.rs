@@ -330,17 +330,7 @@ fn main() {
         let g = garage::Garage::start();
         let config =
             std::env::temp_dir().join(format!("ferro-bench-replica-{}.toml", std::process::id()));
-        std::fs::write(
-            &config,
-            format!(
-                "[archive]\nendpoint = \"{}\"\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\n",
-                g.endpoint(),
-                garage::REGION,
-                garage::KEY_ID,
-                garage::SECRET
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, g.archive_toml()).unwrap();
         for hint in [false, true] {
             let url = format!("s3://{}/bench-replica-{hint}/", garage::BUCKET);
             let name = format!("Garage archive{}", if hint { ", --primary" } else { "" });

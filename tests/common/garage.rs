@@ -176,6 +176,15 @@ impl Garage {
         self.wait_for_s3();
     }
 
+    /// An `[archive]` section for this server: its endpoint, the test
+    /// key, plain HTTP (the URL names bucket and prefix).
+    pub fn archive_toml(&self) -> String {
+        format!(
+            "[archive]\nendpoint = \"{}\"\nregion = \"{REGION}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\nallow_http = true\n",
+            self.endpoint()
+        )
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
     }

@@ -47,17 +47,7 @@ impl Target {
     fn s3_on(garage: &Garage, prefix: &str) -> Target {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ferro.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[archive]\nendpoint = \"{}\"\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\n",
-                garage.endpoint(),
-                garage::REGION,
-                garage::KEY_ID,
-                garage::SECRET
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, garage.archive_toml()).unwrap();
         Target::S3 {
             endpoint: garage.endpoint(),
             prefix: prefix.to_owned(),
