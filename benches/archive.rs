@@ -39,34 +39,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        images: 1000,
-        clients: 16,
-        rounds: 3,
-        records: 1_000_000,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = || argv.get(i + 1).and_then(|v| v.parse().ok());
-        match argv[i].as_str() {
-            "--images" => a.images = value().expect("--images N"),
-            "--clients" => a.clients = value().expect("--clients N"),
-            "--rounds" => a.rounds = value().expect("--rounds N"),
-            "--records" => {
-                a.records = argv
-                    .get(i + 1)
-                    .and_then(|v| v.parse().ok())
-                    .expect("--records N")
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Args {
+        images: support::arg("--images", 1000),
+        clients: support::arg("--clients", 16),
+        rounds: support::arg("--rounds", 3),
+        records: support::arg("--records", 1_000_000),
     }
-    a
 }
 
 /// Pushes `images` small images (a config blob of its own, one shared

@@ -62,21 +62,10 @@ struct Sizes {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: u64| -> u64 {
-        args.iter()
-            .position(|a| a == name)
-            .map(|i| {
-                args.get(i + 1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("{name} N"))
-            })
-            .unwrap_or(default)
-    };
     let sizes = Sizes {
-        manifests: arg("--manifests", 100_000),
-        repos: arg("--repos", 1_000),
-        tags_per_manifest: arg("--tags-per-manifest", 10),
+        manifests: support::arg("--manifests", 100_000),
+        repos: support::arg("--repos", 1_000),
+        tags_per_manifest: support::arg("--tags-per-manifest", 10),
     };
     assert!(sizes.manifests > 0 && sizes.repos > 0 && sizes.tags_per_manifest > 0);
     let tags = sizes.manifests * sizes.tags_per_manifest;

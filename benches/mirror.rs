@@ -39,15 +39,6 @@ fn chunk(i: usize) -> Vec<u8> {
     out
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let argv: Vec<String> = std::env::args().collect();
-    argv.iter()
-        .position(|a| a == name)
-        .and_then(|i| argv.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Time to the first body byte and MiB/s over the whole body.
 async fn timed_get(http: &reqwest::Client, url: &str) -> (Duration, f64, String) {
     let started = Instant::now();
@@ -96,9 +87,9 @@ async fn manifest_rate(url: &str, clients: usize, requests: usize) -> f64 {
 }
 
 fn main() {
-    let mib = arg("--mib", 1024);
-    let clients = arg("--clients", 8);
-    let requests = arg("--requests", 4000);
+    let mib: usize = support::arg("--mib", 1024);
+    let clients: usize = support::arg("--clients", 8);
+    let requests: usize = support::arg("--requests", 4000);
     let dir = tempfile::tempdir().unwrap();
     let (mut upstream, up_addr) = spawn_ferro_with(&dir.path().join("upstream"), &[]);
     let up = format!("http://{up_addr}");

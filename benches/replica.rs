@@ -45,31 +45,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        records: 100_000,
-        clients: 4,
-        seconds: 20,
-        pause_ms: 20,
-        ship_interval_ms: 1000,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = || argv.get(i + 1).and_then(|v| v.parse::<u64>().ok());
-        match argv[i].as_str() {
-            "--records" => a.records = value().expect("--records N"),
-            "--clients" => a.clients = value().expect("--clients N") as usize,
-            "--seconds" => a.seconds = value().expect("--seconds N"),
-            "--pause-ms" => a.pause_ms = value().expect("--pause-ms N"),
-            "--ship-interval-ms" => a.ship_interval_ms = value().expect("--ship-interval-ms N"),
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Args {
+        records: support::arg("--records", 100_000),
+        clients: support::arg("--clients", 4),
+        seconds: support::arg("--seconds", 20),
+        pause_ms: support::arg("--pause-ms", 20),
+        ship_interval_ms: support::arg("--ship-interval-ms", 1000),
     }
-    a
 }
 
 fn now_unix_ns() -> u64 {

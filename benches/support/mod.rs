@@ -171,3 +171,17 @@ pub fn build_archive(dir: &std::path::Path, records: u64) -> u64 {
     }
     bytes
 }
+
+/// The value after `name` on the command line (`--records 1000`), or
+/// `default` when the flag is absent; a value that does not parse stops
+/// the benchmark.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let argv: Vec<String> = std::env::args().collect();
+    match argv.iter().position(|a| a == name) {
+        None => default,
+        Some(i) => argv
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} N")),
+    }
+}
