@@ -18,6 +18,7 @@ pub mod history;
 pub mod limits;
 pub mod log;
 pub mod logfields;
+pub mod logline;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;

@@ -3,12 +3,13 @@
 //! tracing-subscriber's default field format writes without ANSI, at a
 //! fraction of its cost.
 //!
-//! Why it exists: the fmt layer formats a span's fields when the span is
-//! made, and every request makes one (request id, method, path), so that
-//! formatting is paid per request whether or not anything is logged. The
-//! default format styles each name and `=` through `nu_ansi_term` even
-//! with colours off; for a HEAD that was about an eighth of the server's
-//! instructions. Messages and errors, which are rare and need the default's
+//! Why it exists: the default format styles each name and `=` through
+//! `nu_ansi_term` even with colours off, and formats a span's fields when
+//! the span is made. When every request made a span, that was about an
+//! eighth of a HEAD's instructions; requests now name themselves on their
+//! lines without one (`logline`), and this still makes each line cheaper
+//! to write (the access log writes one per request). Messages and
+//! errors, which are rare and need the default's
 //! escaping and error-source list, still go through the default visitor.
 
 use std::fmt::{self, Write as _};

@@ -429,8 +429,8 @@ fn build_config(args: ServeArgs) -> Result<Config, String> {
 }
 
 /// Log lines to stderr, as text or JSON; `RUST_LOG` filters (default
-/// `info`). Every line of a request carries its span (request id, method,
-/// path).
+/// `info`). Every line of a request names it (request id, method, path;
+/// `ferro::logline`).
 ///
 /// Lines are written by a thread of their own through a buffer, so a
 /// request never waits for a `write(2)` to stderr (the access log wrote
@@ -451,20 +451,20 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         )
         .with_writer(writer);
     match format {
-        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
-            builder.with_ansi(true).init()
-        }
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => builder
+            .with_ansi(true)
+            .event_format(ferro::logline::TextLines)
+            .init(),
         // Not a terminal: no colours, and the cheaper field format that
-        // writes the same text (every request's span is formatted).
+        // writes the same text.
         LogFormat::Text => builder
             .with_ansi(false)
             .fmt_fields(ferro::logfields::PlainFields)
+            .event_format(ferro::logline::TextLines)
             .init(),
         LogFormat::Json => builder
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(ferro::logline::JsonLines::new())
             .init(),
     }
     guard

@@ -1,6 +1,6 @@
 //! What surrounds the registry's routes: a request id (`x-request-id`,
-//! taken from the request or made, echoed in the response, in the span of
-//! every log line of the request), a tracing span and access log line,
+//! taken from the request or made, echoed in the response, on every log
+//! line of the request: see `logline`), an access log line,
 //! request metrics, the stalled-body timeout; `/healthz`, `/readyz` and
 //! `/metrics`; and the [`Gate`] that answers 503 until the registry is
 //! ready.
@@ -21,12 +21,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Router};
 use bytes::Bytes;
 use tower::{Service, ServiceExt as _};
-use tracing::Instrument as _;
 
 use super::error::{ApiError, ErrorCode};
 use super::router::{self, router};
 use super::stall::Stalling;
 use super::App;
+use crate::logline::RequestLabel;
 use crate::metrics::{Counted, Direction};
 use crate::sendfile::FileRegions;
 
@@ -143,7 +143,8 @@ where
 }
 
 impl Shared {
-    /// Request id in, span around, metrics and access log after, id out.
+    /// Request id in, the request named on its log lines, metrics and
+    /// access log after, id out.
     async fn answer(
         &self,
         req: Request,
@@ -152,18 +153,17 @@ impl Shared {
     ) -> Response {
         let started = Instant::now();
         // Nothing after this reads the id from the request: it is only
-        // echoed in the response and put in the span.
+        // echoed in the response and written in log lines.
         let id = match req.headers().get(REQUEST_ID) {
             Some(id) => id.clone(),
             None => make_request_id(),
         };
         let method = method_label(req.method());
-        let span = tracing::info_span!(
-            "request",
-            id = %id.to_str().unwrap_or(""),
-            method = %method,
-            path = %req.uri().path(),
-        );
+        let label = RequestLabel {
+            id,
+            method,
+            uri: req.uri().clone(),
+        };
         let req = if req.body().is_end_stream() {
             req
         } else {
@@ -171,16 +171,17 @@ impl Shared {
         };
         let in_flight = crate::metrics::in_flight();
         in_flight.increment(1.0);
-        // The span moves into the future, and is read back from it for the
-        // access log: a second handle would cost a reference count in the
-        // subscriber's registry, taken and released on every request.
-        let mut routed = std::pin::pin!(self.route(req, peer, sendfile).instrument(span));
+        // Every line written in there names the request (`logline`); the
+        // label, moved into the future, is taken back for the access log
+        // and the response.
+        let mut routed = std::pin::pin!(label.scope(self.route(req, peer, sendfile)));
         let (route, mut response) = routed.as_mut().await;
         in_flight.decrement(1.0);
         let elapsed = started.elapsed();
         crate::metrics::record_request(route, method, response.status(), elapsed);
+        let label = routed.take_value().expect("taken once, here");
         if self.access_log {
-            routed.span().in_scope(|| {
+            label.in_scope(|| {
                 tracing::info!(
                     status = response.status().as_u16(),
                     latency_us = elapsed.as_micros() as u64,
@@ -188,7 +189,7 @@ impl Shared {
                 )
             });
         }
-        response.headers_mut().insert(REQUEST_ID, id);
+        response.headers_mut().insert(REQUEST_ID, label.id);
         Counted::wrap_response(response)
     }
 
