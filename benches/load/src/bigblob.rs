@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 
@@ -331,35 +332,15 @@ async fn upload_chunked(
     Ok(Outcome::Done(tails))
 }
 
-async fn download(
-    client: &mut Client,
+/// Reads `body`, `blob`'s bytes, checking them with `check` as they
+/// arrive: the download's receiving end, also used for the ceiling of a
+/// static file server (`ceilings`).
+pub async fn receive_checked(
+    mut body: Incoming,
     blob: &BigBlob,
     check: Check,
-) -> Result<Outcome<Duration>, BoxError> {
-    let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
-    let what = format!("GET {path}");
-    let request = Request::get(&path).body(crate::http::empty())?;
-    let response = client
-        .send(request)
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
-    let status = response.status();
-    let digest_header = response
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if status != StatusCode::OK {
-        return Err(format!("{what}: expected 200, got {status}").into());
-    }
-    if digest_header.as_deref() != Some(blob.digest.as_str()) {
-        return Err(format!(
-            "{what}: Docker-Content-Digest {digest_header:?}, expected {}",
-            blob.digest
-        )
-        .into());
-    }
-    let mut body = response.into_body();
+    what: &str,
+) -> Result<(), BoxError> {
     // The check runs on its own thread, fed as frames arrive, so receiving
     // and checking overlap instead of taking turns on one core.
     let (frames, mut to_check) = tokio::sync::mpsc::channel::<Bytes>(CHECK_QUEUE_FRAMES);
@@ -391,5 +372,37 @@ async fn download(
         .map_err(|_| format!("{what}: the checking thread panicked"))?
         .finish(blob)
         .map_err(|why| format!("{what}: {why}"))?;
+    Ok(())
+}
+
+async fn download(
+    client: &mut Client,
+    blob: &BigBlob,
+    check: Check,
+) -> Result<Outcome<Duration>, BoxError> {
+    let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
+    let what = format!("GET {path}");
+    let request = Request::get(&path).body(crate::http::empty())?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let status = response.status();
+    let digest_header = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if status != StatusCode::OK {
+        return Err(format!("{what}: expected 200, got {status}").into());
+    }
+    if digest_header.as_deref() != Some(blob.digest.as_str()) {
+        return Err(format!(
+            "{what}: Docker-Content-Digest {digest_header:?}, expected {}",
+            blob.digest
+        )
+        .into());
+    }
+    receive_checked(response.into_body(), blob, check, &what).await?;
     Ok(Outcome::Done(Duration::ZERO))
 }

@@ -2,7 +2,10 @@
 //! sha256 on one core, loopback TCP bandwidth, and the request rate of a
 //! trivial HTTP server (nginx serving a small file) — once as wrk sees it,
 //! once as this benchmark's own client sees it, which shows whether the
-//! client can drive a server harder than the registries are driven.
+//! client can drive a server harder than the registries are driven — and,
+//! with `--blob`, nginx serving the large blob as a file to this
+//! benchmark's downloading client: what a static file server gets through
+//! that client.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,6 +56,13 @@ pub struct Ceilings {
     /// nginx's CPU time (master and workers) per request in that run: the
     /// floor a server pays per request here, mostly the kernel's TCP.
     pub nginx_cpu_us_per_request: Option<f64>,
+    /// nginx serving the large blob as a file (written and fsynced just
+    /// before, as a registry keeps a pushed blob), downloaded and checked
+    /// by this benchmark's client as a blob download is, MB/s: with
+    /// nginx's defaults (`read` and `write` through 32 KiB buffers), and
+    /// with `sendfile on`. `None` without `--blob`.
+    pub nginx_download_mb_per_second: Option<f64>,
+    pub nginx_sendfile_download_mb_per_second: Option<f64>,
     pub notes: Vec<String>,
 }
 
@@ -296,7 +306,8 @@ impl Nginx {
                  http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
                  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
                  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-                 server {{ listen {addr}; root {p}/www; }}\n}}\n"
+                 server {{ listen {addr}; root {p}/www;\n\
+                 location = /big-sendfile {{ sendfile on; tcp_nopush on; }} }}\n}}\n"
             ),
         )?;
         let mut command = Command::new("nginx");
@@ -431,11 +442,55 @@ async fn client_head(
     Ok((n as f64 / started.elapsed().as_secs_f64(), n))
 }
 
+/// `blob` written to nginx's root as a file and fsynced, then downloaded
+/// twice by this benchmark's client, checked with `check` as the blob
+/// workload checks: with nginx's defaults, then with `sendfile on`. MB/s
+/// of each, from the request to the last byte checked.
+async fn nginx_downloads(
+    nginx: &Nginx,
+    blob: &BigBlob,
+    check: Check,
+) -> Result<(f64, f64), BoxError> {
+    let www = nginx.dir.path().join("www");
+    let mut file = std::fs::File::create(www.join("big"))?;
+    for piece in blob.pieces(0, blob.len) {
+        file.write_all(&piece)?;
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::hard_link(www.join("big"), www.join("big-sendfile"))?;
+    let mut client = Client::new(nginx.addr);
+    let plain = download_file(&mut client, "/big", blob, check).await?;
+    let sendfile = download_file(&mut client, "/big-sendfile", blob, check).await?;
+    Ok((plain, sendfile))
+}
+
+async fn download_file(
+    client: &mut Client,
+    path: &str,
+    blob: &BigBlob,
+    check: Check,
+) -> Result<f64, BoxError> {
+    let what = format!("GET {path} on nginx");
+    let started = Instant::now();
+    let request = hyper::Request::get(path).body(crate::http::empty())?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("{what}: expected 200, got {}", response.status()).into());
+    }
+    crate::bigblob::receive_checked(response.into_body(), blob, check, &what).await?;
+    Ok(blob.len as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
 pub async fn measure(
     work_root: &Path,
     http_duration: Duration,
     concurrency: usize,
     file_bytes: u64,
+    download: Option<(&BigBlob, Check)>,
 ) -> Ceilings {
     let sha256_mb_per_second = sha256_rate(Duration::from_secs(2));
     let mut notes = Vec::new();
@@ -466,6 +521,7 @@ pub async fn measure(
             (0.0, 0.0)
         });
     let (mut wrk_rate, mut wrk_command, mut client_rate, mut nginx_cpu) = (None, None, None, None);
+    let (mut nginx_download, mut nginx_sendfile_download) = (None, None);
     match Nginx::start(work_root) {
         Ok(nginx) => {
             match wrk(nginx.addr, concurrency, http_duration) {
@@ -482,6 +538,15 @@ pub async fn measure(
                     nginx_cpu = Some((nginx.cpu_seconds() - cpu0) * 1e6 / requests.max(1) as f64);
                 }
                 Err(e) => notes.push(format!("client against nginx: {e}")),
+            }
+            if let Some((blob, check)) = download {
+                match nginx_downloads(&nginx, blob, check).await {
+                    Ok((plain, sendfile)) => {
+                        nginx_download = Some(plain);
+                        nginx_sendfile_download = Some(sendfile);
+                    }
+                    Err(e) => notes.push(format!("download from nginx: {e}")),
+                }
             }
         }
         Err(e) => notes.push(format!("nginx: {e}")),
@@ -500,6 +565,8 @@ pub async fn measure(
         nginx_wrk_command: wrk_command,
         nginx_client_head_requests_per_second: client_rate,
         nginx_cpu_us_per_request: nginx_cpu,
+        nginx_download_mb_per_second: nginx_download,
+        nginx_sendfile_download_mb_per_second: nginx_sendfile_download,
         notes,
     }
 }

@@ -423,6 +423,8 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
                 Duration::from_secs(ceiling_seconds),
                 settings.head_concurrency,
                 settings.blob_mib.min(1024) * 1024 * 1024,
+                big.as_ref()
+                    .map(|(mono, _)| (mono, settings.download_check)),
             )
             .await,
         );
@@ -628,7 +630,7 @@ async fn run(args: Args, client_threads: usize) -> Result<bool, BoxError> {
     if let Some(c) = &run.ceilings {
         println!(
             "### Ceilings\n\n{}",
-            report::ceilings_table(c, run.settings.blob_mib)
+            report::ceilings_table(c, &run.settings)
         );
     }
     if !run.servers.is_empty() {

@@ -491,8 +491,8 @@ fn markdown(lines: &[Vec<String>]) -> String {
     out
 }
 
-pub fn ceilings_table(c: &Ceilings, blob_mib: u64) -> String {
-    let size = format!("{} MiB", blob_mib.min(1024));
+pub fn ceilings_table(c: &Ceilings, settings: &Settings) -> String {
+    let size = format!("{} MiB", settings.blob_mib.min(1024));
     let opt = |v: Option<f64>| v.map_or("not measured".into(), fmt_num);
     let mut lines = vec![
         vec![
@@ -564,6 +564,22 @@ pub fn ceilings_table(c: &Ceilings, blob_mib: u64) -> String {
             opt(c.nginx_cpu_us_per_request),
         ],
     ];
+    if c.nginx_download_mb_per_second.is_some() {
+        let blob = format!("{} MiB", settings.blob_mib);
+        let check = settings.download_check.describe();
+        lines.push(vec![
+            format!(
+                "nginx, download of a {blob} file just written, this benchmark's client ({check})"
+            ),
+            "MB/s".into(),
+            opt(c.nginx_download_mb_per_second),
+        ]);
+        lines.push(vec![
+            "nginx with sendfile on, the same download".into(),
+            "MB/s".into(),
+            opt(c.nginx_sendfile_download_mb_per_second),
+        ]);
+    }
     for n in &c.notes {
         lines.push(vec![format!("note: {n}"), String::new(), String::new()]);
     }
