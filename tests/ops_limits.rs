@@ -122,6 +122,39 @@ async fn a_client_stalling_in_its_head_is_disconnected() {
     assert!(!waited.1.starts_with("HTTP/1.1 2"), "{}", waited.1);
 }
 
+/// The head deadline is the connection's, renewed for each request: a
+/// connection that keeps asking is never cut, however long it lives, and
+/// one that stalls in a later head is cut as in its first.
+#[tokio::test]
+async fn the_head_deadline_holds_for_every_request_of_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ferro::start(dir.path(), None, &["--header-read-timeout-ms", "300"], &[]);
+    let addr = server.addr.clone();
+    let (answers, waited, last) = tokio::task::spawn_blocking(move || {
+        let mut s = connect(&addr);
+        let mut answers = Vec::new();
+        // Ten requests 100 ms apart: a second in all, over three deadlines.
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            answers.push(read_answer(&mut s));
+        }
+        // Then a head that never ends.
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = Instant::now();
+        let last = read_answer(&mut s);
+        (answers, started.elapsed(), last)
+    })
+    .await
+    .unwrap();
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    }
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert!(!last.starts_with("HTTP/1.1 2"), "{last}");
+}
+
 #[tokio::test]
 async fn a_body_that_stalls_fails_and_frees_the_upload() {
     let dir = tempfile::tempdir().unwrap();
