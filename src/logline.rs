@@ -223,28 +223,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logfields::tests::Captured;
     use crate::logfields::PlainFields;
-    use std::sync::{Arc, Mutex};
-
-    /// Log output captured in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
 
     fn label() -> RequestLabel {
         RequestLabel {
