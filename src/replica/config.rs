@@ -20,6 +20,14 @@ pub struct ReplicaConfig {
     /// write, and its event feed long-polled to learn of new records
     /// early. Empty: the archive is polled alone.
     pub primary: String,
+    /// HTTP Basic credentials for the primary's feed, when the primary
+    /// has auth on: a user whose rules let it pull every repository (the
+    /// feed names them all). Both or neither; the password is best set
+    /// as `FERRO_REPLICA__PRIMARY_PASSWORD` rather than in the file.
+    /// Without them, a primary with auth refuses the feed and the
+    /// replica polls the archive alone.
+    pub primary_username: String,
+    pub primary_password: String,
     /// How often the archive is listed for new pieces.
     pub poll_interval_ms: u64,
 }
@@ -29,6 +37,8 @@ impl Default for ReplicaConfig {
         ReplicaConfig {
             of: String::new(),
             primary: String::new(),
+            primary_username: String::new(),
+            primary_password: String::new(),
             poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
         }
     }
@@ -56,6 +66,12 @@ impl ReplicaConfig {
         if !self.primary.is_empty() {
             crate::notify::client::Target::parse(&self.primary)
                 .map_err(|e| format!("replica.primary: {e}"))?;
+        }
+        if self.primary_username.is_empty() != self.primary_password.is_empty() {
+            return Err("replica.primary_username and replica.primary_password go together".into());
+        }
+        if !self.primary_username.is_empty() && self.primary.is_empty() {
+            return Err("replica.primary_username needs replica.primary".into());
         }
         if archive.enabled() && archive.url != self.of {
             return Err(format!(
@@ -108,7 +124,18 @@ mod tests {
         c.validate(&archive).unwrap();
         c.primary = "ftp://x".into();
         assert!(c.validate(&archive).is_err());
+        c.primary = "http://127.0.0.1:5000".into();
+        c.primary_username = "replica".into();
+        assert!(c.validate(&archive).is_err(), "a user without a password");
+        c.primary_password = "pw".into();
+        c.validate(&archive).unwrap();
         c.primary.clear();
+        assert!(
+            c.validate(&archive).is_err(),
+            "credentials without a primary"
+        );
+        c.primary_username.clear();
+        c.primary_password.clear();
         c.poll_interval_ms = 0;
         assert!(c.validate(&archive).is_err());
         c.poll_interval_ms = 100;

@@ -685,8 +685,15 @@ impl Follower {
         loop {
             let url =
                 format!("{base}/v2/_ferro/events/feed?after={after}&n=1&wait={FEED_WAIT_SECS}");
+            let mut request = client.get(&url);
+            if !self.config.primary_username.is_empty() {
+                request = request.basic_auth(
+                    &self.config.primary_username,
+                    Some(&self.config.primary_password),
+                );
+            }
             let answer = tokio::select! {
-                a = feed_last_seq(&client, &url) => a,
+                a = feed_last_seq(request, &url) => a,
                 _ = self.stop.cancelled() => return,
             };
             match answer {
@@ -719,13 +726,20 @@ impl Follower {
 
 /// One long-poll of the feed: the primary's last committed sequence
 /// number.
-async fn feed_last_seq(client: &object_store_http::Client, url: &str) -> Result<u64, String> {
-    let answer = client
-        .get(url)
+async fn feed_last_seq(
+    request: object_store_http::RequestBuilder,
+    url: &str,
+) -> Result<u64, String> {
+    let answer = request
         .send()
         .await
         .map_err(|e| crate::mirror::client::error_chain(&e))?;
     let status = answer.status();
+    if status.as_u16() == 401 || status.as_u16() == 403 {
+        return Err(format!(
+            "{url}: {status}: the primary has auth on; give the replica a user that may pull every repository (replica.primary_username, replica.primary_password)"
+        ));
+    }
     if !status.is_success() {
         return Err(format!("{url}: {status}"));
     }

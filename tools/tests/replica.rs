@@ -577,3 +577,78 @@ fn a_replica_keeps_the_blob_files_of_its_state() {
         &[("app", "v2", &kept), ("app", "v3", &fresh)],
     );
 }
+
+/// A primary with auth on answers its feed only to a replica that signs in
+/// (`replica.primary_username` and `replica.primary_password`, HTTP Basic,
+/// a user that may pull every repository): with them the replica learns
+/// the primary's last record from the feed (`ferro_replica_lag_records`
+/// is reported, and reaches 0); without, the feed refuses it and the
+/// replica follows the archive alone (no such figure), still serving.
+#[test]
+fn a_replica_signs_in_to_a_primary_with_auth() {
+    let target = Target::file();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let line =
+        |user: &str, password: &str| format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap());
+    std::fs::write(&users, line("follower", "f-pass") + &line("dev", "d-pass")).unwrap();
+    let primary_config = dir.path().join("primary.toml");
+    std::fs::write(
+        &primary_config,
+        format!(
+            "[auth]\nscheme = \"basic\"\nhtpasswd = \"{}\"\n\n\
+             [[auth.rules]]\nusers = [\"follower\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n\n\
+             [[auth.rules]]\nusers = [\"dev\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let primary_config = primary_config.display().to_string();
+    let primary = target.primary(&dir.path().join("primary"), &["--config", &primary_config]);
+    // Something on the record (an upload started), with the writer's
+    // credentials.
+    let status = client()
+        .post(primary.url("/v2/app/blobs/uploads/"))
+        .basic_auth("dev", Some("d-pass"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    wait_shipped(&primary);
+
+    let replica = |name: &str, signed_in: bool| {
+        let config = dir.path().join(format!("{name}.toml"));
+        let credentials = if signed_in {
+            "[replica]\nprimary_username = \"follower\"\nprimary_password = \"f-pass\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(&config, credentials).unwrap();
+        let args = [
+            "--replica-of".to_owned(),
+            target.url(),
+            "--replica-poll-interval-ms".into(),
+            "50".into(),
+            "--primary".into(),
+            format!("http://{}", primary.addr),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        Server::start(&dir.path().join(name), &args)
+    };
+    let signed_in = replica("signed-in", true);
+    wait_for(
+        "the signed-in replica to hear from the feed",
+        Duration::from_secs(20),
+        || metric(&signed_in, "ferro_replica_lag_records") == 0.0,
+    );
+    let anonymous = replica("anonymous", false);
+    wait_applied(&anonymous, &primary);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        metric(&anonymous, "ferro_replica_lag_records").is_nan(),
+        "a replica without credentials heard from a primary with auth on"
+    );
+    assert_eq!(readyz(&anonymous).0, 200);
+}
