@@ -6,11 +6,12 @@
 //! `"span":{"id":…,"method":…,"path":…,"name":"request"}` — what a
 //! tracing span named `request` printed, which is what this replaces.
 //!
-//! Why not a span: a tracing span per request cost about 3,400
-//! instructions of every request (a slot in the subscriber's registry, its
-//! fields formatted when made, entered and left on every poll, closed and
-//! its text freed) — 15% of a HEAD of a manifest — paid whether or not a
-//! line was written, and most requests write none. Here the request is a
+//! Why not a span: a tracing span per request (a slot in the
+//! subscriber's registry, its fields formatted when made, entered and left
+//! on every poll, closed and its text freed) was paid whether or not a
+//! line was written, and most requests write none; replacing it took a
+//! HEAD of a manifest from 22,823 to 19,942 instructions (callgrind,
+//! `benches/callgrind/head.py`). Here the request is a
 //! task-local value ([`RequestLabel::scope`]: a swap in and out of a
 //! thread-local per poll), read only by the formatters below when a line
 //! is written.

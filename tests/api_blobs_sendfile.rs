@@ -64,12 +64,7 @@ async fn a_large_blob_downloads_whole_and_by_range() {
         (2 * PIECE, 3 * PIECE - 1),     // exactly one piece
     ];
     for &(start, end) in cases {
-        let r = reg
-            .request(reqwest::Method::GET, &path)
-            .header("Range", format!("bytes={start}-{end}"))
-            .send()
-            .await
-            .unwrap();
+        let r = reg.get_range(&path, &format!("bytes={start}-{end}")).await;
         assert_eq!(r.status(), 206, "{start}-{end}");
         assert_eq!(
             header(&r, "content-range").map(str::to_owned),

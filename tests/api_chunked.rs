@@ -257,11 +257,11 @@ async fn multi_mebibyte_blob_in_many_chunks() {
     assert!(got == blob, "the blob came back different");
     // A range deep inside the streamed blob.
     let r = reg
-        .request(Method::GET, &format!("/v2/big/blob/blobs/{digest}"))
-        .header("Range", "bytes=5000000-5000099")
-        .send()
-        .await
-        .unwrap();
+        .get_range(
+            &format!("/v2/big/blob/blobs/{digest}"),
+            "bytes=5000000-5000099",
+        )
+        .await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), &blob[5_000_000..5_000_100]);
 }

@@ -213,12 +213,7 @@ async fn blob_ranges() {
         ("bytes=999-999", 999, 999),
     ];
     for &(range, start, end) in cases {
-        let r = reg
-            .request(reqwest::Method::GET, &path)
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let r = reg.get_range(&path, range).await;
         assert_eq!(r.status(), 206, "{range}");
         assert_eq!(
             header(&r, "content-range"),
@@ -241,12 +236,7 @@ async fn blob_ranges() {
     assert_eq!(header(&r, "content-length"), Some("10"));
     // Ranges that a server must ignore are answered with the whole blob.
     for ignored in ["bytes=5-1", "items=0-1", "bytes=a-b"] {
-        let r = reg
-            .request(reqwest::Method::GET, &path)
-            .header("Range", ignored)
-            .send()
-            .await
-            .unwrap();
+        let r = reg.get_range(&path, ignored).await;
         assert_eq!(r.status(), 200, "{ignored}");
         assert_eq!(r.bytes().await.unwrap(), bytes);
     }
@@ -276,12 +266,7 @@ async fn large_blob_ranges() {
         (size - 70_000, size - 1),
     ];
     for &(start, end) in cases {
-        let r = reg
-            .request(reqwest::Method::GET, &path)
-            .header("Range", format!("bytes={start}-{end}"))
-            .send()
-            .await
-            .unwrap();
+        let r = reg.get_range(&path, &format!("bytes={start}-{end}")).await;
         assert_eq!(r.status(), 206, "{start}-{end}");
         assert!(
             r.bytes().await.unwrap() == bytes[start..=end],

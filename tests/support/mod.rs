@@ -97,6 +97,16 @@ impl Registry {
         self.request(Method::GET, path).send().await.expect("GET")
     }
 
+    /// A GET with a `Range` header (`bytes=…`, or anything a test wants
+    /// the server to see).
+    pub async fn get_range(&self, path: &str, range: &str) -> Response {
+        self.request(Method::GET, path)
+            .header("Range", range)
+            .send()
+            .await
+            .expect("GET with Range")
+    }
+
     pub async fn head(&self, path: &str) -> Response {
         self.request(Method::HEAD, path).send().await.expect("HEAD")
     }

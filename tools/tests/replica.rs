@@ -651,4 +651,17 @@ fn a_replica_signs_in_to_a_primary_with_auth() {
         "a replica without credentials heard from a primary with auth on"
     );
     assert_eq!(readyz(&anonymous).0, 200);
+    // The refusal is logged naming what is missing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        match anonymous
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(line) if line.contains("replica.primary_username") => break line,
+            Ok(_) => continue,
+            Err(_) => panic!("no log line names the missing credentials"),
+        }
+    };
+    assert!(said.contains("401"), "{said}");
 }
